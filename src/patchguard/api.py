@@ -1,0 +1,62 @@
+"""High-level Python API: train a class, evaluate a checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig, build_config
+from .data import TestDataset, load_records
+from .evaluation import evaluate, format_table, write_results
+from .training import load_model, resolve_device
+from .training import train as _train
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> Path:
+    """Train one class and return the path of its ``last.pt``.
+
+    Example: ``patchguard.train(dataset_dir="mvtec", class_name="bottle", preset="fast")``.
+    """
+    if config is None:
+        config = build_config(overrides.pop("preset", "paper"), overrides=overrides)
+    elif overrides:
+        config = dataclasses.replace(config, **overrides)
+    return _train(config, resume=resume, progress=progress)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    dataset_dir: str | Path | None = None,
+    class_name: str | None = None,
+    dataset: str | None = None,
+    epsilons: Sequence[float] = (0, 8),
+    steps: int = 10,
+    batch_size: int = 16,
+    device: str = "auto",
+    json_path: str | Path | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Evaluate a checkpoint clean and under PGD; data set and class default to the training ones."""
+    torch_device = resolve_device(device)
+    model, state = load_model(checkpoint, torch_device)
+    config = TrainConfig.from_dict(state["config"])
+    dataset = dataset or config.dataset
+    dataset_dir = dataset_dir or config.dataset_dir
+    class_name = class_name or config.class_name
+    records = load_records(dataset, dataset_dir, class_name, "test")
+    rows = evaluate(model, TestDataset(records, config.image_size), epsilons, steps, batch_size,
+                    torch_device, progress=progress)
+    if json_path is not None:
+        write_results(json_path, rows, {"dataset": dataset, "class_name": class_name,
+                                        "checkpoint": str(checkpoint)})
+    if progress:
+        print(format_table(rows))
+    return rows

@@ -1,0 +1,264 @@
+"""Command-line interface: ``patchguard train | test | visualize | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+logger = logging.getLogger("patchguard")
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    """Add ``--some-flag`` and the original's ``--some_flag`` spelling as an alias."""
+    names = [name]
+    if "-" in name[2:]:
+        names.append("--" + name[2:].replace("-", "_"))
+    parser.add_argument(*names, **kwargs)
+
+
+def _data_flags(parser: argparse.ArgumentParser, required: bool) -> None:
+    _flag(parser, "--dataset", default=None, help="data set layout (default: mvtec, or the "
+          "checkpoint's)")
+    _flag(parser, "--dataset-dir", default=None, required=required,
+          help="root folder holding one folder per class")
+    _flag(parser, "--class-name", default=None, required=required, help="class folder name")
+
+
+def _common_flags(parser: argparse.ArgumentParser) -> None:
+    _flag(parser, "--config", default=None, help="YAML file of option: value (CLI flags win)")
+    _flag(parser, "--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
+    _flag(parser, "--quiet", action="store_true", default=None, help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every verb."""
+    parser = argparse.ArgumentParser(
+        prog="patchguard",
+        description="Adversarially robust anomaly detection and localization (PatchGuard).",
+    )
+    parser.add_argument("--version", action="version", version=f"patchguard {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    train = verbs.add_parser("train", help="train one class (writes OUTPUT_DIR/last.pt)")
+    _data_flags(train, required=False)
+    _common_flags(train)
+    _flag(train, "--output-dir", default=None, help="where checkpoints and logs go")
+    _flag(train, "--preset", default=None, choices=["paper", "fast"],
+          help="paper: METHOD.md exactly (default); fast: short budgets")
+    _flag(train, "--epochs", type=int, default=None)
+    _flag(train, "--batch-size", type=int, default=None)
+    _flag(train, "--image-size", type=int, default=None)
+    _flag(train, "--lr", type=float, default=None)
+    _flag(train, "--backbone-lr", type=float, default=None,
+          help="separate backbone learning rate (default: same as --lr); 0 freezes it")
+    _flag(train, "--warmup-epochs", type=int, default=None)
+    _flag(train, "--backbone", default=None, help="timm ViT name")
+    _flag(train, "--backbone-weights", default=None,
+          help="local backbone weights (timm keys, .safetensors or .pth)")
+    _flag(train, "--no-pretrained", dest="pretrained", action="store_const", const=False,
+          default=None, help="random initialisation, like the original code")
+    _flag(train, "--feature-layers", type=int, nargs="+", default=None)
+    _flag(train, "--reg-layers", type=int, nargs="+", default=None)
+    _flag(train, "--reg-coefficients", type=float, nargs="+", default=None,
+          help="one KL weight per regularised layer (default 0.005 0.01 0.05)")
+    _flag(train, "--epsilon-train", type=float, default=None, help="in 1/255 units")
+    _flag(train, "--steps-train", type=int, default=None)
+    _flag(train, "--no-adv-train", dest="adv_train", action="store_const", const=False,
+          default=None)
+    _flag(train, "--no-reg", dest="reg", action="store_const", const=False, default=None)
+    _flag(train, "--bf16", action="store_const", const=True, default=None,
+          help="bf16 autocast on CUDA")
+    _flag(train, "--seed", type=int, default=None)
+    _flag(train, "--workers", type=int, default=None)
+    _flag(train, "--save-every", type=int, default=None)
+    _flag(train, "--resume", nargs="?", const="auto", default=None,
+          help="continue from a checkpoint (default OUTPUT_DIR/last.pt)")
+
+    test = verbs.add_parser("test", help="evaluate a checkpoint clean and under PGD")
+    _flag(test, "--checkpoint", required=True)
+    _data_flags(test, required=False)
+    _common_flags(test)
+    _flag(test, "--epsilon-test", type=float, nargs="+", default=[0, 8],
+          help="epsilons in 1/255 units; 0 is the clean row (always included)")
+    _flag(test, "--steps-test", type=int, default=10)
+    _flag(test, "--batch-size", type=int, default=16)
+    _flag(test, "--workers", type=int, default=0)
+    _flag(test, "--json", default=None, help="results file (default: beside the checkpoint)")
+
+    vis = verbs.add_parser("visualize", help="clean and attacked heatmaps as PNGs")
+    _flag(vis, "--checkpoint", required=True)
+    _data_flags(vis, required=False)
+    _common_flags(vis)
+    _flag(vis, "--epsilon", type=float, default=8.0, help="in 1/255 units; 0 for clean only")
+    _flag(vis, "--steps", type=int, default=10)
+    _flag(vis, "--output-dir", default=None, help="default: <checkpoint dir>/visualization")
+    _flag(vis, "--max-images", type=int, default=None, help="limit the number of test images")
+    _flag(vis, "--batch-size", type=int, default=16)
+
+    demo = verbs.add_parser("demo", help="offline demo: build data, train, attack, report")
+    _common_flags(demo)
+    _flag(demo, "--output-dir", default="patchguard_demo")
+    _flag(demo, "--classes", nargs="+", default=None, help="subset of the demo classes")
+    _flag(demo, "--epochs", type=int, default=None)
+    _flag(demo, "--image-size", type=int, default=None)
+    _flag(demo, "--no-compare", action="store_true", default=None,
+          help="skip the --no-adv-train comparison run")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, then re-parse with a YAML config's values as defaults (explicit flags still win)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        from .config import load_yaml
+
+        values = load_yaml(args.config)
+        sub = parser._subparsers._group_actions[0].choices[args.verb]  # noqa: SLF001
+        known = {action.dest for action in sub._actions}  # noqa: SLF001
+        unknown = sorted(set(values) - known - {"preset"} - _train_only_keys(args.verb))
+        if unknown:
+            raise ValueError(f"{args.config}: unknown option(s) for '{args.verb}': {unknown}")
+        sub.set_defaults(**{k: v for k, v in values.items() if k in known})
+        args = parser.parse_args(argv)
+        args.yaml_extra = {k: v for k, v in values.items() if k not in known}
+    return args
+
+
+def _train_only_keys(verb: str) -> set[str]:
+    """Config keys settable from YAML for train that have no CLI flag (advanced settings)."""
+    if verb != "train":
+        return set()
+    import dataclasses
+
+    from .config import TrainConfig
+
+    return {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one class."""
+    from .config import build_config
+    from .training import train
+
+    skip = {"verb", "config", "quiet", "resume", "yaml_extra"}
+    overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    config = build_config(overrides.get("preset") or "paper", getattr(args, "yaml_extra", {}),
+                          overrides)
+    resume = None
+    if args.resume:
+        resume = Path(config.output_dir) / "last.pt" if args.resume == "auto" else args.resume
+        if not Path(resume).exists():
+            raise FileNotFoundError(f"--resume: {resume} does not exist")
+    elif not config.dataset_dir or not config.class_name:
+        raise ValueError("train needs --dataset-dir and --class-name (or a --config holding them)")
+    last = train(config, resume=resume, progress=not args.quiet)
+    print(f"checkpoint: {last}")
+    print(f"next: patchguard test --checkpoint {last}")
+    return 0
+
+
+def _load_for_eval(args: argparse.Namespace):
+    from .config import TrainConfig
+    from .data import TestDataset, load_records
+    from .training import load_model, resolve_device
+
+    device = resolve_device(args.device or "auto")
+    model, state = load_model(args.checkpoint, device)
+    config = TrainConfig.from_dict(state["config"])
+    dataset = args.dataset or config.dataset
+    dataset_dir = args.dataset_dir or config.dataset_dir
+    class_name = args.class_name or config.class_name
+    records = load_records(dataset, dataset_dir, class_name, "test")
+    return model, device, TestDataset(records, config.image_size), dataset, class_name
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint; print the table and write the JSON rows."""
+    from .evaluation import evaluate, format_table, write_results
+
+    model, device, test_set, dataset, class_name = _load_for_eval(args)
+    epsilons = sorted({0.0, *args.epsilon_test})
+    rows = evaluate(model, test_set, epsilons, args.steps_test, args.batch_size, device,
+                    args.workers, progress=not args.quiet)
+    print(format_table(rows))
+    json_path = args.json or Path(args.checkpoint).with_name("results.json")
+    write_results(json_path, rows, {"dataset": dataset, "class_name": class_name,
+                                    "checkpoint": str(args.checkpoint)})
+    print(f"results: {json_path}")
+    return 0
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    """Write heatmap panels and a contact sheet for the test images."""
+    from .evaluation import predict_dataset
+    from .visualization import save_panels
+
+    model, device, test_set, _, _ = _load_for_eval(args)
+    if args.max_images is not None and args.max_images < len(test_set):
+        # An even spread keeps every defect type in view.
+        step = len(test_set) / args.max_images
+        indices = [int(i * step) for i in range(args.max_images)]
+        test_set.records = [test_set.records[i] for i in indices]
+    progress = not args.quiet
+    clean = predict_dataset(model, test_set, 0.0, batch_size=args.batch_size, device=device,
+                            keep_images=True, progress=progress, desc="clean")
+    adv = None
+    if args.epsilon > 0:
+        adv = predict_dataset(model, test_set, args.epsilon, args.steps, args.batch_size, device,
+                              keep_images=True, progress=progress,
+                              desc=f"PGD-{args.steps} eps {args.epsilon:g}/255")
+    out_dir = Path(args.output_dir or Path(args.checkpoint).parent / "visualization")
+    written = save_panels(
+        clean.images, clean.maps, clean.masks, clean.paths, out_dir,
+        adv.images if adv else None, adv.maps if adv else None,
+        clean.scores, adv.scores if adv else None,
+    )
+    print(f"wrote {len(written) - 1} panels and the contact sheet {written[-1]}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the offline demo."""
+    from .demo import run_demo
+
+    run_demo(
+        output_dir=args.output_dir,
+        classes=args.classes,
+        epochs=args.epochs,
+        image_size=args.image_size,
+        compare=not args.no_compare,
+        device=args.device or "auto",
+        progress=not args.quiet,
+    )
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "test": cmd_test, "visualize": cmd_visualize, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``patchguard`` command; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="patchguard: %(message)s")
+    from .data import DatasetError
+
+    try:
+        args = parse_args(argv)
+        return COMMANDS[args.verb](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (DatasetError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        if type(error).__name__ == "BackboneWeightsError":
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        raise

@@ -1,0 +1,339 @@
+"""Adversarial training with pseudo anomalies (METHOD.md sections 3 and 4)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import __version__
+from .attacks import pgd_attack
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import TrainDataset, load_records
+from .losses import attention_kl_regularizer, patch_bce_loss, patch_targets
+from .model import PatchGuard
+from .pseudo_anomaly import PseudoAnomalyGenerator, min_patch_size
+
+logger = logging.getLogger(__name__)
+
+VIEW_NAMES = ("clean", "adv_clean", "pseudo", "adv_pseudo")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for, but PyTorch sees no CUDA device")
+    return device
+
+
+def build_model(config: TrainConfig, load_weights: bool = True) -> tuple[PatchGuard, str]:
+    """Create the model and (if configured) load pretrained backbone weights; return the source."""
+    model = PatchGuard.from_config(config)
+    source = "random initialisation (--no-pretrained)"
+    if config.pretrained and load_weights:
+        from .weights import load_backbone_weights
+
+        source = load_backbone_weights(
+            model.feature_extractor.pretrained_model, config.backbone, config.backbone_weights
+        )
+    return model, source
+
+
+def build_optimizer(model: PatchGuard, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with the backbone and the discriminator in separate parameter groups."""
+    backbone_lr = config.lr if config.backbone_lr is None else config.backbone_lr
+    groups = [
+        {"params": model.backbone_parameters(), "lr": backbone_lr, "name": "backbone"},
+        {"params": model.head_parameters(), "lr": config.lr, "name": "discriminator"},
+    ]
+    if backbone_lr == 0:
+        for parameter in groups[0]["params"]:
+            parameter.requires_grad_(False)
+        groups = groups[1:]
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
+    """LR multiplier: optional linear warm-up, then per-epoch cosine decay to min_lr_ratio."""
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    # Piecewise constant per epoch, like the original's CosineAnnealingLR stepped every epoch.
+    epoch = step // max(steps_per_epoch, 1)
+    progress = min(epoch / max(config.epochs, 1), 1.0)
+    ratio = config.min_lr_ratio
+    return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, steps_per_epoch: int, config: TrainConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration LambdaLR over :func:`lr_factor`."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, config)
+    )
+
+
+@dataclass
+class StepResult:
+    """Losses of one training step (floats, for logging)."""
+
+    total: float
+    views: dict[str, float]
+    reg: float
+
+
+def training_step(
+    model: PatchGuard,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    device: torch.device,
+) -> StepResult:
+    """One optimisation step over the clean, pseudo and (optionally) attacked views."""
+    clean = batch["image"].to(device, non_blocking=True)
+    pseudo = batch["pseudo_image"].to(device, non_blocking=True)
+    pseudo_targets = patch_targets(batch["pseudo_mask"].to(device), model.patch_size)
+    clean_targets = torch.zeros_like(pseudo_targets)
+    autocast_dtype = torch.bfloat16 if config.bf16 and device.type == "cuda" else None
+
+    views = {"clean": (clean, clean_targets), "pseudo": (pseudo, pseudo_targets)}
+    if config.adv_train:
+        eps = config.epsilon_train / 255.0
+        # The model stays in train mode, so the attack sees the discriminator's dropout (faithful).
+        views["adv_clean"] = (
+            pgd_attack(model, clean, clean_targets, eps, config.steps_train,
+                       autocast_dtype=autocast_dtype),
+            clean_targets,
+        )
+        views["adv_pseudo"] = (
+            pgd_attack(model, pseudo, pseudo_targets, eps, config.steps_train,
+                       autocast_dtype=autocast_dtype),
+            pseudo_targets,
+        )
+    names = [name for name in VIEW_NAMES if name in views]
+    images = torch.cat([views[name][0] for name in names])
+    targets = torch.cat([views[name][1] for name in names])
+    # One forward over all views: the per-view losses below are exactly the per-view formula
+    # (each view is sliced out again), at the cost of one larger batch instead of four.
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_dtype is not None):
+        output = model(images, with_attention=config.reg)
+    batch_size = clean.shape[0]
+    total = torch.zeros((), device=device)
+    view_losses: dict[str, float] = {}
+    reg_total = 0.0
+    for i, name in enumerate(names):
+        part = slice(i * batch_size, (i + 1) * batch_size)
+        loss = patch_bce_loss(output.logits[part], targets[part])
+        if config.reg:
+            reg = attention_kl_regularizer(
+                [a[part] for a in output.attentions], config.reg_coefficients
+            )
+            reg_total += float(reg.detach())
+            loss = loss + reg
+        view_losses[name] = float(loss.detach())
+        total = total + loss
+    if not torch.isfinite(total):
+        raise FloatingPointError(
+            "training loss is not finite; lower --lr or --backbone-lr, or disable --bf16"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return StepResult(float(total.detach()), view_losses, reg_total)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    if isinstance(value, list):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+def make_loader(dataset: TrainDataset, config: TrainConfig, epoch: int) -> DataLoader:
+    """Shuffled loader whose order depends only on (seed, epoch)."""
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    dataset.set_epoch(epoch)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=config.workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=False,
+    )
+
+
+def checkpoint_payload(
+    model: PatchGuard,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    epoch: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Everything needed to evaluate the model or resume training exactly."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _rng_state(),
+        "epoch": epoch,  # epochs completed
+        "config": config.to_dict(),
+        "patchguard_version": __version__,
+        **extra,
+    }
+
+
+def train(
+    config: TrainConfig,
+    resume: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train a PatchGuard model for one class; return the path of ``last.pt``.
+
+    Args:
+        config: the run's settings.
+        resume: a checkpoint to continue from (its config is used; ``epochs``, ``workers`` and
+            ``device`` may be changed).
+        progress: show progress bars.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(config.output_dir)
+    state = None
+    if resume is not None:
+        state = load_checkpoint(resume)
+        saved = TrainConfig.from_dict(state["config"])
+        for key in ("epochs", "workers", "device", "output_dir"):
+            setattr(saved, key, getattr(config, key))
+        config = saved
+        logger.info("resuming from %s after epoch %d", resume, state["epoch"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+
+    records = load_records(config.dataset, config.dataset_dir, config.class_name, "train")
+    generator = PseudoAnomalyGenerator(
+        min_patch_size(config.dataset, config.class_name, config.image_size),
+        size_scale=config.pseudo_size_scale,
+    )
+    dataset = TrainDataset(records, config.image_size, generator, config.seed, progress=progress)
+    if dataset.foreground_count == 0:
+        logger.info("no foreground masks for %s: the whole image counts as foreground",
+                    config.class_name)
+    model, weight_source = build_model(config, load_weights=state is None)
+    model.to(device)
+    optimizer = build_optimizer(model, config)
+    steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
+    scheduler = build_scheduler(optimizer, steps_per_epoch, config)
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"])
+        weight_source = state.get("weight_source", "resumed checkpoint")
+    extra = {
+        "weight_source": weight_source,
+        "train_summary": {
+            "dataset": config.dataset,
+            "class_name": config.class_name,
+            "n_train_images": len(dataset),
+            "foreground_masks": dataset.foreground_count,
+        },
+    }
+    log_path = out_dir / "train_log.jsonl"
+    last_path = out_dir / "last.pt"
+    logger.info("training %s/%s on %s: %d images, %d epochs, backbone weights: %s",
+                config.dataset, config.class_name, device, len(dataset), config.epochs,
+                weight_source)
+    model.train()
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            started = time.perf_counter()
+            totals: dict[str, float] = {}
+            seen = 0
+            bar = tqdm(make_loader(dataset, config, epoch), disable=not progress, leave=False,
+                       desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
+            for batch in bar:
+                result = training_step(model, batch, optimizer, config, device)
+                scheduler.step()
+                n = batch["image"].shape[0]
+                seen += n
+                for key, value in {"loss": result.total, "reg": result.reg, **result.views}.items():
+                    totals[key] = totals.get(key, 0.0) + value * n
+                rate = seen / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{result.total:.3f}", img_s=f"{rate:.1f}")
+            seconds = time.perf_counter() - started
+            record = {
+                "epoch": epoch + 1,
+                **{k: v / max(seen, 1) for k, v in totals.items()},
+                "lr": optimizer.param_groups[-1]["lr"],
+                "images_per_s": seen / seconds,
+                "seconds": seconds,
+            }
+            with log_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if progress:
+                tqdm.write(
+                    f"epoch {epoch + 1}/{config.epochs}  loss {record['loss']:.4f}  "
+                    f"{record['images_per_s']:.1f} img/s"
+                )
+            payload = checkpoint_payload(model, optimizer, scheduler, config, epoch + 1, extra)
+            save_checkpoint(last_path, payload)
+            done = epoch + 1
+            if done > config.epochs / 2 and config.save_every and done % config.save_every == 0:
+                save_checkpoint(out_dir / f"epoch_{done:04d}.pt", payload)
+    except KeyboardInterrupt:
+        logger.warning(
+            "interrupted during epoch %d; %s holds the last completed epoch. Continue with "
+            "--resume %s", epoch + 1, last_path, last_path)
+        raise
+    if start_epoch >= config.epochs and not last_path.exists():
+        save_checkpoint(last_path, checkpoint_payload(model, optimizer, scheduler, config,
+                                                      start_epoch, extra))
+    return last_path
+
+
+def load_model(
+    checkpoint: str | Path, device: str | torch.device = "cpu"
+) -> tuple[PatchGuard, dict[str, Any]]:
+    """Rebuild a model from a checkpoint (in eval mode) and return it with the checkpoint dict."""
+    state = load_checkpoint(checkpoint)
+    config = TrainConfig.from_dict(state["config"])
+    model = PatchGuard.from_config(config)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return model, state

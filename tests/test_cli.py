@@ -1,0 +1,104 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from patchguard.checkpoint import load_checkpoint
+from patchguard.cli import main
+
+from conftest import TINY_BACKBONE, make_mvtec_class
+
+TINY_FLAGS = [
+    "--backbone", TINY_BACKBONE, "--no-pretrained", "--image-size", "64",
+    "--feature-layers", "3", "--reg-layers", "2", "3", "--reg-coefficients", "0.01", "0.05",
+    "--epochs", "2", "--batch-size", "4", "--steps-train", "2", "--workers", "0",
+    "--device", "cpu", "--quiet",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    make_mvtec_class(root / "data")
+    code = main(["train", "--dataset", "mvtec", "--dataset-dir", str(root / "data"),
+                 "--class_name", "widget", "--output-dir", str(root / "run"), *TINY_FLAGS])
+    assert code == 0
+    return root
+
+
+def test_train_writes_last_pt_with_cli_values(trained):
+    state = load_checkpoint(trained / "run" / "last.pt")
+    assert state["config"]["image_size"] == 64
+    assert state["config"]["pretrained"] is False
+    assert state["config"]["preset"] == "paper"
+    assert state["config"]["lr"] == 8e-4  # untouched paper default
+
+
+def test_test_prints_table_and_writes_json_rows(trained, capsys):
+    out_json = trained / "rows.json"
+    code = main(["test", "--checkpoint", str(trained / "run" / "last.pt"), "--epsilon-test",
+                 "2", "8", "--steps-test", "2", "--json", str(out_json), "--quiet"])
+    assert code == 0
+    assert "image AUROC" in capsys.readouterr().out
+    rows = json.loads(out_json.read_text())
+    assert [(r["attack"], r["epsilon"], r["steps"]) for r in rows] == [
+        ("clean", 0.0, 0), ("pgd", 2.0, 2), ("pgd", 8.0, 2)]
+    for row in rows:
+        assert row["n_images"] == 8 and 0 <= row["image_auroc"] <= 1
+        assert 0 <= row["pixel_auroc"] <= 1 and row["class_name"] == "widget"
+    assert rows[1]["targets"] == "ground-truth masks"
+
+
+def test_visualize_writes_panels_and_contact_sheet(trained):
+    out_dir = trained / "vis"
+    code = main(["visualize", "--checkpoint", str(trained / "run" / "last.pt"), "--epsilon", "8",
+                 "--steps", "2", "--output-dir", str(out_dir), "--quiet"])
+    assert code == 0
+    panels = sorted(out_dir.glob("0*.png"))
+    assert len(panels) == 8
+    sheet = Image.open(out_dir / "contact_sheet.png")
+    assert sheet.size == (5 * 64, 8 * 64)  # five tiles per row, one row per image
+
+
+def test_yaml_config_sets_flags_and_cli_wins(trained, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"dataset_dir: {trained / 'data'}\nclass-name: widget\nepochs: 1\nlr: 0.002\n"
+        f"backbone: {TINY_BACKBONE}\npretrained: false\nimage_size: 64\nfeature_layers: [3]\n"
+        "reg_layers: [3]\nreg_coefficients: [0.05]\nworkers: 0\ndevice: cpu\ndsc_hidden: 32\n"
+    )
+    code = main(["train", "--config", str(config), "--output-dir", str(tmp_path / "o"),
+                 "--lr", "0.003", "--quiet"])
+    assert code == 0
+    saved = load_checkpoint(tmp_path / "o" / "last.pt")["config"]
+    assert saved["epochs"] == 1 and saved["lr"] == 0.003 and saved["dsc_hidden"] == 32
+
+
+def test_errors_are_clear_messages_not_tracebacks(tmp_path, capsys):
+    code = main(["train", "--dataset-dir", str(tmp_path / "nope"), "--class-name", "x",
+                 *TINY_FLAGS])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["test", "--checkpoint", str(bad), "--quiet"]) == 2
+    assert "cannot load checkpoint" in capsys.readouterr().err
+
+
+def test_test_without_pixel_masks_reports_null(tmp_path, trained):
+    make_mvtec_class(tmp_path / "data", masks=False)
+    out_json = tmp_path / "rows.json"
+    code = main(["test", "--checkpoint", str(trained / "run" / "last.pt"), "--dataset-dir",
+                 str(tmp_path / "data"), "--steps-test", "1", "--json", str(out_json), "--quiet"])
+    assert code == 0
+    rows = json.loads(out_json.read_text())
+    assert all(r["pixel_auroc"] is None for r in rows)
+    assert rows[1]["targets"].startswith("all-ones")
+
+
+def test_module_entry_point():
+    result = subprocess.run([sys.executable, "-m", "patchguard", "--help"], capture_output=True,
+                            text=True, check=True)
+    assert "train" in result.stdout and "demo" in result.stdout
