@@ -73,8 +73,8 @@ def tiny_config(data_root: Path, output_dir: Path, **overrides) -> TrainConfig:
     values = dict(
         dataset="mvtec", dataset_dir=str(data_root), class_name="widget",
         output_dir=str(output_dir), image_size=TINY_SIZE, backbone=TINY_BACKBONE,
-        pretrained=False, feature_layers=[3], reg_layers=[2, 3], reg_coefficients=[0.01, 0.05], dsc_hidden=64, epochs=2,
-        batch_size=4, steps_train=2, workers=0, device="cpu", save_every=1,
+        pretrained=False, feature_layers=[3], reg_layers=[2, 3], reg_coefficients=[0.01, 0.05],
+        dsc_hidden=64, epochs=2, batch_size=4, steps_train=2, workers=0, device="cpu", save_every=1,
     )
     values.update(overrides)
     return TrainConfig(**values)

@@ -3,8 +3,8 @@ import torch
 
 from patchguard.attacks import mask_objective, pgd_attack
 
-from test_model import tiny_model
 from conftest import TINY_SIZE
+from test_model import tiny_model
 
 
 def test_mask_objective_formula():

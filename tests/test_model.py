@@ -32,7 +32,8 @@ def test_attention_matches_explicit_softmax_and_excludes_prefix_tokens():
     x = torch.rand(2, 3, TINY_SIZE, TINY_SIZE)
     out = model(x)
     vit = model.feature_extractor.pretrained_model
-    tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed((x - model.mean) / model.std))))
+    embedded = vit._pos_embed(vit.patch_embed((x - model.mean) / model.std))
+    tokens = vit.norm_pre(vit.patch_drop(embedded))
     tokens = vit.blocks[0](tokens)
     attn = vit.blocks[1].attn
     h = vit.blocks[1].norm1(tokens)
@@ -41,7 +42,8 @@ def test_attention_matches_explicit_softmax_and_excludes_prefix_tokens():
     full = (qkv[0] @ qkv[1].transpose(-2, -1) * attn.scale).softmax(-1)
     torch.testing.assert_close(full.sum(-1), torch.ones(b, attn.num_heads, t))
     prefix = vit.num_prefix_tokens
-    torch.testing.assert_close(out.attentions[0], full[:, :, prefix:, prefix:], rtol=1e-5, atol=1e-6)
+    expected = full[:, :, prefix:, prefix:]
+    torch.testing.assert_close(out.attentions[0], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_register_tokens_are_all_dropped():

@@ -22,7 +22,8 @@ def test_training_writes_checkpoint_log_and_learns(tiny_data, tmp_path):
     assert state["epoch"] == 3
     assert TrainConfig.from_dict(state["config"]) == config
     assert {"model", "optimizer", "scheduler", "rng", "weight_source"} <= set(state)
-    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
+    log = [json.loads(line) for line in lines]
     assert [r["epoch"] for r in log] == [1, 2, 3]
     assert {"clean", "adv_clean", "pseudo", "adv_pseudo", "reg", "images_per_s"} <= set(log[0])
     assert log[-1]["clean"] < log[0]["clean"]

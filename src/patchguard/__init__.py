@@ -1,19 +1,36 @@
-"""patchguard: adversarially robust anomaly detection and localization (PatchGuard, CVPR 2025)."""
+"""patchguard: adversarially robust anomaly detection and localization (PatchGuard, CVPR 2025).
+
+Public names are imported lazily, so ``import patchguard.demo_data`` or ``patchguard --help``
+does not pay for importing torch and timm.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .api import evaluate_checkpoint, train  # noqa: E402
-from .config import TrainConfig  # noqa: E402
-from .evaluation import evaluate  # noqa: E402
-from .model import PatchGuard  # noqa: E402
-from .training import load_model  # noqa: E402
+_EXPORTS = {
+    "PatchGuard": "patchguard.model",
+    "TrainConfig": "patchguard.config",
+    "build_config": "patchguard.config",
+    "train": "patchguard.api",
+    "evaluate_checkpoint": "patchguard.api",
+    "evaluate": "patchguard.evaluation",
+    "load_model": "patchguard.training",
+}
 
-__all__ = [
-    "PatchGuard",
-    "TrainConfig",
-    "__version__",
-    "evaluate",
-    "evaluate_checkpoint",
-    "load_model",
-    "train",
-]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'patchguard' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

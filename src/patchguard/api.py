@@ -44,7 +44,7 @@ def evaluate_checkpoint(
     json_path: str | Path | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Evaluate a checkpoint clean and under PGD; data set and class default to the training ones."""
+    """Evaluate a checkpoint clean and under PGD (data set and class default to the training's)."""
     torch_device = resolve_device(device)
     model, state = load_model(checkpoint, torch_device)
     config = TrainConfig.from_dict(state["config"])

@@ -19,7 +19,9 @@ def patch_targets(masks: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 def patch_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """BCE with logits per patch, summed over patches and averaged over images."""
-    per_patch = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+    per_patch = F.binary_cross_entropy_with_logits(
+        logits.float(), targets.float(), reduction="none"
+    )
     return per_patch.sum(dim=1).mean()
 
 

@@ -32,7 +32,9 @@ class PatchGuardOutput:
 def create_backbone(name: str, image_size: int, **kwargs) -> nn.Module:
     """Create a randomly initialised timm ViT without classifier at the given image size."""
     try:
-        return timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size, **kwargs)
+        return timm.create_model(
+            name, pretrained=False, num_classes=0, img_size=image_size, **kwargs
+        )
     except RuntimeError as error:  # timm raises RuntimeError for unknown names
         raise ValueError(
             f"unknown backbone {name!r}: use a timm ViT name, e.g. "
@@ -163,7 +165,7 @@ class DiscriminatorBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Per-patch classifier: learned positional encoding, transformer blocks, one logit per patch."""
+    """Per-patch classifier: learned positional encoding, transformer blocks, a logit per patch."""
 
     def __init__(
         self,
@@ -207,10 +209,8 @@ def gaussian_blur(maps: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         head = x.narrow(dim, 0, reps).flip(dim)
         tail = x.narrow(dim, size - reps, reps).flip(dim)
         padded = torch.cat([head, x, tail], dim=dim)
-        if dim == -1:
-            weight = kernel.to(x).view(1, 1, 1, -1)
-        else:
-            weight = kernel.to(x).view(1, 1, -1, 1)
+        shape = (1, 1, 1, -1) if dim == -1 else (1, 1, -1, 1)
+        weight = kernel.to(x).view(shape)
         x = F.conv2d(padded, weight)
     return x.squeeze(1)
 
@@ -248,7 +248,8 @@ class PatchGuard(nn.Module):
         self.discriminator = Discriminator(
             grid * grid, dim, dsc_layers, dsc_heads, dsc_hidden, dsc_dropout
         )
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.register_buffer(
             "smoothing_kernel", gaussian_kernel1d(map_sigma, map_radius), persistent=False
