@@ -98,6 +98,25 @@ def test_test_without_pixel_masks_reports_null(tmp_path, trained):
     assert rows[1]["targets"].startswith("all-ones")
 
 
+def test_cli_resume_continues_the_saved_run(tmp_path):
+    make_mvtec_class(tmp_path / "data")
+    base = ["train", "--dataset-dir", str(tmp_path / "data"), "--class-name", "widget",
+            "--output-dir", str(tmp_path / "run"), "--preset", "fast", *TINY_FLAGS]
+    base[base.index("--epochs") + 1] = "1"
+    assert main(base) == 0
+    assert main(["train", "--resume", "--output-dir", str(tmp_path / "run"), "--epochs", "2",
+                 "--quiet"]) == 0
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["epoch"] == 2
+    assert state["config"]["preset"] == "fast" and state["config"]["epochs"] == 2
+    assert state["config"]["backbone"] == TINY_BACKBONE  # not reset to the paper defaults
+    log = (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+    # resuming a finished run without new flags trains nothing more (not 1000 epochs)
+    assert main(["train", "--resume", str(tmp_path / "run" / "last.pt"), "--quiet"]) == 0
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 2
+
+
 def test_module_entry_point():
     result = subprocess.run([sys.executable, "-m", "patchguard", "--help"], capture_output=True,
                             text=True, check=True)

@@ -62,7 +62,32 @@ def test_regularised_layers_only_change_nothing_in_outputs():
     with_attention = model(x, with_attention=True).logits
     without = model(x, with_attention=False).logits
     torch.testing.assert_close(with_attention, without)
-    assert model.feature_extractor.pretrained_model.blocks[0].attn.fused_attn
+    blocks = model.feature_extractor.pretrained_model.blocks
+    for layer in model.feature_extractor.reg_layers:
+        attn = blocks[layer - 1].attn
+        assert attn.fused_attn  # timm's fused kernel still computes the block output
+        assert "forward" not in vars(attn)  # the forward method is timm's own, not replaced
+
+
+def test_attention_stays_float32_under_bf16_autocast():
+    model = tiny_model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.rand(1, 3, TINY_SIZE, TINY_SIZE))
+    assert all(a.dtype == torch.float32 for a in out.attentions)
+    assert torch.isfinite(out.logits).all()
+
+
+def test_feature_layers_concatenate_in_the_given_order():
+    model = tiny_model(feature_layers=[4, 2]).eval()
+    x = torch.rand(1, 3, TINY_SIZE, TINY_SIZE)
+    features, _ = model.feature_extractor((x - model.mean) / model.std, with_attention=False)
+    reference = tiny_model(feature_layers=[2, 4]).eval()
+    reference.load_state_dict(model.state_dict(), strict=False)
+    ref_features, _ = reference.feature_extractor((x - model.mean) / model.std, False)
+    swapped = torch.cat([ref_features[..., 64:], ref_features[..., :64]], -1)
+    torch.testing.assert_close(features, swapped)
+    with pytest.raises(ValueError, match="distinct"):
+        tiny_model(feature_layers=[3, 3])
 
 
 def test_blocks_keep_timm_call_signature():

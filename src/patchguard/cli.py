@@ -144,20 +144,27 @@ def _train_only_keys(verb: str) -> set[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one class."""
-    from .config import build_config
-    from .training import train
+    from .config import TrainConfig, build_config
+    from .training import resume_config, train
 
     skip = {"verb", "config", "quiet", "resume", "yaml_extra"}
     overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
-    config = build_config(overrides.get("preset") or "paper", getattr(args, "yaml_extra", {}),
-                          overrides)
+    overrides.update(getattr(args, "yaml_extra", {}))
     resume = None
     if args.resume:
-        resume = Path(config.output_dir) / "last.pt" if args.resume == "auto" else args.resume
-        if not Path(resume).exists():
+        output_dir = overrides.get("output_dir", TrainConfig.output_dir)
+        resume = Path(output_dir) / "last.pt" if args.resume == "auto" else Path(args.resume)
+        if not resume.exists():
             raise FileNotFoundError(f"--resume: {resume} does not exist")
-    elif not config.dataset_dir or not config.class_name:
-        raise ValueError("train needs --dataset-dir and --class-name (or a --config holding them)")
+        # Resume continues the saved run: only the flags given now change it.
+        overrides.setdefault("output_dir", str(resume.parent))
+        config = resume_config(resume, overrides)
+    else:
+        config = build_config(overrides.get("preset") or "paper", None, overrides)
+        if not config.dataset_dir or not config.class_name:
+            raise ValueError(
+                "train needs --dataset-dir and --class-name (or a --config holding them)"
+            )
     last = train(config, resume=resume, progress=not args.quiet)
     print(f"checkpoint: {last}")
     print(f"next: patchguard test --checkpoint {last}")
@@ -254,10 +261,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (DatasetError, FileNotFoundError, ValueError) as error:
+    except (DatasetError, ValueError, ImportError, ArithmeticError, OSError) as error:
+        # OSError covers missing files and unwritable output folders alike.
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RuntimeError as error:
+        import torch
+
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            print("error: the GPU ran out of memory; lower --batch-size or add --bf16",
+                  file=sys.stderr)
+            return 2
         if type(error).__name__ == "BackboneWeightsError":
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -13,9 +13,9 @@ from typing import Any
 from .checkpoint import atomic_write_text
 from .config import build_config
 from .data import TestDataset, load_records
-from .evaluation import evaluate, predict_dataset, write_results
+from .evaluation import evaluate_with_predictions, write_results
 from .training import load_model, resolve_device, train
-from .visualization import save_panels
+from .visualization import plot_robustness, save_panels
 
 logger = logging.getLogger(__name__)
 
@@ -80,37 +80,33 @@ def run_demo(
             print(f"  {class_name} / {variant}: training {config.epochs} epochs")
             last = train(config, progress=progress)
             model, _ = load_model(last, torch_device)
-            rows = evaluate(model, test_set, DEMO_EVAL["epsilons"], DEMO_EVAL["steps"],
-                            device=torch_device, progress=progress)
+            rows, predictions = evaluate_with_predictions(
+                model, test_set, DEMO_EVAL["epsilons"], DEMO_EVAL["steps"], device=torch_device,
+                progress=progress, keep_images=adversarial)
             meta = {"dataset": "demo", "class_name": class_name, "adv_train": adversarial,
                     "checkpoint": str(last)}
             write_results(run_dir / "results.json", rows, meta)
             all_rows.extend({**row, **meta} for row in rows)
             if adversarial:
-                _draw(model, test_set, run_dir / "visualization", torch_device, progress)
+                clean, attacked = predictions[0.0], predictions[float(DEMO_EVAL["epsilons"][-1])]
+                save_panels(clean.images, clean.maps, clean.masks, clean.paths,
+                            run_dir / "visualization", attacked.images, attacked.maps,
+                            clean.scores, attacked.scores)
     results_path = out / "results.json"
     atomic_write_text(results_path, json.dumps(all_rows, indent=2) + "\n")
+    plot_path = plot_robustness(all_rows, out / "robustness.png")
     print("[3/3] results")
     print(summary_table(all_rows))
     minutes = (time.perf_counter() - started) / 60
     print(f"\nfinished in {minutes:.1f} min")
     print(f"results JSON:  {results_path}")
+    print(f"plot:          {plot_path}")
     print(f"checkpoints:   {out / 'runs' / '<class>' / '<recipe>' / 'last.pt'}")
     print(f"heatmaps:      {out / 'runs' / '<class>' / 'adversarial' / 'visualization'}"
           "/contact_sheet.png")
     print(f"per-run table: patchguard test --checkpoint {out / 'runs' / classes[0]}"
           "/adversarial/last.pt")
     return all_rows
-
-
-def _draw(model, test_set: TestDataset, out_dir: Path, device, progress: bool) -> None:
-    clean = predict_dataset(model, test_set, 0.0, device=device, keep_images=True,
-                            progress=progress, desc="heatmaps (clean)")
-    adv = predict_dataset(model, test_set, DEMO_EVAL["epsilons"][-1], DEMO_EVAL["steps"],
-                          device=device, keep_images=True, progress=progress,
-                          desc="heatmaps (attacked)")
-    save_panels(clean.images, clean.maps, clean.masks, clean.paths, out_dir, adv.images,
-                adv.maps, clean.scores, adv.scores)
 
 
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:

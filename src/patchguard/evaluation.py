@@ -32,7 +32,7 @@ class Predictions:
 
     scores: np.ndarray  # (n,)
     labels: np.ndarray  # (n,)
-    maps: np.ndarray  # (n, H, W) float16 to bound memory on large test sets
+    maps: np.ndarray  # (n, H, W) float32
     masks: np.ndarray  # (n, H, W) bool
     paths: list[str]
     images: np.ndarray | None = None  # (n, H, W, 3) uint8, adversarial inputs when kept
@@ -48,7 +48,8 @@ def attack_targets(batch: dict[str, Any], patch_size: int, device: torch.device)
     targets = patch_targets(masks, patch_size)
     labels = torch.as_tensor(batch["label"], device=device).bool()
     has_mask = torch.as_tensor(batch["has_mask"], device=device).bool()
-    no_mask_anomalous = labels & ~has_mask
+    # An anomalous image whose mask is absent, or vanished when resized, is all-anomalous.
+    no_mask_anomalous = labels & (~has_mask | (targets.sum(dim=1) == 0))
     targets[no_mask_anomalous] = 1.0
     return targets
 
@@ -79,7 +80,7 @@ def predict_dataset(
             x = pgd_attack(model, x, targets, epsilon / 255.0, steps)
         score, pixel_map = model.predict(x)
         scores.append(score.cpu().numpy())
-        maps.append(pixel_map.cpu().numpy().astype(np.float16))
+        maps.append(pixel_map.float().cpu().numpy())
         labels.append(np.asarray(batch["label"]))
         masks.append(batch["mask"][:, 0].numpy() > 0)
         paths.extend(batch["path"])
@@ -107,17 +108,35 @@ def evaluate(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Image and pixel AUROC for clean inputs (eps 0) and PGD at each eps (in 1/255 units)."""
+    rows, _ = evaluate_with_predictions(model, dataset, epsilons, steps, batch_size, device,
+                                        workers, progress)
+    return rows
+
+
+def evaluate_with_predictions(
+    model: PatchGuard,
+    dataset: TestDataset,
+    epsilons: Sequence[float] = (0, 8),
+    steps: int = 10,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    workers: int = 0,
+    progress: bool = True,
+    keep_images: bool = False,
+) -> tuple[list[dict[str, Any]], dict[float, Predictions]]:
+    """Like :func:`evaluate`, also returning each epsilon's predictions (for heatmaps)."""
     pixel_ok = dataset.has_pixel_masks
     if not pixel_ok:
         logger.warning("the test set has no pixel masks for its anomalous images: pixel AUROC is "
                        "reported as null and attacks use all-ones patch targets for them")
-    rows = []
+    rows, predictions = [], {}
     for eps in epsilons:
         attacked = eps > 0
         preds = predict_dataset(
-            model, dataset, eps, steps, batch_size, device, workers, progress=progress,
-            desc=f"PGD-{steps} eps {eps:g}/255" if attacked else "clean",
+            model, dataset, eps, steps, batch_size, device, workers, keep_images=keep_images,
+            progress=progress, desc=f"PGD-{steps} eps {eps:g}/255" if attacked else "clean",
         )
+        predictions[float(eps)] = preds
         rows.append({
             "attack": "pgd" if attacked else "clean",
             "epsilon": float(eps),
@@ -128,7 +147,7 @@ def evaluate(
             "n_anomalous": int(preds.labels.sum()),
             "targets": (TARGETS_MASKS if pixel_ok else TARGETS_ALL_ONES) if attacked else None,
         })
-    return rows
+    return rows, predictions
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:

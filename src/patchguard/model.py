@@ -54,6 +54,8 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         self.pretrained_model = backbone  # name kept so the original's checkpoints map 1:1
         blocks = backbone.blocks
+        if len(set(feature_layers)) != len(feature_layers) or not feature_layers:
+            raise ValueError(f"feature layers {list(feature_layers)}: give one or more, distinct")
         for layer in [*feature_layers, *reg_layers]:
             if not 1 <= layer <= len(blocks):
                 raise ValueError(
@@ -107,8 +109,10 @@ class FeatureExtractor(nn.Module):
         q = attn.q_norm(q) if hasattr(attn, "q_norm") else q
         k = attn.k_norm(k) if hasattr(attn, "k_norm") else k
         scale = getattr(attn, "scale", q.shape[-1] ** -0.5)
-        # Softmax in float32: bf16 probabilities near 1/N lose the precision the KL term needs.
-        probs = (q.float() @ k.float().transpose(-2, -1) * scale).softmax(dim=-1)
+        # Float32 even under bf16 autocast: probabilities near 1/N lose the precision the KL term
+        # needs in bf16 (autocast would otherwise run this matmul in bf16 despite .float()).
+        with torch.autocast(q.device.type, enabled=False):
+            probs = (q.float() @ k.float().transpose(-2, -1) * scale).softmax(dim=-1)
         # The full softmax over all tokens, restricted to patch rows and columns (the paper's
         # definition). Every prefix token (class and registers) is dropped, not just the first.
         start = self.num_prefix_tokens
@@ -121,24 +125,28 @@ class FeatureExtractor(nn.Module):
         x = vit._pos_embed(x)
         x = vit.patch_drop(x)
         x = vit.norm_pre(x)
-        features: list[torch.Tensor] = []
+        features: dict[int, torch.Tensor] = {}
         self._captured = {}
         self._capturing = with_attention
         try:
             for index in range(self.depth):
                 x = vit.blocks[index](x)
                 if index + 1 in self.feature_layers:
-                    features.append(vit.norm(x)[:, self.num_prefix_tokens :])
+                    features[index + 1] = vit.norm(x)[:, self.num_prefix_tokens :]
         finally:
             self._capturing = False
-        attentions = (
-            [self._patch_attention(layer, self._captured[layer]) for layer in self.reg_layers]
-            if with_attention
-            else []
-        )
+        attentions = []
+        if with_attention:
+            missing = [layer for layer in self.reg_layers if layer not in self._captured]
+            if missing:
+                raise ValueError(
+                    f"no attention captured for block(s) {missing}: this backbone's attention "
+                    "does not call its qkv projection; use a timm ViT"
+                )
+            attentions = [self._patch_attention(layer, self._captured[layer])
+                          for layer in self.reg_layers]
         self._captured = {}
-        ordered = [features[self.feature_layers.index(layer)] for layer in self.feature_layers]
-        return torch.cat(ordered, dim=-1), attentions
+        return torch.cat([features[layer] for layer in self.feature_layers], dim=-1), attentions
 
 
 class DiscriminatorBlock(nn.Module):

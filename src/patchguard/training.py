@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from . import __version__
 from .attacks import pgd_attack
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import TrainDataset, load_records
 from .losses import attention_kl_regularizer, patch_bce_loss, patch_targets
@@ -166,8 +166,14 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(_as_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda_states = state.get("cuda")
+    if cuda_states is not None and torch.cuda.is_available():
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            logger.warning("checkpoint has RNG states for %d GPUs, this machine has %d: dropout "
+                           "draws will differ from an uninterrupted run", len(cuda_states),
+                           torch.cuda.device_count())
 
 
 def _as_tuple(value):
@@ -212,30 +218,41 @@ def checkpoint_payload(
     }
 
 
+def resume_config(checkpoint: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The config saved in a checkpoint, with the given keys changed (each change is logged)."""
+    saved = TrainConfig.from_dict(load_checkpoint(checkpoint)["config"])
+    values = saved.to_dict()
+    for key, value in (overrides or {}).items():
+        if key in values and values[key] != value:
+            logger.info("resume: %s changed from %r to %r", key, values[key], value)
+        values[key] = value
+    return TrainConfig.from_dict(values)
+
+
 def train(
-    config: TrainConfig,
+    config: TrainConfig | None = None,
     resume: str | Path | None = None,
     progress: bool = True,
 ) -> Path:
     """Train a PatchGuard model for one class; return the path of ``last.pt``.
 
     Args:
-        config: the run's settings.
-        resume: a checkpoint to continue from (its config is used; ``epochs``, ``workers`` and
-            ``device`` may be changed).
+        config: the run's settings; with ``resume`` and no config, the checkpoint's own config
+            (see :func:`resume_config` to change some of its keys).
+        resume: a checkpoint to continue from.
         progress: show progress bars.
     """
     from tqdm.auto import tqdm
 
-    out_dir = Path(config.output_dir)
     state = None
     if resume is not None:
         state = load_checkpoint(resume)
-        saved = TrainConfig.from_dict(state["config"])
-        for key in ("epochs", "workers", "device", "output_dir"):
-            setattr(saved, key, getattr(config, key))
-        config = saved
+        if config is None:
+            config = TrainConfig.from_dict(state["config"])
         logger.info("resuming from %s after epoch %d", resume, state["epoch"])
+    if config is None:
+        raise ValueError("train() needs a config or a checkpoint to resume")
+    out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -275,6 +292,7 @@ def train(
     }
     log_path = out_dir / "train_log.jsonl"
     last_path = out_dir / "last.pt"
+    _reset_log(log_path, start_epoch)
     logger.info("training %s/%s on %s: %d images, %d epochs, backbone weights: %s",
                 config.dataset, config.class_name, device, len(dataset), config.epochs,
                 weight_source)
@@ -287,6 +305,7 @@ def train(
             seen = 0
             bar = tqdm(make_loader(dataset, config, epoch), disable=not progress, leave=False,
                        desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
+            lr = optimizer.param_groups[-1]["lr"]
             for batch in bar:
                 result = training_step(model, batch, optimizer, config, device)
                 scheduler.step()
@@ -300,7 +319,7 @@ def train(
             record = {
                 "epoch": epoch + 1,
                 **{k: v / max(seen, 1) for k, v in totals.items()},
-                "lr": optimizer.param_groups[-1]["lr"],
+                "lr": lr,
                 "images_per_s": seen / seconds,
                 "seconds": seconds,
             }
@@ -324,7 +343,25 @@ def train(
     if start_epoch >= config.epochs and not last_path.exists():
         save_checkpoint(last_path, checkpoint_payload(model, optimizer, scheduler, config,
                                                       start_epoch, extra))
+    if log_path.exists() and log_path.stat().st_size:
+        from .visualization import plot_training_log
+
+        plot_training_log(log_path, out_dir / "train_curves.png")
     return last_path
+
+
+def _reset_log(log_path: Path, completed_epochs: int) -> None:
+    """Keep only the log lines of epochs the checkpoint holds (none on a fresh run)."""
+    if not log_path.exists():
+        return
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            if json.loads(line).get("epoch", 0) <= completed_epochs:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+    atomic_write_text(log_path, "".join(line + "\n" for line in kept))
 
 
 def load_model(
