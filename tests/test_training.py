@@ -83,6 +83,18 @@ def test_resume_after_interrupt_is_exact(tiny_data, tmp_path, monkeypatch):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+def test_validation_split_sets_thresholds(tiny_data, tmp_path):
+    last = train(tiny_config(tiny_data, tmp_path, epochs=1, val_fraction=0.25), progress=False)
+    state = load_checkpoint(last)
+    assert state["train_summary"]["n_train_images"] == 6
+    assert state["train_summary"]["n_validation_images"] == 2
+    scores = state["normal_scores"]
+    assert scores.shape == (2,)
+    thresholds = state["thresholds"]
+    # at a 1% target FPR on two held-out images, both must fall below the image threshold
+    assert thresholds["image"] > float(scores.max()) and thresholds["pixel"] is not None
+
+
 def test_backbone_lr_groups_and_cosine_schedule():
     config = TrainConfig(backbone="test_vit", image_size=64, pretrained=False, lr=1e-3,
                          backbone_lr=1e-5, epochs=4, feature_layers=[2], reg_layers=[2],

@@ -19,6 +19,7 @@ _EXPORTS = {
     "evaluate_checkpoint": "patchguard.api",
     "evaluate": "patchguard.evaluation",
     "load_model": "patchguard.training",
+    "load": "patchguard.inference",
 }
 
 __all__ = ["__version__", *_EXPORTS]

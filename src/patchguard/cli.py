@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, cli_tools
 
 logger = logging.getLogger("patchguard")
 
@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(train, "--no-reg", dest="reg", action="store_const", const=False, default=None)
     _flag(train, "--bf16", action="store_const", const=True, default=None,
           help="bf16 autocast on CUDA")
+    _flag(train, "--val-fraction", type=float, default=None,
+          help="hold out this share of train images to set decision thresholds (fast: 0.1)")
+    _flag(train, "--target-fpr", type=float, default=None,
+          help="false-positive rate on held-out normal images for the thresholds (0.01)")
     _flag(train, "--seed", type=int, default=None)
     _flag(train, "--workers", type=int, default=None)
     _flag(train, "--save-every", type=int, default=None)
@@ -109,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(demo, "--image-size", type=int, default=None)
     _flag(demo, "--no-compare", action="store_true", default=None,
           help="skip the --no-adv-train comparison run")
+    cli_tools.register(verbs)
     return parser
 
 
@@ -248,11 +253,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "test": cmd_test, "visualize": cmd_visualize, "demo": cmd_demo}
+COMMANDS.update(cli_tools.COMMANDS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``patchguard`` command; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="patchguard: %(message)s")
+    logging.getLogger("timm").setLevel(logging.WARNING)  # its INFO lines repeat ours
     from .data import DatasetError
 
     try:

@@ -51,6 +51,10 @@ class TrainConfig:
     reg: bool = True
     # pseudo anomalies
     pseudo_size_scale: float = 1.0
+    # held-out normal training images, scored after training to set decision thresholds
+    # (0 = train on every image, as the paper; thresholds then come from `patchguard calibrate`)
+    val_fraction: float = 0.0
+    target_fpr: float = 0.01
     # runtime
     seed: int = 0
     workers: int = 4
@@ -66,6 +70,8 @@ class TrainConfig:
                 f"{len(self.reg_coefficients)} coefficients {list(self.reg_coefficients)}: give "
                 "--reg-coefficients with one value per --reg-layers entry"
             )
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), not {self.val_fraction}")
         if self.image_size <= 0 or self.epochs < 0 or self.batch_size <= 0:
             raise ValueError("image_size and batch_size must be positive and epochs >= 0")
 
@@ -92,11 +98,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "fast": {
         "lr": 8e-4,
-        "backbone_lr": 1e-5,
-        "warmup_epochs": 1,
+        "backbone_lr": 3e-5,
+        "feature_layers": [6],
+        "reg_layers": [2, 4, 6],
+        "batch_size": 8,
         "epochs": 10,
         "steps_train": 3,
-        "dsc_hidden": 1024,
+        "val_fraction": 0.1,
     },
 }
 

@@ -21,15 +21,9 @@ logger = logging.getLogger(__name__)
 
 # Sized so that the whole demo (4 classes, two recipes each) runs in minutes on a 2-core CPU.
 DEMO_IMAGE_SIZE = 112
-DEMO_DATA = {"n_train": 48, "n_test_good": 16, "n_test_per_defect": 4}
-DEMO_TRAIN = {
-    "preset": "fast",
-    "epochs": 6,
-    "batch_size": 16,
-    "steps_train": 3,
-    "workers": 1,
-}
-DEMO_EVAL = {"epsilons": (0, 8), "steps": 10}
+DEMO_DATA = {"n_train": 32, "n_test_good": 12, "n_test_per_defect": 3}
+DEMO_TRAIN = {"preset": "fast", "epochs": 5, "workers": 1}
+DEMO_EVAL = {"epsilons": (0, 2, 8), "steps": 10}
 
 
 def run_demo(
@@ -40,8 +34,14 @@ def run_demo(
     compare: bool = True,
     device: str = "auto",
     progress: bool = True,
+    train_overrides: dict[str, Any] | None = None,
+    data_overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the whole demo and return the result rows (also written to OUTPUT/results.json)."""
+    """Run the whole demo and return the result rows (also written to OUTPUT/results.json).
+
+    ``train_overrides`` / ``data_overrides`` change the recipe or data set size (tests use
+    them to run the demo with a tiny random ViT).
+    """
     from .demo_data import DEMO_CLASSES, build_demo_dataset
 
     started = time.perf_counter()
@@ -53,7 +53,8 @@ def run_demo(
         raise ValueError(f"unknown demo class(es) {unknown}; choose from {list(DEMO_CLASSES)}")
     data_root = out / "data"
     print(f"[1/3] building the demo data set in {data_root} ...")
-    build_demo_dataset(data_root, classes=classes, image_size=size, **DEMO_DATA)
+    build_demo_dataset(data_root, classes=classes, image_size=size,
+                       **{**DEMO_DATA, **(data_overrides or {})})
     torch_device = resolve_device(device)
 
     variants = [("adversarial", True)] + ([("no_adv_train", False)] if compare else [])
@@ -75,6 +76,7 @@ def run_demo(
                     "adv_train": adversarial,
                     "device": str(torch_device),
                     **({"epochs": epochs} if epochs else {}),
+                    **(train_overrides or {}),
                 },
             )
             print(f"  {class_name} / {variant}: training {config.epochs} epochs")
@@ -110,31 +112,31 @@ def run_demo(
 
 
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Per class: clean and PGD image/pixel AUROC, adversarially trained vs not, plus the mean."""
+    """Per class and recipe: image AUROC at each epsilon, pixel AUROC clean and at the largest."""
     def cell(value: float | None) -> str:
         return "  n/a" if value is None else f"{value:5.3f}"
 
-    eps = max(r["epsilon"] for r in rows)
+    epsilons = sorted({r["epsilon"] for r in rows})
+    top = epsilons[-1]
     steps = max(r["steps"] for r in rows)
-    classes = list(dict.fromkeys(r["class_name"] for r in rows))
-    variants = list(dict.fromkeys(r["adv_train"] for r in rows))
-    header = f"{'class':<10}" + "".join(
-        f" | {'adv-trained' if v else 'no-adv':^27}" for v in variants)
-    sub = f"{'':<10}" + " | img clean  img PGD  pix PGD  " * len(variants)
-    lines = [f"image / pixel AUROC, clean and PGD-{steps} at eps {eps:g}/255", header, sub]
-    means: dict[bool, list[list[float]]] = {v: [] for v in variants}
-    for class_name in classes + ["mean"]:
-        line = f"{class_name:<10}"
-        for variant in variants:
-            if class_name == "mean":
-                cols = list(zip(*means[variant]))
-                values = [sum(c) / len(c) if None not in c else None for c in cols]
-            else:
-                pick = {r["epsilon"]: r for r in rows
-                        if r["class_name"] == class_name and r["adv_train"] == variant}
-                values = [pick[0]["image_auroc"], pick[eps]["image_auroc"],
-                          pick[eps]["pixel_auroc"]]
-                means[variant].append(values)
-            line += " | " + "   ".join(cell(v) for v in values) + "  "
-        lines.append(line)
+    columns = [("image", e) for e in epsilons] + [("pixel", 0.0), ("pixel", top)]
+    short = {"image": "img", "pixel": "pix"}
+    names = [f"{short[kind]} {'clean' if e == 0 else f'{e:g}/255'}" for kind, e in columns]
+    lines = [f"AUROC, clean and under PGD-{steps} (eps in 1/255); "
+             "adv = adversarially trained, no-adv = --no-adv-train",
+             f"{'class':<8} {'recipe':<7} " + " ".join(f"{n:>10}" for n in names)]
+    groups: dict[tuple[str, bool], dict[float, dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["class_name"], row["adv_train"]), {})[row["epsilon"]] = row
+    means: dict[bool, list[list[float | None]]] = {}
+    for (class_name, adv), by_eps in groups.items():
+        values = [by_eps[e][f"{kind}_auroc"] for kind, e in columns]
+        means.setdefault(adv, []).append(values)
+        lines.append(f"{class_name:<8} {'adv' if adv else 'no-adv':<7} "
+                     + " ".join(f"{cell(v):>10}" for v in values))
+    for adv, table in means.items():
+        cols = list(zip(*table))
+        values = [None if None in c else sum(c) / len(c) for c in cols]
+        lines.append(f"{'mean':<8} {'adv' if adv else 'no-adv':<7} "
+                     + " ".join(f"{cell(v):>10}" for v in values))
     return "\n".join(lines)

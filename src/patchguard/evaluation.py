@@ -17,7 +17,7 @@ from .attacks import pgd_attack
 from .checkpoint import atomic_write_text
 from .data import TestDataset
 from .losses import patch_targets
-from .metrics import auroc
+from .metrics import auroc, compute_all
 from .model import PatchGuard
 
 logger = logging.getLogger(__name__)
@@ -137,12 +137,15 @@ def evaluate_with_predictions(
             progress=progress, desc=f"PGD-{steps} eps {eps:g}/255" if attacked else "clean",
         )
         predictions[float(eps)] = preds
+        metrics = compute_all(preds.labels, preds.scores,
+                              preds.masks if pixel_ok else None, preds.maps if pixel_ok else None)
         rows.append({
             "attack": "pgd" if attacked else "clean",
             "epsilon": float(eps),
             "steps": int(steps) if attacked else 0,
             "image_auroc": auroc(preds.labels, preds.scores),
             "pixel_auroc": auroc(preds.masks, preds.maps) if pixel_ok else None,
+            **{k: v for k, v in metrics.items() if k not in ("image_auroc", "pixel_auroc")},
             "n_images": int(len(preds.scores)),
             "n_anomalous": int(preds.labels.sum()),
             "targets": (TARGETS_MASKS if pixel_ok else TARGETS_ALL_ONES) if attacked else None,
@@ -155,11 +158,12 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     def fmt(value: float | None) -> str:
         return "  n/a " if value is None else f"{value:6.4f}"
 
-    lines = ["attack  eps/255  steps  image AUROC  pixel AUROC  images"]
+    lines = ["attack  eps/255  steps  image AUROC  pixel AUROC   AUPRO  images"]
     for row in rows:
         lines.append(
             f"{row['attack']:<6}  {row['epsilon']:>7g}  {row['steps']:>5}  "
-            f"{fmt(row['image_auroc']):>11}  {fmt(row['pixel_auroc']):>11}  {row['n_images']:>6}"
+            f"{fmt(row['image_auroc']):>11}  {fmt(row['pixel_auroc']):>11}  "
+            f"{fmt(row.get('aupro')):>6}  {row['n_images']:>6}"
         )
     if any(row["pixel_auroc"] is None for row in rows):
         lines.append("pixel AUROC n/a: the test set has no pixel masks (image-level labels only)")

@@ -154,7 +154,8 @@ class DiscriminatorBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, hidden: int, dropout: float) -> None:
         super().__init__()
-        self.attention = nn.MultiheadAttention(dim, heads, dropout=0.0, batch_first=True)
+        # Attention-weight dropout as in the original's nn.MultiheadAttention(dropout=0.2).
+        self.attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(

@@ -260,6 +260,7 @@ def train(
     np.random.seed(config.seed)
 
     records = load_records(config.dataset, config.dataset_dir, config.class_name, "train")
+    records, val_records = split_validation(records, config.val_fraction, config.seed)
     generator = PseudoAnomalyGenerator(
         min_patch_size(config.dataset, config.class_name, config.image_size),
         size_scale=config.pseudo_size_scale,
@@ -287,6 +288,7 @@ def train(
             "dataset": config.dataset,
             "class_name": config.class_name,
             "n_train_images": len(dataset),
+            "n_validation_images": len(val_records),
             "foreground_masks": dataset.foreground_count,
         },
     }
@@ -340,14 +342,51 @@ def train(
             "interrupted during epoch %d; %s holds the last completed epoch. Continue with "
             "--resume %s", epoch + 1, last_path, last_path)
         raise
-    if start_epoch >= config.epochs and not last_path.exists():
+    if val_records:
+        extra.update(validation_thresholds(model, val_records, config, device, progress))
+        model.train()
+    if val_records or (start_epoch >= config.epochs and not last_path.exists()):
         save_checkpoint(last_path, checkpoint_payload(model, optimizer, scheduler, config,
-                                                      start_epoch, extra))
+                                                      max(start_epoch, config.epochs), extra))
     if log_path.exists() and log_path.stat().st_size:
         from .visualization import plot_training_log
 
         plot_training_log(log_path, out_dir / "train_curves.png")
     return last_path
+
+
+def split_validation(
+    records: list, fraction: float, seed: int
+) -> tuple[list, list]:
+    """Hold out ``fraction`` of the training records (at least one when > 0), fixed by seed."""
+    if fraction <= 0:
+        return list(records), []
+    count = max(1, round(len(records) * fraction))
+    if count >= len(records):
+        raise ValueError(f"val_fraction {fraction} leaves no training images of {len(records)}")
+    order = np.random.default_rng(seed).permutation(len(records))
+    held = set(order[:count].tolist())
+    return ([r for i, r in enumerate(records) if i not in held],
+            [r for i, r in enumerate(records) if i in held])
+
+
+def validation_thresholds(
+    model: PatchGuard, records: list, config: TrainConfig, device: torch.device, progress: bool
+) -> dict[str, Any]:
+    """Score held-out normal images; return their scores and thresholds at the target FPR."""
+    from .data import TestDataset
+    from .evaluation import predict_dataset
+    from .inference import calibrate_thresholds
+
+    preds = predict_dataset(model, TestDataset(records, config.image_size), 0.0,
+                            batch_size=config.batch_size, device=device, progress=progress,
+                            desc="scoring held-out normal images")
+    thresholds = calibrate_thresholds(preds.scores, target_fpr=config.target_fpr,
+                                      normal_pixel_values=preds.maps.ravel())
+    logger.info("thresholds from %d held-out normal images at FPR %.3g: image %.4f",
+                len(records), config.target_fpr, thresholds["image"])
+    return {"thresholds": thresholds,
+            "normal_scores": torch.as_tensor(preds.scores, dtype=torch.float32)}
 
 
 def _reset_log(log_path: Path, completed_epochs: int) -> None:

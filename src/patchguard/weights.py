@@ -280,7 +280,7 @@ def _load_from_hub(model: torch.nn.Module, backbone: str) -> str:
         kwargs["img_size"] = tuple(img_size)
     offline_reason = _hub_offline_reason()
     if offline_reason:
-        logger.info(
+        logger.debug(
             "Hugging Face Hub treated as offline (%s); trying its local cache", offline_reason
         )
     with _hub_offline_mode() if offline_reason else contextlib.nullcontext():
@@ -556,7 +556,8 @@ def load_backbone_weights(
     except Exception as exc:
         reason = f"Hugging Face Hub: {_one_line(exc)}"
         reasons.append(reason)
-        logger.warning("Pretrained weights for %s not loaded from the hub (%s)", backbone, reason)
+        # One short line: the source finally used is logged by the caller.
+        logger.info("%s: no hub weights here (%s)", backbone, _one_line(exc, 90))
 
     if _is_dinov2_vits(backbone):
         try:
