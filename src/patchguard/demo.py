@@ -22,7 +22,9 @@ logger = logging.getLogger(__name__)
 # Sized so that the whole demo (4 classes, two recipes each) runs in minutes on a 2-core CPU.
 DEMO_IMAGE_SIZE = 112
 DEMO_DATA = {"n_train": 32, "n_test_good": 12, "n_test_per_defect": 3}
-DEMO_TRAIN = {"preset": "fast", "epochs": 5, "workers": 1}
+# workers 0: on a 2-core machine a loader process only competes with training (measured 2.0 s
+# against 3.6-5.0 s per epoch); pseudo anomalies cost ~2 ms per image.
+DEMO_TRAIN = {"preset": "fast", "epochs": 5, "workers": 0}
 DEMO_EVAL = {"epsilons": (0, 2, 8), "steps": 10}
 
 
