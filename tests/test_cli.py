@@ -49,6 +49,8 @@ def test_test_prints_table_and_writes_json_rows(trained, capsys):
         assert row["n_images"] == 8 and 0 <= row["image_auroc"] <= 1
         assert 0 <= row["pixel_auroc"] <= 1 and row["class_name"] == "widget"
     assert rows[1]["targets"] == "ground-truth masks"
+    card = load_checkpoint(trained / "run" / "last.pt")["results"]
+    assert [r["epsilon"] for r in card] == [0.0, 2.0, 8.0]
 
 
 def test_visualize_writes_panels_and_contact_sheet(trained):

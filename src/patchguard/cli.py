@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(test, "--batch-size", type=int, default=16)
     _flag(test, "--workers", type=int, default=0)
     _flag(test, "--json", default=None, help="results file (default: beside the checkpoint)")
+    _flag(test, "--no-record", action="store_true", default=None,
+          help="do not store the results in the checkpoint's model card")
 
     vis = verbs.add_parser("visualize", help="clean and attacked heatmaps as PNGs")
     _flag(vis, "--checkpoint", required=True)
@@ -201,8 +203,15 @@ def cmd_test(args: argparse.Namespace) -> int:
                     args.workers, progress=not args.quiet)
     print(format_table(rows))
     json_path = args.json or Path(args.checkpoint).with_name("results.json")
-    write_results(json_path, rows, {"dataset": dataset, "class_name": class_name,
-                                    "checkpoint": str(args.checkpoint)})
+    meta = {"dataset": dataset, "class_name": class_name, "checkpoint": str(args.checkpoint)}
+    write_results(json_path, rows, meta)
+    if not args.no_record:
+        # The model card carries its latest evaluation (atomic rewrite of the checkpoint).
+        from .checkpoint import load_checkpoint, save_checkpoint
+
+        state = load_checkpoint(args.checkpoint)
+        state["results"] = [{**row, **meta} for row in rows]
+        save_checkpoint(args.checkpoint, state)
     print(f"results: {json_path}")
     return 0
 
