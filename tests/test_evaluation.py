@@ -30,3 +30,37 @@ def test_evaluate_rows_and_attack_lowers_auroc(tmp_path):
     assert attacked["attack"] == "pgd" and attacked["epsilon"] == 32.0
     assert attacked["image_auroc"] < clean["image_auroc"] or attacked["image_auroc"] == 0.0
     assert attacked["pixel_auroc"] < clean["pixel_auroc"]
+
+
+def test_evaluate_several_attacks_rows_carry_objective_and_restarts(tmp_path):
+    make_mvtec_class(tmp_path, n_good=4, n_bad=4)
+    dataset = TestDataset(load_records("mvtec", tmp_path, "widget", "test"), 64)
+    rows = evaluate(tiny_model(), dataset, epsilons=(0, 8), steps=2, batch_size=8,
+                    progress=False, attacks=("fgsm", "pgd-rs"), objective="score", restarts=2)
+    assert [(r["attack"], r["epsilon"]) for r in rows] == [
+        ("clean", 0.0), ("fgsm", 8.0), ("pgd-rs", 8.0)]
+    assert rows[0]["objective"] is None and rows[2]["objective"] == "score"
+    assert rows[2]["restarts"] == 2
+    for row in rows:
+        assert {"aupro", "image_ap", "pixel_f1_max"} <= set(row)
+
+
+def test_default_attack_is_the_faithful_pgd(tmp_path):
+    """The evaluation's default attack reproduces pgd_attack with the mask objective exactly."""
+    from patchguard.attacks import pgd_attack
+    from patchguard.evaluation import predict_dataset
+
+    make_mvtec_class(tmp_path, n_good=2, n_bad=2)
+    dataset = TestDataset(load_records("mvtec", tmp_path, "widget", "test"), 64)
+    model = tiny_model().eval()
+    preds = predict_dataset(model, dataset, 8, steps=3, batch_size=4, keep_images=True,
+                            progress=False)
+    batch = {k: [dataset[i][k] for i in range(4)] for k in ("image", "mask", "label", "has_mask")}
+    x = torch.stack(batch["image"])
+    targets = attack_targets({"mask": torch.stack(batch["mask"]),
+                              "label": torch.tensor(batch["label"]),
+                              "has_mask": torch.tensor(batch["has_mask"])}, 16,
+                             torch.device("cpu"))
+    expected = pgd_attack(model, x, targets, 8 / 255, 3)
+    reference_scores, _ = model.predict(expected)
+    torch.testing.assert_close(torch.from_numpy(preds.scores), reference_scores)

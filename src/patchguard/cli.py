@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(test, "--epsilon-test", type=float, nargs="+", default=[0, 8],
           help="epsilons in 1/255 units; 0 is the clean row (always included)")
     _flag(test, "--steps-test", type=int, default=10)
+    _flag(test, "--attack", nargs="+", default=["pgd"],
+          choices=["pgd", "pgd-rs", "fgsm", "apgd", "worst"],
+          help="attacks to run (pgd = the paper's, the default; worst = per-image strongest)")
+    _flag(test, "--objective", default="mask", choices=["mask", "score", "map"],
+          help="what the attack maximises: mask (paper), score (the image decision), map")
+    _flag(test, "--restarts", type=int, default=1, help="random restarts (pgd-rs, apgd)")
     _flag(test, "--batch-size", type=int, default=16)
     _flag(test, "--workers", type=int, default=0)
     _flag(test, "--json", default=None, help="results file (default: beside the checkpoint)")
@@ -103,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common_flags(vis)
     _flag(vis, "--epsilon", type=float, default=8.0, help="in 1/255 units; 0 for clean only")
     _flag(vis, "--steps", type=int, default=10)
+    _flag(vis, "--attack", default="pgd", choices=["pgd", "pgd-rs", "fgsm", "apgd", "worst"])
+    _flag(vis, "--objective", default="mask", choices=["mask", "score", "map"])
     _flag(vis, "--output-dir", default=None, help="default: <checkpoint dir>/visualization")
     _flag(vis, "--max-images", type=int, default=None, help="limit the number of test images")
     _flag(vis, "--batch-size", type=int, default=16)
@@ -200,7 +208,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     model, device, test_set, dataset, class_name = _load_for_eval(args)
     epsilons = sorted({0.0, *args.epsilon_test})
     rows = evaluate(model, test_set, epsilons, args.steps_test, args.batch_size, device,
-                    args.workers, progress=not args.quiet)
+                    args.workers, progress=not args.quiet, attacks=args.attack,
+                    objective=args.objective, restarts=args.restarts)
     print(format_table(rows))
     json_path = args.json or Path(args.checkpoint).with_name("results.json")
     meta = {"dataset": dataset, "class_name": class_name, "checkpoint": str(args.checkpoint)}
@@ -233,8 +242,9 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     adv = None
     if args.epsilon > 0:
         adv = predict_dataset(model, test_set, args.epsilon, args.steps, args.batch_size, device,
-                              keep_images=True, progress=progress,
-                              desc=f"PGD-{args.steps} eps {args.epsilon:g}/255")
+                              keep_images=True, progress=progress, attack=args.attack,
+                              objective=args.objective,
+                              desc=f"{args.attack} eps {args.epsilon:g}/255")
     out_dir = Path(args.output_dir or Path(args.checkpoint).parent / "visualization")
     written = save_panels(
         clean.images, clean.maps, clean.masks, clean.paths, out_dir,

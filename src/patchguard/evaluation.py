@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .attacks import pgd_attack
+from .attacks import run_attack
 from .checkpoint import atomic_write_text
 from .data import TestDataset
 from .losses import patch_targets
@@ -65,11 +65,20 @@ def predict_dataset(
     keep_images: bool = False,
     progress: bool = True,
     desc: str = "",
+    attack: str = "pgd",
+    objective: str = "mask",
+    restarts: int = 1,
+    seed: int = 0,
 ) -> Predictions:
-    """Score every test image, clean (epsilon 0) or under PGD at ``epsilon`` (1/255 units)."""
+    """Score every test image, clean (epsilon 0) or attacked at ``epsilon`` (1/255 units).
+
+    ``attack`` is a name of :data:`patchguard.attacks.ATTACKS`; the default is the faithful
+    PGD with the mask objective of METHOD.md.
+    """
     from tqdm.auto import tqdm
 
     device = torch.device(device)
+    generator = torch.Generator().manual_seed(seed)  # random starts, reproducible
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     scores, labels, maps, masks, paths, images = [], [], [], [], [], []
@@ -77,7 +86,10 @@ def predict_dataset(
         x = batch["image"].to(device)
         if epsilon > 0:
             targets = attack_targets(batch, model.patch_size, device)
-            x = pgd_attack(model, x, targets, epsilon / 255.0, steps)
+            batch_labels = torch.as_tensor(batch["label"], device=device)
+            x, _ = run_attack(attack, model, x, targets, batch_labels, epsilon / 255.0, steps,
+                              objective=objective, restarts=restarts,
+                              masks=batch["mask"].to(device), generator=generator)
         score, pixel_map = model.predict(x)
         scores.append(score.cpu().numpy())
         maps.append(pixel_map.float().cpu().numpy())
@@ -106,10 +118,14 @@ def evaluate(
     device: torch.device | str = "cpu",
     workers: int = 0,
     progress: bool = True,
+    attacks: Sequence[str] = ("pgd",),
+    objective: str = "mask",
+    restarts: int = 1,
 ) -> list[dict[str, Any]]:
-    """Image and pixel AUROC for clean inputs (eps 0) and PGD at each eps (in 1/255 units)."""
+    """Metrics for clean inputs (eps 0) and each attack at each eps (in 1/255 units)."""
     rows, _ = evaluate_with_predictions(model, dataset, epsilons, steps, batch_size, device,
-                                        workers, progress)
+                                        workers, progress, attacks=attacks,
+                                        objective=objective, restarts=restarts)
     return rows
 
 
@@ -123,26 +139,35 @@ def evaluate_with_predictions(
     workers: int = 0,
     progress: bool = True,
     keep_images: bool = False,
+    attacks: Sequence[str] = ("pgd",),
+    objective: str = "mask",
+    restarts: int = 1,
 ) -> tuple[list[dict[str, Any]], dict[float, Predictions]]:
-    """Like :func:`evaluate`, also returning each epsilon's predictions (for heatmaps)."""
+    """Like :func:`evaluate`, also returning predictions per epsilon (of the first attack)."""
     pixel_ok = dataset.has_pixel_masks
     if not pixel_ok:
         logger.warning("the test set has no pixel masks for its anomalous images: pixel AUROC is "
                        "reported as null and attacks use all-ones patch targets for them")
     rows, predictions = [], {}
-    for eps in epsilons:
+    settings = [("clean", 0.0)] if 0 in epsilons else []
+    settings += [(name, float(eps)) for name in attacks for eps in epsilons if eps > 0]
+    for attack, eps in settings:
         attacked = eps > 0
         preds = predict_dataset(
             model, dataset, eps, steps, batch_size, device, workers, keep_images=keep_images,
-            progress=progress, desc=f"PGD-{steps} eps {eps:g}/255" if attacked else "clean",
+            progress=progress, attack=attack, objective=objective, restarts=restarts,
+            desc=f"{attack} ({steps} steps) eps {eps:g}/255" if attacked else "clean",
         )
-        predictions[float(eps)] = preds
+        if attack in ("clean", attacks[0]):
+            predictions[eps] = preds
         metrics = compute_all(preds.labels, preds.scores,
                               preds.masks if pixel_ok else None, preds.maps if pixel_ok else None)
         rows.append({
-            "attack": "pgd" if attacked else "clean",
-            "epsilon": float(eps),
+            "attack": attack,
+            "epsilon": eps,
             "steps": int(steps) if attacked else 0,
+            "objective": objective if attacked else None,
+            "restarts": int(restarts) if attacked else 0,
             "image_auroc": auroc(preds.labels, preds.scores),
             "pixel_auroc": auroc(preds.masks, preds.maps) if pixel_ok else None,
             **{k: v for k, v in metrics.items() if k not in ("image_auroc", "pixel_auroc")},
