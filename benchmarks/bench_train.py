@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="0 skips the warm-up call")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -65,7 +66,8 @@ def main() -> None:
     }
 
     def timed(fn) -> float:
-        fn()  # warm-up
+        if args.warmup:
+            fn()  # warm-up: first calls allocate and pick kernels
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
@@ -79,15 +81,15 @@ def main() -> None:
         config.adv_train = adv
         seconds = timed(lambda: training_step(model, batch, optimizer, config, device))
         label = f"PGD-{args.steps} adversarial" if adv else "no-adv (2 views)"
-        print(f"training, {label:<18} {args.batch_size / seconds:8.1f} img/s "
+        print(f"training, {label:<18} {args.batch_size / seconds:8.2f} img/s "
               f"({seconds:.2f} s/batch)")
     model.eval()
     x = batch["image"].to(device)
     targets = torch.zeros(args.batch_size, model.grid_size**2, device=device)
     seconds = timed(lambda: pgd_attack(model, x, targets, 8 / 255, args.steps))
-    print(f"evaluation attack PGD-{args.steps}:  {args.batch_size / seconds:8.1f} img/s")
+    print(f"evaluation attack PGD-{args.steps}:  {args.batch_size / seconds:8.2f} img/s")
     seconds = timed(lambda: model.predict(x))
-    print(f"clean inference:         {args.batch_size / seconds:8.1f} img/s")
+    print(f"clean inference:         {args.batch_size / seconds:8.2f} img/s")
 
 
 if __name__ == "__main__":

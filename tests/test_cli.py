@@ -119,6 +119,38 @@ def test_cli_resume_continues_the_saved_run(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 2
 
 
+def test_test_writes_csv_markdown_plot_and_sanity_notes(trained, capsys):
+    out_json = trained / "sane" / "rows.json"
+    code = main(["test", "--checkpoint", str(trained / "run" / "last.pt"), "--steps-test", "2",
+                 "--attack", "pgd", "fgsm", "--sanity", "--json", str(out_json), "--quiet",
+                 "--no-record"])
+    assert code == 0
+    assert "Sanity checks" in capsys.readouterr().out
+    csv_lines = out_json.with_suffix(".csv").read_text().splitlines()
+    assert csv_lines[0].startswith("class_name,attack,objective,epsilon")
+    assert len(csv_lines) == 1 + 3  # clean, pgd 8, fgsm 8
+    markdown = out_json.with_suffix(".md").read_text()
+    assert "| fgsm |" in markdown.replace("| widget ", "") and "Sanity checks" in markdown
+    assert (trained / "sane" / "rows_vs_epsilon.png").exists()
+
+
+def test_benchmark_writes_paper_style_table(trained, tmp_path):
+    import shutil
+
+    for name in ("widget",):
+        (tmp_path / "ckpts" / name).mkdir(parents=True)
+        shutil.copy(trained / "run" / "last.pt", tmp_path / "ckpts" / name / "last.pt")
+    code = main(["benchmark", "--classes", "all", "--checkpoint-dir", str(tmp_path / "ckpts"),
+                 "--steps-test", "1", "--quiet"])
+    assert code == 0
+    table = (tmp_path / "ckpts" / "benchmark.md").read_text()
+    assert "| widget |" in table and "| **mean** |" in table
+    rows = json.loads((tmp_path / "ckpts" / "benchmark.json").read_text())
+    assert {r["class_name"] for r in rows} == {"widget"}
+    assert main(["benchmark", "--classes", "nothere", "--checkpoint-dir",
+                 str(tmp_path / "ckpts"), "--quiet"]) == 2
+
+
 def test_module_entry_point():
     result = subprocess.run([sys.executable, "-m", "patchguard", "--help"], capture_output=True,
                             text=True, check=True)

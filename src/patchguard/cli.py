@@ -102,6 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(test, "--json", default=None, help="results file (default: beside the checkpoint)")
     _flag(test, "--no-record", action="store_true", default=None,
           help="do not store the results in the checkpoint's model card")
+    _flag(test, "--sanity", action="store_true", default=None,
+          help="also check for gradient masking: epsilon sweep, more steps, eps 128/255")
+
+    bench = verbs.add_parser("benchmark", help="evaluate several classes: paper-style table")
+    _flag(bench, "--dataset", default=None)
+    _flag(bench, "--dataset-dir", default=None)
+    _flag(bench, "--classes", nargs="+", required=True,
+          help="class names, or 'all' for every CHECKPOINT_DIR/<class>/last.pt")
+    _flag(bench, "--checkpoint-dir", required=True,
+          help="holds <class>/last.pt (or <class>.pt) per class")
+    _common_flags(bench)
+    _flag(bench, "--epsilon-test", type=float, nargs="+", default=[0, 8])
+    _flag(bench, "--steps-test", type=int, default=10)
+    _flag(bench, "--attack", nargs="+", default=["pgd"],
+          choices=["pgd", "pgd-rs", "fgsm", "apgd", "worst"])
+    _flag(bench, "--objective", default="mask", choices=["mask", "score", "map"])
+    _flag(bench, "--restarts", type=int, default=1)
+    _flag(bench, "--batch-size", type=int, default=16)
+    _flag(bench, "--output-dir", default=None, help="default: CHECKPOINT_DIR")
 
     vis = verbs.add_parser("visualize", help="clean and attacked heatmaps as PNGs")
     _flag(vis, "--checkpoint", required=True)
@@ -186,6 +205,77 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_reports(json_path: Path, rows: list, notes: str = "") -> None:
+    from .reports import plot_auroc_vs_epsilon, write_csv, write_markdown
+
+    write_csv(rows, json_path.with_suffix(".csv"))
+    write_markdown(rows, json_path.with_suffix(".md"), notes)
+    if any(r["attack"] != "clean" for r in rows):
+        plot_auroc_vs_epsilon(rows, json_path.with_name(json_path.stem + "_vs_epsilon.png"))
+    print(f"reports: {json_path.with_suffix('.csv')}, {json_path.with_suffix('.md')}")
+
+
+def _run_sanity(args: argparse.Namespace, model, test_set, device) -> str:
+    """Run the gradient-masking checks, print them, return them as Markdown notes."""
+    from .sanity import sanity_check
+
+    report = sanity_check(model, test_set, attack=args.attack[0], objective=args.objective,
+                          steps=args.steps_test, batch_size=args.batch_size, device=device,
+                          progress=not args.quiet)
+    lines = ["Sanity checks against gradient masking:"]
+    lines += [f"- checked: {check}" for check in report.checks]
+    lines += [f"- WARNING: {warning}" for warning in report.warnings] or ["- all passed"]
+    print("\n".join(lines))
+    return "\n".join(lines)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """Evaluate one checkpoint per class and write the paper-style table."""
+    from .config import TrainConfig
+    from .data import TestDataset, load_records
+    from .evaluation import evaluate, format_table, write_results
+    from .reports import class_table, write_csv
+    from .training import load_model, resolve_device
+
+    root = Path(args.checkpoint_dir)
+    classes = args.classes
+    if classes == ["all"]:
+        classes = sorted(p.parent.name for p in root.glob("*/last.pt"))
+        if not classes:
+            raise FileNotFoundError(f"no <class>/last.pt under {root}")
+    device = resolve_device(args.device or "auto")
+    epsilons = sorted({0.0, *args.epsilon_test})
+    results, all_rows = {}, []
+    for name in classes:
+        checkpoint = next((p for p in (root / name / "last.pt", root / f"{name}.pt")
+                           if p.exists()), None)
+        if checkpoint is None:
+            raise FileNotFoundError(f"no checkpoint for class {name!r}: expected "
+                                    f"{root / name / 'last.pt'} or {root / (name + '.pt')}")
+        model, state = load_model(checkpoint, device)
+        config = TrainConfig.from_dict(state["config"])
+        dataset = args.dataset or config.dataset
+        records = load_records(dataset, args.dataset_dir or config.dataset_dir, name, "test")
+        rows = evaluate(model, TestDataset(records, config.image_size), epsilons,
+                        args.steps_test, args.batch_size, device, progress=not args.quiet,
+                        attacks=args.attack, objective=args.objective, restarts=args.restarts)
+        print(f"{name}:\n{format_table(rows)}")
+        rows = [{**r, "dataset": dataset, "class_name": name, "checkpoint": str(checkpoint)}
+                for r in rows]
+        results[name] = rows
+        all_rows.extend(rows)
+    out = Path(args.output_dir or root)
+    table = class_table(results)
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(out / "benchmark.md", table)
+    write_results(out / "benchmark.json", all_rows)
+    write_csv(all_rows, out / "benchmark.csv")
+    print(table)
+    print(f"written: {out / 'benchmark.md'}, benchmark.json, benchmark.csv")
+    return 0
+
+
 def _load_for_eval(args: argparse.Namespace):
     from .config import TrainConfig
     from .data import TestDataset, load_records
@@ -211,9 +301,13 @@ def cmd_test(args: argparse.Namespace) -> int:
                     args.workers, progress=not args.quiet, attacks=args.attack,
                     objective=args.objective, restarts=args.restarts)
     print(format_table(rows))
-    json_path = args.json or Path(args.checkpoint).with_name("results.json")
+    json_path = Path(args.json or Path(args.checkpoint).with_name("results.json"))
     meta = {"dataset": dataset, "class_name": class_name, "checkpoint": str(args.checkpoint)}
+    notes = ""
+    if args.sanity:
+        notes = _run_sanity(args, model, test_set, device)
     write_results(json_path, rows, meta)
+    _write_reports(json_path, [{**row, **meta} for row in rows], notes)
     if not args.no_record:
         # The model card carries its latest evaluation (atomic rewrite of the checkpoint).
         from .checkpoint import load_checkpoint, save_checkpoint
@@ -271,7 +365,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "test": cmd_test, "visualize": cmd_visualize, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "test": cmd_test, "visualize": cmd_visualize, "demo": cmd_demo,
+            "benchmark": cmd_benchmark}
 COMMANDS.update(cli_tools.COMMANDS)
 
 
