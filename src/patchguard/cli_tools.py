@@ -130,9 +130,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for part in detector.predict_batches(args.input, args.batch_size, threshold, pixel_threshold,
                                          keep_images=True, progress=not args.quiet):
         failed.extend(part.failed)
-        # Sigmoid of the logit map: the model's own per-patch anomaly probability, one colour
-        # scale shared by every image and every run (per-image min-max would paint noise red).
-        heat = 1.0 / (1.0 + np.exp(-part.maps))
+        # A sigmoid centred on the pixel threshold (0 without one): one colour scale shared by
+        # every image, with the decision boundary mid-scale; per-image min-max would paint noise
+        # red, and the raw sigmoid left short-trained models uniformly blue.
+        centre = part.pixel_threshold if part.pixel_threshold is not None else 0.0
+        heat = 1.0 / (1.0 + np.exp(-2.0 * (part.maps - centre)))
         for i, path in enumerate(part.paths):
             index = len(rows)
             name = f"{index:05d}_{_safe_stem(path)}"
