@@ -155,3 +155,16 @@ def test_module_entry_point():
     result = subprocess.run([sys.executable, "-m", "patchguard", "--help"], capture_output=True,
                             text=True, check=True)
     assert "train" in result.stdout and "demo" in result.stdout
+
+
+def test_data_foreground_for_every_class_then_info(tmp_path, capsys):
+    for name in ("a", "b"):
+        make_mvtec_class(tmp_path, name=name, foreground=False)
+    assert main(["data", "foreground", "--dataset-dir", str(tmp_path), "--method", "full"]) == 0
+    for name in ("a", "b"):
+        masks = sorted((tmp_path / name / "train" / "foreground_mask").glob("*.png"))
+        assert len(masks) == 8
+        assert Image.open(masks[0]).getextrema() == (255, 255)
+    assert main(["data", "info", "--dataset-dir", str(tmp_path), "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "a" in out and "b" in out

@@ -78,7 +78,10 @@ def test_mask_of_wrong_size_is_refused(tmp_path):
     make_mvtec_class(tmp_path, size=80)
     Image.fromarray(np.full((10, 10), 255, np.uint8)).save(
         tmp_path / "widget/ground_truth/spot/000_mask.png")
-    dataset = TestDataset(load_records("mvtec", tmp_path, "widget", "test"), 64)
+    with pytest.raises(DatasetError, match="000_mask.png"):
+        load_records("mvtec", tmp_path, "widget", "test")  # refused up front
+    records = load_records("mvtec", tmp_path, "widget", "test", validate=False)
+    dataset = TestDataset(records, 64)
     index = next(i for i, r in enumerate(dataset.records) if r.path.name == "000.png" and r.label)
     with pytest.raises(DatasetError, match="000_mask.png"):
         dataset[index]

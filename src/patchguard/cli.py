@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, cli_tools
+from . import __version__, cli_data, cli_tools
 
 logger = logging.getLogger("patchguard")
 
@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
           help="hold out this share of train images to set decision thresholds (fast: 0.1)")
     _flag(train, "--target-fpr", type=float, default=None,
           help="false-positive rate on held-out normal images for the thresholds (0.01)")
+    _flag(train, "--auto-foreground", action="store_const", const=True, default=None,
+          help="generate foreground masks for classes without them (fast preset: on)")
     _flag(train, "--seed", type=int, default=None)
     _flag(train, "--workers", type=int, default=None)
     _flag(train, "--save-every", type=int, default=None)
@@ -143,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(demo, "--no-compare", action="store_true", default=None,
           help="skip the --no-adv-train comparison run")
     cli_tools.register(verbs)
+    cli_data.register(verbs)
     return parser
 
 
@@ -368,6 +371,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {"train": cmd_train, "test": cmd_test, "visualize": cmd_visualize, "demo": cmd_demo,
             "benchmark": cmd_benchmark}
 COMMANDS.update(cli_tools.COMMANDS)
+COMMANDS.update(cli_data.COMMANDS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

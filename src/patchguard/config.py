@@ -51,6 +51,9 @@ class TrainConfig:
     reg: bool = True
     # pseudo anomalies
     pseudo_size_scale: float = 1.0
+    # classes without foreground masks: generate them (patchguard data foreground, method auto)
+    # instead of using the whole image (the original's behaviour, hence off for "paper")
+    auto_foreground: bool = False
     # held-out normal training images, scored after training to set decision thresholds
     # (0 = train on every image, as the paper; thresholds then come from `patchguard calibrate`)
     val_fraction: float = 0.0
@@ -105,6 +108,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 10,
         "steps_train": 3,
         "val_fraction": 0.1,
+        "auto_foreground": True,
     },
 }
 

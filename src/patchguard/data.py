@@ -1,7 +1,9 @@
-"""Data sets: layout readers (MVTec AD), robust image loading, and the train/test torch datasets.
+"""Data sets: layout readers, robust image loading, and the train/test torch datasets.
 
-A layout is a function ``(root, class_name, split) -> list[SampleRecord]``; registering another
-layout in :data:`LAYOUTS` is all a new data set format needs.
+MVTec AD is read here; every other data set of the paper and the generic ``folder`` layout live
+in :mod:`patchguard.layouts`, which registers them in :data:`LAYOUTS`. A layout is a function
+``(root, class_name, split) -> list[SampleRecord]``; registering another layout in
+:data:`LAYOUTS` is all a new data set format needs.
 """
 
 from __future__ import annotations
@@ -206,11 +208,27 @@ Layout = Callable[[str | Path, str, str], list[SampleRecord]]
 LAYOUTS: dict[str, Layout] = {"mvtec": mvtec_records}
 
 
-def load_records(dataset: str, root: str | Path, class_name: str, split: str) -> list[SampleRecord]:
-    """Records of one class and split of a registered layout."""
+def load_records(
+    dataset: str, root: str | Path, class_name: str, split: str, validate: bool = True
+) -> list[SampleRecord]:
+    """Records of one class and split of a registered layout, refused when the layout is broken.
+
+    With ``validate`` (the default) the split is checked by :func:`patchguard.layouts.find_problems`
+    (empty split, anomalous images without masks, masks of the wrong size, unreadable files) and
+    every problem is reported in one :class:`DatasetError`, as ``patchguard data info`` lists them.
+    """
     if dataset not in LAYOUTS:
         raise DatasetError(f"unknown dataset layout {dataset!r}; available: {sorted(LAYOUTS)}")
-    return LAYOUTS[dataset](root, class_name, split)
+    _layouts.warn_unknown_class(dataset, class_name)
+    layout = LAYOUTS[dataset]
+    if not validate:
+        return layout(root, class_name, split)
+    records = _layouts.SCANNERS.get(layout, layout)(root, class_name, split)
+    where = _layouts.resolve_class_dir(root, class_name)
+    problems = _layouts.find_problems(records, split, where)
+    if problems:
+        raise DatasetError(_layouts.problems_message(dataset, root, class_name, problems))
+    return records
 
 
 # ---------------------------------------------------------------------------- torch datasets
@@ -323,3 +341,7 @@ def read_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of an image file without decoding its pixels."""
     with Image.open(path) as img:
         return img.size[1], img.size[0]
+
+
+# Imported last: layouts.py builds on the names above and registers its layouts in LAYOUTS.
+from . import layouts as _layouts  # noqa: E402
