@@ -20,6 +20,16 @@ from .attacks import pgd_attack
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import TrainDataset, load_records
+from .distributed import (
+    DistContext,
+    GlobalBatchSampler,
+    average_gradients,
+    barrier,
+    broadcast_parameters,
+    init_distributed,
+    shutdown,
+    sum_over_ranks,
+)
 from .losses import attention_kl_regularizer, patch_bce_loss, patch_targets
 from .model import PatchGuard
 from .pseudo_anomaly import PseudoAnomalyGenerator, min_patch_size
@@ -102,6 +112,7 @@ def training_step(
     optimizer: torch.optim.Optimizer,
     config: TrainConfig,
     device: torch.device,
+    ctx: DistContext | None = None,
 ) -> StepResult:
     """One optimisation step over the clean, pseudo and (optionally) attacked views."""
     clean = batch["image"].to(device, non_blocking=True)
@@ -152,6 +163,8 @@ def training_step(
         )
     optimizer.zero_grad(set_to_none=True)
     total.backward()
+    if ctx is not None:
+        average_gradients([p for g in optimizer.param_groups for p in g["params"]], ctx)
     optimizer.step()
     return StepResult(float(total.detach()), view_losses, reg_total)
 
@@ -182,15 +195,17 @@ def _as_tuple(value):
     return value
 
 
-def make_loader(dataset: TrainDataset, config: TrainConfig, epoch: int) -> DataLoader:
-    """Shuffled loader whose order depends only on (seed, epoch)."""
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+def make_loader(
+    dataset: TrainDataset, config: TrainConfig, epoch: int, ctx: DistContext | None = None
+) -> DataLoader:
+    """Shuffled loader whose order depends only on (seed, epoch); this rank's share of it."""
+    ctx = ctx or DistContext()
+    sampler = GlobalBatchSampler(len(dataset), config.batch_size, ctx, config.seed, epoch)
     dataset.set_epoch(epoch)
     return DataLoader(
         dataset,
-        batch_size=config.batch_size,
-        shuffle=True,
-        generator=generator,
+        batch_size=sampler.local_batch,
+        sampler=sampler,
         num_workers=config.workers,
         pin_memory=torch.cuda.is_available(),
         drop_last=False,
@@ -242,7 +257,6 @@ def train(
         resume: a checkpoint to continue from.
         progress: show progress bars.
     """
-    from tqdm.auto import tqdm
 
     state = None
     if resume is not None:
@@ -252,15 +266,32 @@ def train(
         logger.info("resuming from %s after epoch %d", resume, state["epoch"])
     if config is None:
         raise ValueError("train() needs a config or a checkpoint to resume")
+    ctx = init_distributed(config.device)
+    try:
+        return _train(config, state, resume, progress and ctx.is_main, ctx)
+    finally:
+        shutdown(ctx)
+
+
+def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
+           ctx: DistContext) -> Path:
+    from tqdm.auto import tqdm
+
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
 
     records = load_records(config.dataset, config.dataset_dir, config.class_name, "train")
-    records = _foreground_records(records, config, device, progress)
+    if ctx.is_main:  # one rank writes generated masks; the others read them after the barrier
+        records = _foreground_records(records, config, device, progress)
+    barrier(ctx)
+    if not ctx.is_main:
+        records = load_records(config.dataset, config.dataset_dir, config.class_name, "train")
     records, val_records = split_validation(records, config.val_fraction, config.seed)
     generator = PseudoAnomalyGenerator(
         min_patch_size(config.dataset, config.class_name, config.image_size),
@@ -274,7 +305,7 @@ def train(
     model, weight_source = build_model(config, load_weights=state is None)
     model.to(device)
     optimizer = build_optimizer(model, config)
-    steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
+    steps_per_epoch = GlobalBatchSampler(len(dataset), config.batch_size, ctx, 0, 0).steps()
     scheduler = build_scheduler(optimizer, steps_per_epoch, config)
     start_epoch = 0
     if state is not None:
@@ -284,6 +315,7 @@ def train(
         _set_rng_state(state["rng"])
         start_epoch = int(state["epoch"])
         weight_source = state.get("weight_source", "resumed checkpoint")
+    broadcast_parameters(model, ctx)
     extra = {
         "weight_source": weight_source,
         "train_summary": {
@@ -296,10 +328,12 @@ def train(
     }
     log_path = out_dir / "train_log.jsonl"
     last_path = out_dir / "last.pt"
-    _reset_log(log_path, start_epoch)
-    logger.info("training %s/%s on %s: %d images, %d epochs, backbone weights: %s",
-                config.dataset, config.class_name, device, len(dataset), config.epochs,
-                weight_source)
+    if ctx.is_main:
+        _reset_log(log_path, start_epoch)
+        logger.info("training %s/%s on %s%s: %d images, %d epochs, backbone weights: %s",
+                    config.dataset, config.class_name, device,
+                    f" x {ctx.world_size} processes" if ctx.enabled else "", len(dataset),
+                    config.epochs, weight_source)
     model.train()
     epoch = start_epoch
     try:
@@ -307,11 +341,11 @@ def train(
             started = time.perf_counter()
             totals: dict[str, float] = {}
             seen = 0
-            bar = tqdm(make_loader(dataset, config, epoch), disable=not progress, leave=False,
-                       desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
+            bar = tqdm(make_loader(dataset, config, epoch, ctx), disable=not progress,
+                       leave=False, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
             lr = optimizer.param_groups[-1]["lr"]
             for batch in bar:
-                result = training_step(model, batch, optimizer, config, device)
+                result = training_step(model, batch, optimizer, config, device, ctx)
                 scheduler.step()
                 n = batch["image"].shape[0]
                 seen += n
@@ -320,6 +354,12 @@ def train(
                 rate = seen / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{result.total:.3f}", img_s=f"{rate:.1f}")
             seconds = time.perf_counter() - started
+            if ctx.enabled:  # every rank's images and losses count in the log
+                keys = sorted(totals)
+                summed = sum_over_ranks([seen, *(totals[k] for k in keys)], ctx)
+                seen, totals = int(summed[0]), dict(zip(keys, summed[1:]))
+            if not ctx.is_main:
+                continue
             record = {
                 "epoch": epoch + 1,
                 **{k: v / max(seen, 1) for k, v in totals.items()},
@@ -344,6 +384,8 @@ def train(
             "interrupted during epoch %d; %s holds the last completed epoch. Continue with "
             "--resume %s", epoch + 1, last_path, last_path)
         raise
+    if not ctx.is_main:
+        return last_path
     if val_records:
         extra.update(validation_thresholds(model, val_records, config, device, progress))
         model.train()
