@@ -168,3 +168,27 @@ def test_data_foreground_for_every_class_then_info(tmp_path, capsys):
     assert main(["data", "info", "--dataset-dir", str(tmp_path), "--quick"]) == 0
     out = capsys.readouterr().out
     assert "a" in out and "b" in out
+
+
+def test_benchmark_train_sweep_skips_finished_classes_and_resumes(tmp_path):
+    for name in ("a", "b"):
+        make_mvtec_class(tmp_path / "data", name=name)
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        f"backbone: {TINY_BACKBONE}\npretrained: false\nimage_size: 64\nfeature_layers: [3]\n"
+        "reg_layers: [3]\nreg_coefficients: [0.05]\ndsc_hidden: 32\nbatch_size: 4\n"
+        "steps_train: 1\nworkers: 0\ndevice: cpu\n")
+    sweep = ["benchmark", "--train", "--config", str(config), "--dataset-dir",
+             str(tmp_path / "data"), "--classes", "all", "--checkpoint-dir",
+             str(tmp_path / "runs"), "--epochs", "1", "--steps-test", "1", "--quiet"]
+    assert main(sweep) == 0
+    a_ckpt = tmp_path / "runs" / "a" / "last.pt"
+    stamp = a_ckpt.stat().st_mtime_ns
+    # an interrupted sweep: b lost its results and trains one more epoch on the rerun
+    (tmp_path / "runs" / "b" / "benchmark_rows.json").unlink()
+    sweep[sweep.index("--epochs") + 1] = "2"
+    assert main(sweep) == 0
+    assert a_ckpt.stat().st_mtime_ns == stamp  # finished class untouched
+    assert load_checkpoint(tmp_path / "runs" / "b" / "last.pt")["epoch"] == 2  # resumed
+    table = (tmp_path / "runs" / "benchmark.md").read_text()
+    assert "| a |" in table and "| b |" in table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -123,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(bench, "--restarts", type=int, default=1)
     _flag(bench, "--batch-size", type=int, default=16)
     _flag(bench, "--output-dir", default=None, help="default: CHECKPOINT_DIR")
+    _flag(bench, "--train", action="store_true", default=False,
+          help="train every class first (skipping finished ones, resuming partial ones)")
+    _flag(bench, "--preset", default=None, choices=["paper", "fast"], help="with --train")
+    _flag(bench, "--epochs", type=int, default=None, help="with --train")
+    _flag(bench, "--image-size", type=int, default=None, help="with --train")
+    _flag(bench, "--workers", type=int, default=None, help="with --train")
+    _flag(bench, "--jobs", type=int, default=None,
+          help="classes trained at once, one per GPU (default: the number of GPUs, or 1)")
 
     vis = verbs.add_parser("visualize", help="clean and attacked heatmaps as PNGs")
     _flag(vis, "--checkpoint", required=True)
@@ -170,7 +179,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _train_only_keys(verb: str) -> set[str]:
     """Config keys settable from YAML for train that have no CLI flag (advanced settings)."""
-    if verb != "train":
+    if verb not in ("train", "benchmark"):
         return set()
     import dataclasses
 
@@ -232,8 +241,84 @@ def _run_sanity(args: argparse.Namespace, model, test_set, device) -> str:
     return "\n".join(lines)
 
 
+def _class_results_path(root: Path, name: str) -> Path:
+    return root / name / "benchmark_rows.json"
+
+
+def _train_class(args: argparse.Namespace, name: str, root: Path) -> None:
+    """Train one class of a sweep, resuming a partial run; no-op when it is complete."""
+    from .checkpoint import load_checkpoint
+    from .config import build_config
+    from .training import resume_config, train
+
+    last = root / name / "last.pt"
+    overrides = {k: v for k, v in {
+        "dataset": args.dataset or "mvtec", "dataset_dir": args.dataset_dir, "class_name": name,
+        "output_dir": str(root / name), "epochs": args.epochs, "image_size": args.image_size,
+        "device": args.device, "workers": args.workers}.items() if v is not None}
+    overrides = {**getattr(args, "yaml_extra", {}), **overrides}
+    if last.exists():
+        state = load_checkpoint(last)
+        config = resume_config(last, {k: overrides[k] for k in ("epochs", "device", "workers")
+                                      if k in overrides})
+        if state["epoch"] >= config.epochs:
+            return
+        print(f"{name}: resuming after epoch {state['epoch']}")
+        train(config, resume=last, progress=not args.quiet)
+        return
+    print(f"{name}: training")
+    train(build_config(args.preset or "paper", None, overrides), progress=not args.quiet)
+
+
+def _sweep_in_parallel(args: argparse.Namespace, classes: list[str], root: Path) -> None:
+    """One class per GPU at a time: child processes run this verb for a single class."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    slots = list(range(max(1, torch.cuda.device_count())))[: args.jobs]
+    pending = [c for c in classes if not _class_results_path(root, c).exists()]
+    running: dict[int, tuple[subprocess.Popen, str]] = {}
+    base = [a for a in sys.argv[1:] if a != "--quiet"]
+    failed = []
+    import time
+
+    while pending or running:
+        for slot in [s for s in slots if s not in running and pending]:
+            name = pending.pop(0)
+            argv = _single_class_argv(base, name)
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(slot)}
+            running[slot] = (subprocess.Popen([sys.executable, "-m", "patchguard", *argv],
+                                              env=env), name)
+        for slot, (proc, name) in list(running.items()):
+            if proc.poll() is not None:
+                del running[slot]
+                if proc.returncode:
+                    failed.append(name)
+        time.sleep(1)
+    if failed:
+        raise RuntimeError(f"sweep failed for class(es) {failed}; rerun to resume")
+
+
+def _single_class_argv(argv: list[str], name: str) -> list[str]:
+    """The same benchmark command restricted to one class and one job."""
+    out, skip = [], False
+    for arg in argv:
+        if skip and arg.startswith("--"):
+            skip = False
+        if skip:
+            continue
+        if arg in ("--classes", "--jobs"):
+            skip = True
+            continue
+        out.append(arg)
+    return [*out, "--classes", name, "--jobs", "1", "--quiet"]
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    """Evaluate one checkpoint per class and write the paper-style table."""
+    """Evaluate (and with --train first train) one checkpoint per class; paper-style table."""
     from .config import TrainConfig
     from .data import TestDataset, load_records
     from .evaluation import evaluate, format_table, write_results
@@ -241,15 +326,36 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from .training import load_model, resolve_device
 
     root = Path(args.checkpoint_dir)
+    if args.jobs is None:
+        import torch
+
+        args.jobs = max(1, torch.cuda.device_count())
     classes = args.classes
-    if classes == ["all"]:
+    if classes == ["all"] and args.train:
+        from .layouts import discover_classes
+
+        if not args.dataset_dir:
+            raise ValueError("benchmark --train needs --dataset-dir")
+        classes = discover_classes(args.dataset_dir)
+    elif classes == ["all"]:
         classes = sorted(p.parent.name for p in root.glob("*/last.pt"))
         if not classes:
             raise FileNotFoundError(f"no <class>/last.pt under {root}")
+    if args.train and args.jobs > 1 and len(classes) > 1:
+        _sweep_in_parallel(args, classes, root)
     device = resolve_device(args.device or "auto")
     epsilons = sorted({0.0, *args.epsilon_test})
     results, all_rows = {}, []
     for name in classes:
+        done = _class_results_path(root, name)
+        if args.train and done.exists():
+            # An interrupted sweep resumes here: finished classes are read back, not redone.
+            rows = json.loads(done.read_text())
+            results[name] = rows
+            all_rows.extend(rows)
+            continue
+        if args.train:
+            _train_class(args, name, root)
         checkpoint = next((p for p in (root / name / "last.pt", root / f"{name}.pt")
                            if p.exists()), None)
         if checkpoint is None:
@@ -265,6 +371,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         print(f"{name}:\n{format_table(rows)}")
         rows = [{**r, "dataset": dataset, "class_name": name, "checkpoint": str(checkpoint)}
                 for r in rows]
+        if args.train:
+            write_results(done, rows)
         results[name] = rows
         all_rows.extend(rows)
     out = Path(args.output_dir or root)
