@@ -192,3 +192,51 @@ def test_benchmark_train_sweep_skips_finished_classes_and_resumes(tmp_path):
     assert load_checkpoint(tmp_path / "runs" / "b" / "last.pt")["epoch"] == 2  # resumed
     table = (tmp_path / "runs" / "benchmark.md").read_text()
     assert "| a |" in table and "| b |" in table
+
+
+def _save(path, value, size=40, mode="RGB"):
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
+    if mode == "L":
+        array = np.zeros((size, size), np.uint8)
+        array[10:20, 10:20] = 255
+    else:
+        array = np.clip(rng.normal(value, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(array).save(path)
+
+
+@pytest.mark.parametrize("layout", ["folder", "btad", "brats2021"])
+def test_train_and_test_on_other_layouts(tmp_path, layout):
+    """Trees written from the README's layout descriptions, trained and tested end to end."""
+    root, cls = tmp_path / "data", "part"
+    c = root / cls
+    if layout == "folder":
+        for i in range(4):
+            _save(c / "train" / f"n{i}.png", 120)
+            _save(c / "test" / "good" / f"g{i}.png", 120)
+            _save(c / "test" / "dent" / f"d{i}.jpg", 200)
+            _save(c / "masks" / f"d{i}_mask.png", 0, mode="L")
+    elif layout == "btad":
+        for i in range(4):
+            _save(c / "train" / "ok" / f"{i:03d}.bmp", 120)
+            _save(c / "test" / "ok" / f"{i:03d}.bmp", 120)
+            _save(c / "test" / "ko" / f"{i:03d}.bmp", 200)
+            _save(c / "ground_truth" / "ko" / f"{i:03d}.png", 0, mode="L")
+    else:
+        for i in range(4):
+            _save(c / "train" / "normal" / f"s{i}_flair.png", 120)
+            _save(c / "test" / "normal" / f"t{i}_flair.png", 120)
+            _save(c / "test" / "tumor" / f"u{i}_flair.png", 200)
+            _save(c / "ground_truth" / "tumor" / f"u{i}_seg.png", 0, mode="L")
+    assert main(["data", "info", "--dataset", layout, "--dataset-dir", str(root), "--quick"]) == 0
+    flags = [f for f in TINY_FLAGS]
+    flags[flags.index("--epochs") + 1] = "1"
+    assert main(["train", "--dataset", layout, "--dataset-dir", str(root), "--class-name", cls,
+                 "--output-dir", str(tmp_path / "run"), *flags]) == 0
+    out = tmp_path / "rows.json"
+    assert main(["test", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--steps-test", "1",
+                 "--json", str(out), "--quiet", "--no-record"]) == 0
+    rows = json.loads(out.read_text())
+    assert rows[0]["n_images"] == 8 and rows[0]["pixel_auroc"] is not None
