@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
           default=None)
     _flag(train, "--no-reg", dest="reg", action="store_const", const=False, default=None)
     _flag(train, "--bf16", action="store_const", const=True, default=None,
-          help="bf16 autocast on CUDA")
+          help="bf16 autocast (for GPUs; runs slower on CPUs)")
     _flag(train, "--val-fraction", type=float, default=None,
           help="hold out this share of train images to set decision thresholds (fast: 0.1)")
     _flag(train, "--target-fpr", type=float, default=None,
