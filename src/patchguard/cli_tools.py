@@ -178,12 +178,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     flagged = f", {summary['n_anomalous']} anomalous" if threshold is not None else ""
     print(f"predicted {len(rows)} image(s){flagged}; results in {csv_path} and "
           f"{out_dir / 'predictions.json'}, heatmaps in {heat_dir}")
-    if failed:
-        print(f"{len(failed)} input(s) failed and were skipped:", file=sys.stderr)
-        for path, reason in failed:
-            print(f"  {path}: {reason}", file=sys.stderr)
-        return 1
-    return 0
+    return _report_failures(failed)
+
+
+def _report_failures(failed: list[tuple[str, str]]) -> int:
+    """List skipped inputs on stderr; exit code 1 when there were any."""
+    if not failed:
+        return 0
+    print(f"{len(failed)} input(s) failed and were skipped:", file=sys.stderr)
+    for path, reason in failed:
+        print(f"  {path}: {reason}", file=sys.stderr)
+    return 1
 
 
 # ---------------------------------------------------------------------------- calibrate
@@ -247,12 +252,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               f"false-positive rate (needs >= {math.ceil(1 / args.target_fpr)}); the threshold "
               "sits just above the highest normal score", file=sys.stderr)
     print(f"wrote thresholds into {args.checkpoint}")
-    if failed:
-        print(f"{len(failed)} input(s) failed and were skipped:", file=sys.stderr)
-        for path, reason in failed:
-            print(f"  {path}: {reason}", file=sys.stderr)
-        return 1
-    return 0
+    return _report_failures(failed)
 
 
 # ---------------------------------------------------------------------------- others
