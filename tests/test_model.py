@@ -137,3 +137,16 @@ def test_input_is_normalised_inside_the_model():
 def test_bad_layers_are_refused():
     with pytest.raises(ValueError, match="out of range"):
         tiny_model(reg_layers=[7])
+
+
+def test_compile_backbone_keeps_outputs_and_attention_capture():
+    model = tiny_model().eval()
+    x = torch.rand(2, 3, TINY_SIZE, TINY_SIZE, generator=torch.Generator().manual_seed(0))
+    reference = model(x)
+    compiled = model.compile_backbone(backend="eager")  # the eager backend keeps the test fast
+    assert compiled == [1]  # blocks 2 and 3 are regularised and must stay eager
+    out = model(x)
+    torch.testing.assert_close(out.logits, reference.logits)
+    for a, b in zip(out.attentions, reference.attentions):
+        torch.testing.assert_close(a, b)
+    assert "_orig_mod" not in "".join(model.state_dict())  # checkpoints keep their keys

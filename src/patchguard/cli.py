@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
           help="false-positive rate on held-out normal images for the thresholds (0.01)")
     _flag(train, "--auto-foreground", action="store_const", const=True, default=None,
           help="generate foreground masks for classes without them (fast preset: on)")
+    _flag(train, "--compile", action="store_const", const=True, default=None,
+          help="torch.compile the backbone blocks that are not regularised")
     _flag(train, "--seed", type=int, default=None)
     _flag(train, "--workers", type=int, default=None)
     _flag(train, "--save-every", type=int, default=None)

@@ -63,6 +63,7 @@ class TrainConfig:
     workers: int = 4
     device: str = "auto"
     bf16: bool = False
+    compile: bool = False  # torch.compile the blocks that are not regularised
     save_every: int = 20
     preset: str = "paper"
 

@@ -324,6 +324,20 @@ class PatchGuard(nn.Module):
         )
         return gaussian_blur(maps.squeeze(1), self.smoothing_kernel)
 
+    def compile_backbone(self, backend: str = "inductor") -> list[int]:
+        """torch.compile every needed block that is not regularised; return their numbers.
+
+        Regularised blocks stay eager: compiled code would not run the Python hook that
+        captures their qkv output for the attention regulariser.
+        """
+        extractor = self.feature_extractor
+        compiled = []
+        for index in range(extractor.depth):
+            if index + 1 not in extractor.reg_layers:
+                extractor.pretrained_model.blocks[index].compile(backend=backend)
+                compiled.append(index + 1)
+        return compiled
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image scores (B,) and anomaly maps (B, H, W) without attention or gradients."""

@@ -305,6 +305,9 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
                     " (generate masks with --auto-foreground or 'patchguard data foreground')")
     model, weight_source = build_model(config, load_weights=state is None)
     model.to(device)
+    if config.compile:
+        blocks = model.compile_backbone()
+        logger.info("torch.compile on blocks %s (regularised blocks stay eager)", blocks)
     optimizer = build_optimizer(model, config)
     steps_per_epoch = GlobalBatchSampler(len(dataset), config.batch_size, ctx, 0, 0).steps()
     scheduler = build_scheduler(optimizer, steps_per_epoch, config)
