@@ -401,14 +401,14 @@ def _load_for_eval(args: argparse.Namespace):
     dataset_dir = args.dataset_dir or config.dataset_dir
     class_name = args.class_name or config.class_name
     records = load_records(dataset, dataset_dir, class_name, "test")
-    return model, device, TestDataset(records, config.image_size), dataset, class_name
+    return model, device, TestDataset(records, config.image_size), dataset, class_name, state
 
 
 def cmd_test(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint; print the table and write the JSON rows."""
     from .evaluation import evaluate, format_table, write_results
 
-    model, device, test_set, dataset, class_name = _load_for_eval(args)
+    model, device, test_set, dataset, class_name, state = _load_for_eval(args)
     epsilons = sorted({0.0, *args.epsilon_test})
     rows = evaluate(model, test_set, epsilons, args.steps_test, args.batch_size, device,
                     args.workers, progress=not args.quiet, attacks=args.attack,
@@ -422,10 +422,10 @@ def cmd_test(args: argparse.Namespace) -> int:
     write_results(json_path, rows, meta)
     _write_reports(json_path, [{**row, **meta} for row in rows], notes)
     if not args.no_record:
-        # The model card carries its latest evaluation (atomic rewrite of the checkpoint).
-        from .checkpoint import load_checkpoint, save_checkpoint
+        # The model card carries its latest evaluation (atomic rewrite of the checkpoint; the
+        # dict loaded for evaluation is reused rather than read from disk a second time).
+        from .checkpoint import save_checkpoint
 
-        state = load_checkpoint(args.checkpoint)
         state["results"] = [{**row, **meta} for row in rows]
         save_checkpoint(args.checkpoint, state)
     print(f"results: {json_path}")
@@ -437,7 +437,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     from .evaluation import predict_dataset
     from .visualization import save_panels
 
-    model, device, test_set, _, _ = _load_for_eval(args)
+    model, device, test_set, _, _, _ = _load_for_eval(args)
     if args.max_images is not None and args.max_images < len(test_set):
         # An even spread keeps every defect type in view.
         step = len(test_set) / args.max_images
