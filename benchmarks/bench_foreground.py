@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from patchguard.data import list_images, read_image, read_mask
-from patchguard.demo_data import build_demo_dataset
-from patchguard.foreground import (
+from patchguard.data.foreground import (
     auto_masks,
     dino_masks,
     load_pretrained_backbone,
     mask_iou,
     threshold_masks,
 )
+from patchguard.data.images import list_images, read_image, read_mask
+from patchguard.demo.dataset import build_demo_dataset
 
 
 def _mean_iou(masks: list[np.ndarray], truths: list[np.ndarray]) -> tuple[float, float]:

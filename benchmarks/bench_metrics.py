@@ -11,7 +11,7 @@ import time
 import cv2
 import numpy as np
 
-from patchguard.metrics import aupro, auroc, average_precision, compute_all, f1_max
+from patchguard.evaluation.metrics import aupro, auroc, average_precision, compute_all, f1_max
 
 
 def blob_data(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ import time
 import cv2
 import numpy as np
 
-from patchguard.pseudo_anomaly import PseudoAnomalyGenerator, min_patch_size
+from patchguard.data.pseudo_anomaly import PseudoAnomalyGenerator, min_patch_size
 
 
 def textured_images(n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -18,12 +18,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from patchguard.attacks import pgd_attack
+from patchguard.adversarial.pgd import pgd_attack
 from patchguard.config import TrainConfig
-from patchguard.data import to_tensor
-from patchguard.model import PatchGuard
-from patchguard.pseudo_anomaly import PseudoAnomalyGenerator, min_patch_size
-from patchguard.training import build_optimizer, resolve_device, training_step
+from patchguard.data.datasets import to_tensor
+from patchguard.data.pseudo_anomaly import PseudoAnomalyGenerator, min_patch_size
+from patchguard.models.patchguard import PatchGuard
+from patchguard.training.optim import build_optimizer
+from patchguard.training.trainer import training_step
+from patchguard.utils.device import resolve_device
 
 
 class SyntheticTrainSet(Dataset):

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 from patchguard.config import build_config
-from patchguard.data import TestDataset, load_records
-from patchguard.evaluation import evaluate
-from patchguard.training import load_model, train
+from patchguard.data.datasets import load_test_set
+from patchguard.evaluation.evaluator import evaluate
+from patchguard.models.factory import load_model
+from patchguard.training.trainer import train
 
 
 def main() -> None:
@@ -46,8 +47,7 @@ def main() -> None:
     last = train(config, progress=False)
     train_s = time.perf_counter() - started
     model, _ = load_model(last)
-    test_set = TestDataset(load_records(config.dataset, root, args.class_name, "test"),
-                           config.image_size)
+    test_set = load_test_set(config.dataset, root, args.class_name, config.image_size)
     rows = evaluate(model, test_set, args.epsilons, 10, progress=False)
     print(json.dumps({"class": args.class_name, "set": overrides, "train_s": round(train_s),
                       **{f"{r['attack']}{r['epsilon']:g}_{kind}": round(r[f'{kind}_auroc'], 3)

@@ -6,12 +6,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from patchguard.config import TrainConfig
+from patchguard.models.patchguard import PatchGuard
 
 TINY_BACKBONE = "test_vit"  # timm's own test ViT: patch 16, width 64, 6 blocks, 2 heads
 TINY_SIZE = 64  # 4 x 4 patches
+
+
+def tiny_model(**kwargs) -> PatchGuard:
+    """A randomly initialised tiny PatchGuard (seeded), in train mode."""
+    torch.manual_seed(0)
+    values = dict(backbone=TINY_BACKBONE, image_size=TINY_SIZE, feature_layers=[3],
+                  reg_layers=[2, 3], dsc_hidden=32)
+    values.update(kwargs)
+    return PatchGuard(**values)
 
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """patchguard: adversarially robust anomaly detection and localization (PatchGuard, CVPR 2025).
 
-Public names are imported lazily, so ``import patchguard.demo_data`` or ``patchguard --help``
+Public names are imported lazily, so ``import patchguard.demo.dataset`` or ``patchguard --help``
 does not pay for importing torch and timm.
 """
 
@@ -9,17 +9,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _EXPORTS = {
-    "PatchGuard": "patchguard.model",
+    "PatchGuard": "patchguard.models.patchguard",
     "TrainConfig": "patchguard.config",
     "build_config": "patchguard.config",
     "train": "patchguard.api",
     "evaluate_checkpoint": "patchguard.api",
-    "evaluate": "patchguard.evaluation",
-    "load_model": "patchguard.training",
-    "load": "patchguard.inference",
+    "evaluate": "patchguard.evaluation.evaluator",
+    "load_model": "patchguard.models.factory",
+    "load": "patchguard.inference.detector",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig, build_config
-from .data import TestDataset, load_records
-from .evaluation import evaluate, format_table, write_results
-from .training import load_model, resolve_device
-from .training import train as _train
+from .evaluation.evaluator import evaluate, load_for_evaluation
+from .evaluation.reports import format_table, write_results
+from .training.trainer import train as _train
 
 
 def train(
@@ -45,17 +44,12 @@ def evaluate_checkpoint(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate a checkpoint clean and under PGD (data set and class default to the training's)."""
-    torch_device = resolve_device(device)
-    model, state = load_model(checkpoint, torch_device)
-    config = TrainConfig.from_dict(state["config"])
-    dataset = dataset or config.dataset
-    dataset_dir = dataset_dir or config.dataset_dir
-    class_name = class_name or config.class_name
-    records = load_records(dataset, dataset_dir, class_name, "test")
-    rows = evaluate(model, TestDataset(records, config.image_size), epsilons, steps, batch_size,
-                    torch_device, progress=progress)
+    target = load_for_evaluation(checkpoint, dataset, dataset_dir, class_name, device)
+    rows = evaluate(target.model, target.test_set, epsilons, steps, batch_size, target.device,
+                    progress=progress)
     if json_path is not None:
-        write_results(json_path, rows, {"dataset": dataset, "class_name": class_name,
+        write_results(json_path, rows, {"dataset": target.dataset,
+                                        "class_name": target.class_name,
                                         "checkpoint": str(checkpoint)})
     if progress:
         print(format_table(rows))

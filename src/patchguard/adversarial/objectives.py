@@ -1,0 +1,114 @@
+"""What an attack maximises. The training-time objective of METHOD.md section 4 (summed over the
+batch) and the per-image objectives of the evaluation attacks: ``mask`` (the paper's), ``score``
+(the image decision) and ``map`` (the localisation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Training-time objective: (logits, targets) -> scalar summed over the batch.
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Evaluation objective: (model, logits (B, N), targets (B, N), labels (B,), masks (B, H, W) or
+# None) -> per-image loss (B,) that the attacker ascends.
+PerImageObjective = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor
+]
+
+
+
+def mask_difference(values: torch.Tensor, anomalous: torch.Tensor) -> torch.Tensor:
+    """Per row: mean of ``values`` where ``anomalous`` is 0 minus mean where it is 1."""
+    anomalous = anomalous.to(values.dtype)
+    normal = 1.0 - anomalous
+    normal_mean = (values * normal).sum(dim=1) / (normal.sum(dim=1) + 1e-8)
+    anomalous_mean = (values * anomalous).sum(dim=1) / (anomalous.sum(dim=1) + 1e-8)
+    return normal_mean - anomalous_mean
+
+
+def mask_objective(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per image: mean logit of normal patches minus mean logit of anomalous patches; summed."""
+    return mask_difference(logits, targets).sum()
+
+
+def mask_loss(
+    model: nn.Module,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    labels: torch.Tensor,
+    masks: torch.Tensor | None,
+) -> torch.Tensor:
+    """METHOD.md objective per image: mean normal-patch logit minus mean anomalous-patch logit."""
+    return mask_difference(logits, targets)
+
+
+def score_loss(
+    model: nn.Module,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    labels: torch.Tensor,
+    masks: torch.Tensor | None,
+) -> torch.Tensor:
+    """Attack the decision: + top-k image score for normal images, - for anomalous ones."""
+    sign = 1.0 - 2.0 * labels.to(logits.dtype)
+    return sign * model.image_score(logits)
+
+
+def map_loss(
+    model: nn.Module,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    labels: torch.Tensor,
+    masks: torch.Tensor | None,
+) -> torch.Tensor:
+    """Attack localisation: mean smoothed map over normal pixels minus over anomalous pixels.
+
+    Anomalous pixels come from ``masks``; an image without mask (``masks`` None, or an empty
+    mask while its patch targets are not empty, e.g. an anomalous image without pixel mask)
+    uses its patch targets upsampled to pixels instead.
+    """
+    maps = model.anomaly_map(logits)
+    size = maps.shape[-2:]
+    grid = int(math.isqrt(targets.shape[-1]))
+    from_targets = F.interpolate(
+        targets.to(maps.dtype).reshape(-1, 1, grid, grid), size=size, mode="nearest"
+    ).squeeze(1)
+    if masks is None:
+        pixels = from_targets
+    else:
+        pixels = (_as_pixel_masks(masks, size) > 0).to(maps.dtype)
+        # Decided per image on the device (no host sync): empty mask -> fall back to targets.
+        empty = pixels.flatten(1).sum(dim=1) == 0
+        pixels = torch.where(empty.view(-1, 1, 1), from_targets, pixels)
+    return mask_difference(maps.flatten(1), pixels.flatten(1))
+
+
+def _as_pixel_masks(masks: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """Masks as (B, H, W) at the map resolution, from (B, H', W') or (B, 1, H', W')."""
+    if masks.dim() == 4:
+        masks = masks[:, 0]
+    if masks.shape[-2:] != size:
+        masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0]
+    return masks
+
+
+OBJECTIVES: dict[str, PerImageObjective] = {
+    "mask": mask_loss,
+    "score": score_loss,
+    "map": map_loss,
+}
+
+
+def resolve_objective(objective: str | PerImageObjective) -> PerImageObjective:
+    """A per-image objective by name (see :data:`OBJECTIVES`), or the callable itself."""
+    if callable(objective):
+        return objective
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}: choose from {sorted(OBJECTIVES)}")
+    return OBJECTIVES[objective]

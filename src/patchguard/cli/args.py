@@ -1,0 +1,58 @@
+"""Argument helpers shared by every verb: flags with the original's underscore spellings, the
+data-set and common flags, and the attack choices read from the attack registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    """Add ``--some-flag`` and the original's ``--some_flag`` spelling as an alias."""
+    names = [name]
+    if "-" in name[2:]:
+        names.append("--" + name[2:].replace("-", "_"))
+    parser.add_argument(*names, **kwargs)
+
+
+def data_flags(parser: argparse.ArgumentParser, required: bool) -> None:
+    """--dataset, --dataset-dir and --class-name."""
+    flag(parser, "--dataset", default=None, help="data set layout (default: mvtec, or the "
+         "checkpoint's)")
+    flag(parser, "--dataset-dir", default=None, required=required,
+         help="root folder holding one folder per class")
+    flag(parser, "--class-name", default=None, required=required, help="class folder name")
+
+
+def common_flags(parser: argparse.ArgumentParser) -> None:
+    """--config, --device and --quiet."""
+    flag(parser, "--config", default=None, help="YAML file of option: value (CLI flags win)")
+    flag(parser, "--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
+    flag(parser, "--quiet", action="store_true", default=None, help="no progress bars")
+
+
+def attack_names() -> list[str]:
+    """The evaluation attacks, from the registry."""
+    from ..adversarial.attacks import ATTACKS
+
+    return list(ATTACKS)
+
+
+def objective_names() -> list[str]:
+    """The per-image attack objectives, from the registry."""
+    from ..adversarial.objectives import OBJECTIVES
+
+    return list(OBJECTIVES)
+
+
+def attack_flags(parser: argparse.ArgumentParser, several: bool = True) -> None:
+    """--attack (one or several), --objective and --restarts."""
+    if several:
+        flag(parser, "--attack", nargs="+", default=["pgd"], choices=attack_names(),
+             help="attacks to run (pgd = the paper's, the default; worst = per-image strongest)")
+    else:
+        flag(parser, "--attack", default="pgd", choices=attack_names())
+    flag(parser, "--objective", default="mask", choices=objective_names(),
+         help="what the attack maximises: mask (paper), score (the image decision), map")
+    flag(parser, "--restarts", type=int, default=1, help="random restarts (pgd-rs, apgd)")

@@ -1,0 +1,124 @@
+"""The ``test`` and ``visualize`` verbs: evaluate a checkpoint clean and under attack, and draw
+clean and attacked heatmaps.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from .args import attack_flags, common_flags, data_flags, flag
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    """Add ``test`` and ``visualize`` to the ``patchguard`` parser."""
+    test = verbs.add_parser("test", help="evaluate a checkpoint clean and under PGD")
+    flag(test, "--checkpoint", required=True)
+    data_flags(test, required=False)
+    common_flags(test)
+    flag(test, "--epsilon-test", type=float, nargs="+", default=[0, 8],
+         help="epsilons in 1/255 units; 0 is the clean row (always included)")
+    flag(test, "--steps-test", type=int, default=10)
+    attack_flags(test)
+    flag(test, "--batch-size", type=int, default=16)
+    flag(test, "--workers", type=int, default=0)
+    flag(test, "--json", default=None, help="results file (default: beside the checkpoint)")
+    flag(test, "--no-record", action="store_true", default=None,
+         help="do not store the results in the checkpoint's model card")
+    flag(test, "--sanity", action="store_true", default=None,
+         help="also check for gradient masking: epsilon sweep, more steps, eps 128/255")
+
+    vis = verbs.add_parser("visualize", help="clean and attacked heatmaps as PNGs")
+    flag(vis, "--checkpoint", required=True)
+    data_flags(vis, required=False)
+    common_flags(vis)
+    flag(vis, "--epsilon", type=float, default=8.0, help="in 1/255 units; 0 for clean only")
+    flag(vis, "--steps", type=int, default=10)
+    attack_flags(vis, several=False)
+    flag(vis, "--output-dir", default=None, help="default: <checkpoint dir>/visualization")
+    flag(vis, "--max-images", type=int, default=None, help="limit the number of test images")
+    flag(vis, "--batch-size", type=int, default=16)
+
+
+def sanity_notes(args: argparse.Namespace, model, test_set, device) -> str:
+    """Run the gradient-masking checks, print them, return them as Markdown notes."""
+    from ..evaluation.sanity import sanity_check
+
+    report = sanity_check(model, test_set, attack=args.attack[0], objective=args.objective,
+                          steps=args.steps_test, batch_size=args.batch_size, device=device,
+                          progress=not args.quiet)
+    lines = ["Sanity checks against gradient masking:"]
+    lines += [f"- checked: {check}" for check in report.checks]
+    lines += [f"- WARNING: {warning}" for warning in report.warnings] or ["- all passed"]
+    print("\n".join(lines))
+    return "\n".join(lines)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint; print the table and write the JSON rows and reports."""
+    from ..evaluation.evaluator import evaluate, load_for_evaluation
+    from ..evaluation.reports import format_table, write_reports
+
+    target = load_for_evaluation(args.checkpoint, args.dataset, args.dataset_dir,
+                                 args.class_name, args.device or "auto")
+    epsilons = sorted({0.0, *args.epsilon_test})
+    rows = evaluate(target.model, target.test_set, epsilons, args.steps_test, args.batch_size,
+                    target.device, args.workers, progress=not args.quiet, attacks=args.attack,
+                    objective=args.objective, restarts=args.restarts)
+    print(format_table(rows))
+    json_path = Path(args.json or Path(args.checkpoint).with_name("results.json"))
+    meta = {"dataset": target.dataset, "class_name": target.class_name,
+            "checkpoint": str(args.checkpoint)}
+    notes = ""
+    if args.sanity:
+        notes = sanity_notes(args, target.model, target.test_set, target.device)
+    rows = [{**row, **meta} for row in rows]
+    written = write_reports(json_path, rows, notes)
+    print(f"reports: {', '.join(str(p) for p in written[1:])}")
+    if not args.no_record:
+        # The model card carries its latest evaluation (atomic rewrite of the checkpoint; the
+        # dict loaded for evaluation is reused rather than read from disk a second time).
+        from ..utils.checkpoint import save_checkpoint
+
+        target.state["results"] = rows
+        save_checkpoint(args.checkpoint, target.state)
+    print(f"results: {json_path}")
+    return 0
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    """Write heatmap panels and a contact sheet for the test images."""
+    from ..evaluation.evaluator import load_for_evaluation, predict_dataset
+    from ..evaluation.visualization import save_panels
+
+    target = load_for_evaluation(args.checkpoint, args.dataset, args.dataset_dir,
+                                 args.class_name, args.device or "auto")
+    model, device, test_set = target.model, target.device, target.test_set
+    if args.max_images is not None and args.max_images < len(test_set):
+        # An even spread keeps every defect type in view.
+        step = len(test_set) / args.max_images
+        indices = [int(i * step) for i in range(args.max_images)]
+        test_set.records = [test_set.records[i] for i in indices]
+    progress = not args.quiet
+    clean = predict_dataset(model, test_set, 0.0, batch_size=args.batch_size, device=device,
+                            keep_images=True, progress=progress, desc="clean")
+    adv = None
+    if args.epsilon > 0:
+        adv = predict_dataset(model, test_set, args.epsilon, args.steps, args.batch_size, device,
+                              keep_images=True, progress=progress, attack=args.attack,
+                              objective=args.objective, restarts=args.restarts,
+                              desc=f"{args.attack} eps {args.epsilon:g}/255")
+    out_dir = Path(args.output_dir or Path(args.checkpoint).parent / "visualization")
+    written = save_panels(
+        clean.images, clean.maps, clean.masks, clean.paths, out_dir,
+        adv.images if adv else None, adv.maps if adv else None,
+        clean.scores, adv.scores if adv else None,
+    )
+    print(f"wrote {len(written) - 1} panels and the contact sheet {written[-1]}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "test": cmd_test, "visualize": cmd_visualize,
+}

@@ -1,0 +1,332 @@
+"""Inspection verbs: ``predict``, ``calibrate``, ``import-checkpoint``, ``export``, ``info``.
+
+:func:`register` adds them to the ``patchguard`` parser and :data:`COMMANDS` maps each verb to
+its function. Heavy modules (torch, timm) are imported inside the commands so that
+``patchguard --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .args import flag
+
+CSV_FIELDS = ("path", "score", "decision", "threshold", "heatmap", "mask")
+
+
+def _image_size(value: str) -> int | None:
+    """--image-size: a positive integer, or 'auto' to infer it from the checkpoint."""
+    if value == "auto":
+        return None
+    size = int(value)
+    if size <= 0:
+        raise argparse.ArgumentTypeError("image size must be positive or 'auto'")
+    return size
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    """Add the predict, calibrate, import-checkpoint, export and info verbs to a subparser set."""
+    predict = verbs.add_parser("predict", help="scores, decisions and heatmaps for new images")
+    flag(predict, "--checkpoint", required=True)
+    flag(predict, "--input", nargs="+", required=True, metavar="PATH",
+          help="image files, folders (searched recursively) or glob patterns")
+    flag(predict, "--output-dir", default="predictions",
+          help="where predictions.csv/.json, heatmaps/ and masks/ go (default: predictions)")
+    flag(predict, "--threshold", type=float, default=None,
+          help="image threshold (default: the checkpoint's calibrated one)")
+    flag(predict, "--pixel-threshold", type=float, default=None,
+          help="pixel threshold for --save-masks (default: the checkpoint's)")
+    flag(predict, "--batch-size", type=int, default=16)
+    flag(predict, "--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
+    flag(predict, "--save-masks", action="store_true", default=False,
+          help="also write binary defect masks (map >= pixel threshold)")
+    flag(predict, "--quiet", action="store_true", default=None, help="no progress bar")
+
+    calibrate = verbs.add_parser(
+        "calibrate", help="set image/pixel thresholds from normal (and anomalous) images")
+    flag(calibrate, "--checkpoint", required=True, help="rewritten in place (atomically)")
+    flag(calibrate, "--normal-dir", nargs="+", default=None, metavar="PATH",
+          help="held-out normal images (folders, files or globs); default: the normal scores "
+               "already stored in the checkpoint")
+    flag(calibrate, "--anomalous-dir", nargs="+", default=None, metavar="PATH",
+          help="known anomalous images: the image threshold then maximises F1")
+    flag(calibrate, "--target-fpr", type=float, default=0.01,
+          help="allowed false-positive rate on normal images and pixels (default 0.01)")
+    flag(calibrate, "--batch-size", type=int, default=16)
+    flag(calibrate, "--device", default=None)
+    flag(calibrate, "--quiet", action="store_true", default=None)
+
+    imp = verbs.add_parser("import-checkpoint",
+                           help="convert a checkpoint of the original PatchGuard code")
+    flag(imp, "--original", required=True, help="the original's .pth state dict")
+    flag(imp, "--output", required=True, help="patchguard checkpoint to write")
+    flag(imp, "--backbone", default=None,
+          help="timm name of the original's --hf_path (default vit_small_patch14_dinov2.lvd142m)")
+    flag(imp, "--image-size", type=_image_size, default=224,
+          help="the original's --image_size (default 224; 'auto' reads it from the weights)")
+    flag(imp, "--feature-layers", type=int, nargs="+", default=None,
+          help="the original's --feature_layers (default 12)")
+    flag(imp, "--reg-layers", type=int, nargs="+", default=None)
+    flag(imp, "--dsc-heads", type=int, default=4, help="the original's --dsc_heads (default 4)")
+    flag(imp, "--dataset", default=None, help="default: from the file name, when known")
+    flag(imp, "--class-name", default=None, help="default: from the file name")
+
+    export = verbs.add_parser("export", help="export a checkpoint to ONNX")
+    flag(export, "--checkpoint", required=True)
+    flag(export, "--format", default="onnx", choices=["onnx"])
+    flag(export, "--output", default=None, help="default: the checkpoint's name with .onnx")
+    flag(export, "--opset", type=int, default=17)
+    flag(export, "--no-verify", action="store_true", default=False,
+          help="skip the onnxruntime comparison with PyTorch")
+
+    info = verbs.add_parser("info", help="print a checkpoint's model card")
+    flag(info, "--checkpoint", required=True)
+    flag(info, "--json", action="store_true", default=False,
+          help="print the metadata as JSON instead")
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+def _safe_stem(name: str) -> str:
+    stem = Path(name).stem if not name.startswith("<") else name.strip("<>").replace(" ", "_")
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80] or "image"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict on files, folders or globs; write CSV, JSON, heatmaps (and masks)."""
+    import numpy as np
+    from PIL import Image
+
+    from ..evaluation.visualization import heatmap_overlay
+    from ..inference.detector import load
+    from ..utils.files import atomic_write_text
+
+    detector = load(args.checkpoint, args.device or "auto")
+    threshold = args.threshold if args.threshold is not None else detector.threshold
+    pixel_threshold = (args.pixel_threshold if args.pixel_threshold is not None
+                       else detector.pixel_threshold)
+    if args.save_masks and pixel_threshold is None:
+        raise ValueError("--save-masks needs a pixel threshold: run 'patchguard calibrate' on "
+                         "the checkpoint or pass --pixel-threshold")
+    if threshold is None:
+        print("warning: the checkpoint has no image threshold (run 'patchguard calibrate' or "
+              "pass --threshold): scores and heatmaps only, no decisions", file=sys.stderr)
+    out_dir = Path(args.output_dir)
+    heat_dir, mask_dir = out_dir / "heatmaps", out_dir / "masks"
+    heat_dir.mkdir(parents=True, exist_ok=True)
+    if args.save_masks:
+        mask_dir.mkdir(parents=True, exist_ok=True)
+
+    rows: list[dict[str, Any]] = []
+    failed: list[tuple[str, str]] = []
+    for part in detector.predict_batches(args.input, args.batch_size, threshold, pixel_threshold,
+                                         keep_images=True, progress=not args.quiet):
+        failed.extend(part.failed)
+        # A sigmoid centred on the pixel threshold (0 without one): one colour scale shared by
+        # every image, with the decision boundary mid-scale; per-image min-max would paint noise
+        # red, and the raw sigmoid left short-trained models uniformly blue.
+        centre = part.pixel_threshold if part.pixel_threshold is not None else 0.0
+        heat = 1.0 / (1.0 + np.exp(-2.0 * (part.maps - centre)))
+        for i, path in enumerate(part.paths):
+            index = len(rows)
+            name = f"{index:05d}_{_safe_stem(path)}"
+            heat_file = heat_dir / f"{name}.png"
+            Image.fromarray(heatmap_overlay(part.images[i], heat[i])).save(heat_file)
+            mask_file = None
+            if args.save_masks:
+                mask_file = mask_dir / f"{name}.png"
+                mask = (part.maps[i] >= pixel_threshold).astype(np.uint8) * 255
+                Image.fromarray(mask).save(mask_file)
+            decision = ""
+            if part.decisions is not None:
+                decision = "anomalous" if part.decisions[i] else "normal"
+            rows.append({
+                "path": path,
+                "score": float(part.scores[i]),
+                "decision": decision,
+                "threshold": threshold,
+                "heatmap": str(heat_file.relative_to(out_dir)),
+                "mask": str(mask_file.relative_to(out_dir)) if mask_file else "",
+            })
+    csv_path = out_dir / "predictions.csv"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "threshold": "" if threshold is None else threshold})
+    summary = {
+        "checkpoint": str(args.checkpoint),
+        "threshold": threshold,
+        "threshold_source": ("--threshold" if args.threshold is not None
+                             else "checkpoint" if threshold is not None else None),
+        "pixel_threshold": pixel_threshold,
+        "n_images": len(rows),
+        "n_anomalous": sum(row["decision"] == "anomalous" for row in rows),
+        "n_failed": len(failed),
+        "predictions": rows,
+        "failed": [{"path": path, "reason": reason} for path, reason in failed],
+    }
+    atomic_write_text(out_dir / "predictions.json", json.dumps(summary, indent=2) + "\n")
+    flagged = f", {summary['n_anomalous']} anomalous" if threshold is not None else ""
+    print(f"predicted {len(rows)} image(s){flagged}; results in {csv_path} and "
+          f"{out_dir / 'predictions.json'}, heatmaps in {heat_dir}")
+    return _report_failures(failed)
+
+
+def _report_failures(failed: list[tuple[str, str]]) -> int:
+    """List skipped inputs on stderr; exit code 1 when there were any."""
+    if not failed:
+        return 0
+    print(f"{len(failed)} input(s) failed and were skipped:", file=sys.stderr)
+    for path, reason in failed:
+        print(f"  {path}: {reason}", file=sys.stderr)
+    return 1
+
+
+# ---------------------------------------------------------------------------- calibrate
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Compute thresholds from normal (and anomalous) images and write them to the checkpoint."""
+    import numpy as np
+
+    from ..inference.detector import load
+    from ..inference.thresholds import calibrate_thresholds, write_thresholds
+
+    detector = load(args.checkpoint, args.device or "auto")
+    failed: list[tuple[str, str]] = []
+    pixel_values = None
+    if args.normal_dir:
+        scores, pixels = [], []
+        for part in detector.predict_batches(args.normal_dir, args.batch_size,
+                                             progress=not args.quiet):
+            failed.extend(part.failed)
+            scores.append(part.scores)
+            # Every other pixel: the maps are Gaussian-smoothed, so this loses nothing and
+            # keeps memory at a quarter for large calibration sets.
+            pixels.append(part.maps[:, ::2, ::2].ravel())
+        normal = np.concatenate(scores)
+        pixel_values = np.concatenate(pixels)
+    else:
+        stored = detector.info.get("normal_scores")
+        if stored is None or len(stored) == 0:
+            raise ValueError("the checkpoint stores no normal scores: give --normal-dir with "
+                             "held-out normal images (not the test images you evaluate on)")
+        normal = np.asarray(stored, dtype=np.float64)
+        print(f"using the {normal.size} normal scores stored in the checkpoint "
+              "(no pixel threshold without --normal-dir)")
+    if normal.size == 0:
+        raise ValueError("no readable normal image: nothing to calibrate on")
+    labelled = None
+    anomalous = np.zeros(0)
+    if args.anomalous_dir:
+        parts = list(detector.predict_batches(args.anomalous_dir, args.batch_size,
+                                              progress=not args.quiet))
+        failed.extend(entry for part in parts for entry in part.failed)
+        anomalous = np.concatenate([part.scores for part in parts])
+        labelled = anomalous if anomalous.size else None
+    thresholds = calibrate_thresholds(normal, args.target_fpr, pixel_values, labelled)
+    if pixel_values is None:
+        # Keep a pixel threshold calibrated earlier rather than erasing it.
+        previous = detector.info.get("thresholds") or {}
+        thresholds["pixel"] = previous.get("pixel")
+    write_thresholds(args.checkpoint, thresholds, normal_scores=normal)
+    fpr = float(np.mean(normal.astype(np.float64) >= thresholds["image"]))
+    print(f"image threshold {thresholds['image']:.6g} ({thresholds['method']}): "
+          f"false-positive rate {fpr:.4f} on {normal.size} normal image(s)")
+    if anomalous.size:
+        tpr = float(np.mean(anomalous.astype(np.float64) >= thresholds["image"]))
+        print(f"  detection rate {tpr:.4f} on {anomalous.size} anomalous image(s), "
+              f"F1 {thresholds.get('f1', float('nan')):.4f}")
+    if thresholds["pixel"] is not None:
+        print(f"pixel threshold {thresholds['pixel']:.6g}")
+    if args.target_fpr > 0 and normal.size * args.target_fpr < 1 and labelled is None:
+        print(f"note: {normal.size} normal images cannot resolve a {args.target_fpr} "
+              f"false-positive rate (needs >= {math.ceil(1 / args.target_fpr)}); the threshold "
+              "sits just above the highest normal score", file=sys.stderr)
+    print(f"wrote thresholds into {args.checkpoint}")
+    return _report_failures(failed)
+
+
+# ---------------------------------------------------------------------------- others
+
+
+def cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    """Convert an original PatchGuard checkpoint into ours."""
+    from ..config import DEFAULT_BACKBONE
+    from ..inference.authors import import_original_checkpoint
+
+    kwargs = {"feature_layers": args.feature_layers, "reg_layers": args.reg_layers,
+              "dsc_heads": args.dsc_heads}
+    if args.dataset:
+        kwargs["dataset"] = args.dataset
+    if args.class_name:
+        kwargs["class_name"] = args.class_name
+    path = import_original_checkpoint(args.original, args.output,
+                                      backbone=args.backbone or DEFAULT_BACKBONE,
+                                      image_size=args.image_size, **kwargs)
+    print(f"converted {args.original} -> {path} (every key used)")
+    print(f"next: patchguard info --checkpoint {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a checkpoint to ONNX and verify it."""
+    from ..inference.export import export_onnx
+
+    output = args.output or str(Path(args.checkpoint).with_suffix(".onnx"))
+    export_onnx(args.checkpoint, output, opset=args.opset, verify=not args.no_verify)
+    return 0
+
+
+def _matching_results(checkpoint: Path) -> list[dict[str, Any]]:
+    """Rows of a results.json beside the checkpoint that were computed from this very file."""
+    results = checkpoint.with_name("results.json")
+    if not results.is_file():
+        return []
+    try:
+        rows = json.loads(results.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    target = checkpoint.resolve()
+    return [row for row in rows if isinstance(row, dict) and row.get("checkpoint")
+            and Path(row["checkpoint"]).resolve() == target]
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print the model card of a checkpoint."""
+    from ..inference.card import model_card
+    from ..utils.checkpoint import load_checkpoint
+
+    path = Path(args.checkpoint)
+    state = load_checkpoint(path)
+    if not state.get("results"):
+        state["results"] = _matching_results(path)
+    if args.json:
+        import torch
+
+        meta = {k: v for k, v in state.items()
+                if k not in ("model", "optimizer", "scheduler", "rng")}
+        if isinstance(meta.get("normal_scores"), torch.Tensor):
+            meta["normal_scores"] = meta["normal_scores"].tolist()
+        print(json.dumps(meta, indent=2, default=str))
+    else:
+        print(model_card(state))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "predict": cmd_predict,
+    "calibrate": cmd_calibrate,
+    "import-checkpoint": cmd_import_checkpoint,
+    "export": cmd_export,
+    "info": cmd_info,
+}

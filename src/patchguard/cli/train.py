@@ -1,0 +1,90 @@
+"""The ``train`` verb: train one class (writes OUTPUT_DIR/last.pt)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from .args import common_flags, data_flags, flag
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    """Add ``train`` to the ``patchguard`` parser."""
+    from ..config import PRESETS
+
+    train = verbs.add_parser("train", help="train one class (writes OUTPUT_DIR/last.pt)")
+    data_flags(train, required=False)
+    common_flags(train)
+    flag(train, "--output-dir", default=None, help="where checkpoints and logs go")
+    flag(train, "--preset", default=None, choices=sorted(PRESETS),
+         help="paper: METHOD.md exactly (default); fast: short budgets")
+    flag(train, "--epochs", type=int, default=None)
+    flag(train, "--batch-size", type=int, default=None)
+    flag(train, "--image-size", type=int, default=None)
+    flag(train, "--lr", type=float, default=None)
+    flag(train, "--backbone-lr", type=float, default=None,
+         help="separate backbone learning rate (default: same as --lr); 0 freezes it")
+    flag(train, "--warmup-epochs", type=int, default=None)
+    flag(train, "--backbone", default=None, help="timm ViT name")
+    flag(train, "--backbone-weights", default=None,
+         help="local backbone weights (timm keys, .safetensors or .pth)")
+    flag(train, "--no-pretrained", dest="pretrained", action="store_const", const=False,
+         default=None, help="random initialisation, like the original code")
+    flag(train, "--feature-layers", type=int, nargs="+", default=None)
+    flag(train, "--reg-layers", type=int, nargs="+", default=None)
+    flag(train, "--reg-coefficients", type=float, nargs="+", default=None,
+         help="one KL weight per regularised layer (default 0.005 0.01 0.05)")
+    flag(train, "--epsilon-train", type=float, default=None, help="in 1/255 units")
+    flag(train, "--steps-train", type=int, default=None)
+    flag(train, "--no-adv-train", dest="adv_train", action="store_const", const=False,
+         default=None)
+    flag(train, "--no-reg", dest="reg", action="store_const", const=False, default=None)
+    flag(train, "--bf16", action="store_const", const=True, default=None,
+         help="bf16 autocast (for GPUs; runs slower on CPUs)")
+    flag(train, "--val-fraction", type=float, default=None,
+         help="hold out this share of train images to set decision thresholds (fast: 0.1)")
+    flag(train, "--target-fpr", type=float, default=None,
+         help="false-positive rate on held-out normal images for the thresholds (0.01)")
+    flag(train, "--auto-foreground", action="store_const", const=True, default=None,
+         help="generate foreground masks for classes without them (fast preset: on)")
+    flag(train, "--compile", action="store_const", const=True, default=None,
+         help="torch.compile the backbone blocks that are not regularised")
+    flag(train, "--seed", type=int, default=None)
+    flag(train, "--workers", type=int, default=None)
+    flag(train, "--save-every", type=int, default=None)
+    flag(train, "--resume", nargs="?", const="auto", default=None,
+         help="continue from a checkpoint (default OUTPUT_DIR/last.pt)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one class."""
+    from ..config import TrainConfig, build_config
+    from ..training.checkpoints import resume_config
+    from ..training.trainer import train
+
+    skip = {"verb", "config", "quiet", "resume", "yaml_extra"}
+    overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    overrides.update(getattr(args, "yaml_extra", {}))
+    resume = None
+    if args.resume:
+        output_dir = overrides.get("output_dir", TrainConfig.output_dir)
+        resume = Path(output_dir) / "last.pt" if args.resume == "auto" else Path(args.resume)
+        if not resume.exists():
+            raise FileNotFoundError(f"--resume: {resume} does not exist")
+        # Resume continues the saved run: only the flags given now change it.
+        overrides.setdefault("output_dir", str(resume.parent))
+        config = resume_config(resume, overrides)
+    else:
+        config = build_config(overrides.get("preset") or "paper", None, overrides)
+        if not config.dataset_dir or not config.class_name:
+            raise ValueError(
+                "train needs --dataset-dir and --class-name (or a --config holding them)"
+            )
+    last = train(config, resume=resume, progress=not args.quiet)
+    print(f"checkpoint: {last}")
+    print(f"next: patchguard test --checkpoint {last}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"train": cmd_train}

@@ -1,0 +1,238 @@
+"""A whole data set: fetch its archives, extract them safely, place the foreground masks, check
+the layout, and write a marker so that a second run does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..images import IMAGE_EXTENSIONS
+from .errors import LayoutError, ManualDownloadError
+from .extraction import move_into, safe_extract
+from .sources import DatasetSource, get_source
+from .transfer import fetch_archive, folder_error, is_drive_folder
+
+log = logging.getLogger(__name__)
+
+#: Written into a data set's root once download, extraction and layout check succeeded.
+MARKER_NAME = ".patchguard-download.json"
+
+def check_layout(source: DatasetSource, root: str | os.PathLike[str]) -> list[str]:
+    """Expected paths missing under ``root`` (empty when the layout is complete)."""
+    root = Path(root)
+    return [p for p in source.expected_paths() if not (root / p).exists()]
+
+
+def _find_layout_root(tree: Path, source: DatasetSource, depth: int = 3) -> Path:
+    """The directory inside an extracted tree that holds the data set (class folders)."""
+    probes = source.expected_paths()
+    frontier = [tree]
+    for _ in range(depth + 1):
+        for d in frontier:
+            if probes and all((d / p).exists() for p in probes):
+                return d
+        frontier = [c for d in frontier for c in sorted(d.iterdir()) if c.is_dir()]
+    # Fallback: descend through single-directory wrappers (e.g. "BTech_Dataset_transformed/").
+    d = tree
+    while True:
+        subdirs = [c for c in d.iterdir() if c.is_dir()]
+        files = [c for c in d.iterdir() if not c.is_dir()]
+        if len(subdirs) == 1 and not files:
+            d = subdirs[0]
+        else:
+            return d
+
+
+def _image_dirs(tree: Path) -> list[tuple[Path, int]]:
+    out = []
+    for dirpath, _, filenames in os.walk(tree):
+        n = sum(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in filenames)
+        if n:
+            out.append((Path(dirpath), n))
+    return out
+
+
+def _best_mask_dir(tree: Path) -> Path | None:
+    dirs = _image_dirs(tree)
+    if not dirs:
+        return None
+    named = [d for d in dirs if "foreground" in d[0].name.lower()]
+    return max(named or dirs, key=lambda d: d[1])[0]
+
+
+def _place_foreground(tree: Path, source: DatasetSource, ds_root: Path) -> list[str]:
+    """Move mask images from an extracted archive into the layout; return classes served."""
+    placed: list[str] = []
+    classes = source.classes or ("",)
+    for cls in classes:
+        if cls:
+            candidates = [
+                Path(p) / d
+                for p, dirs, _ in os.walk(tree)
+                for d in dirs
+                if d.lower() == cls.lower()
+            ]
+            src = None
+            for cand in candidates:
+                src = _best_mask_dir(cand)
+                if src is not None:
+                    break
+        else:
+            src = _best_mask_dir(tree)
+        if src is None:
+            continue
+        dest = ds_root / source.foreground_dir.format(cls=cls)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in src.iterdir():
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                os.replace(f, dest / f.name)
+        placed.append(cls or source.name)
+    return placed
+
+
+def _extract_to_temp(archive: Path, parent: Path) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=parent))
+    safe_extract(archive, tmp / "x")
+    return tmp
+
+
+def download_foreground(
+    name: str,
+    root: str | os.PathLike[str],
+    progress: bool = True,
+    archive: str | os.PathLike[str] | None = None,
+) -> list[str]:
+    """Fetch (or take from ``archive``) the published foreground masks; return classes served."""
+    source = get_source(name)
+    root = Path(root)
+    ds_root = root / source.dirname
+    if not source.foreground and archive is None:
+        raise ManualDownloadError(
+            f"No foreground masks are published for {name}; generate them with "
+            f"`patchguard data foreground --dataset {name}` (textures: the whole image)."
+        )
+    downloads = root / ".downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    if archive is not None:
+        files = [Path(archive)]
+    else:
+        files = []
+        for item in source.foreground:
+            if is_drive_folder(item.url):
+                raise folder_error(
+                    item.url, f"The {name} foreground-mask release", "--foreground-archive"
+                )
+            files.append(fetch_archive(item, downloads / item.filename, progress, f"{name} masks"))
+    placed: list[str] = []
+    for f in files:
+        tmp = _extract_to_temp(f, root)
+        try:
+            placed += _place_foreground(tmp / "x", source, ds_root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not placed:
+        raise LayoutError(
+            f"the foreground-mask archive(s) {[str(f) for f in files]} held no mask images for "
+            f"any class of {name} ({', '.join(source.classes) or 'single class'})"
+        )
+    return placed
+
+
+def _read_marker(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def download_dataset(
+    name: str,
+    root: str | os.PathLike[str],
+    progress: bool = True,
+    archive: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
+    *,
+    foreground: bool = True,
+    foreground_archive: str | os.PathLike[str] | None = None,
+    keep_archives: bool = False,
+) -> Path:
+    """Download (or take ``archive``), extract, check and mark a data set; return its root."""
+    source = get_source(name)
+    root = Path(root)
+    ds_root = root / source.dirname
+    marker = ds_root / MARKER_NAME
+    info = _read_marker(marker)
+    if info is not None and info.get("dataset") == source.name:
+        if foreground and foreground_archive is not None:
+            info["foreground_classes"] = download_foreground(
+                name, root, progress, foreground_archive
+            )
+            info["foreground_note"] = ""
+            marker.write_text(json.dumps(info, indent=2))
+        log.info("%s already prepared at %s (remove %s to redo)", source.name, ds_root, marker)
+        return ds_root
+    root.mkdir(parents=True, exist_ok=True)
+    downloads = root / ".downloads"
+    if archive is not None:
+        items = [archive] if isinstance(archive, (str, os.PathLike)) else list(archive)
+        files = [Path(a) for a in items]
+        for f in files:
+            if not f.is_file():
+                raise FileNotFoundError(f"archive {f} does not exist")
+    elif source.manual:
+        raise ManualDownloadError(source.manual)
+    else:
+        files = [
+            fetch_archive(item, downloads / item.filename, progress, f"The {source.name} archive")
+            for item in source.archives
+        ]
+    for f in files:
+        tmp = _extract_to_temp(f, root)
+        try:
+            move_into(_find_layout_root(tmp / "x", source), ds_root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    missing = check_layout(source, ds_root)
+    if missing:
+        shown = ", ".join(missing[:10]) + (
+            f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""
+        )
+        raise LayoutError(
+            f"{source.name} at {ds_root} is incomplete after extraction; missing: {shown}"
+        )
+    fg_classes: list[str] = []
+    fg_note = ""
+    if foreground and (source.foreground or foreground_archive is not None):
+        try:
+            fg_classes = download_foreground(name, root, progress, foreground_archive)
+        except ManualDownloadError as exc:
+            fg_note = str(exc)
+            warnings.warn(
+                f"{source.name} is ready but its foreground masks were not fetched: {exc} "
+                "Without them training generates masks automatically.",
+                stacklevel=2,
+            )
+    marker.write_text(
+        json.dumps(
+            {
+                "dataset": source.name,
+                "archives": [f.name for f in files],
+                "foreground_classes": fg_classes,
+                "foreground_note": fg_note,
+                "license": source.license,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+            indent=2,
+        )
+    )
+    if not keep_archives and archive is None:
+        for f in files:
+            f.unlink(missing_ok=True)
+    return ds_root

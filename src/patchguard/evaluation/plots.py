@@ -1,0 +1,80 @@
+"""Plots of results and training: AUROC against epsilon, robustness bars, training curves."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..utils.plotting import pyplot, save_figure
+
+
+def plot_auroc_vs_epsilon(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Image and pixel AUROC against epsilon, one line per attack (clean = epsilon 0)."""
+    plt = pyplot()
+    clean = [r for r in rows if r["attack"] == "clean"]
+    attacks = list(dict.fromkeys(r["attack"] for r in rows if r["attack"] != "clean"))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, metric in zip(axes, ("image_auroc", "pixel_auroc")):
+        for attack in attacks:
+            points = sorted((r["epsilon"], r[metric]) for r in [*clean, *[
+                r for r in rows if r["attack"] == attack]] if r.get(metric) is not None)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=attack)
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set(xlabel="epsilon (1/255)", title=metric.replace("_", " "), ylim=(0, 1))
+    axes[0].set_ylabel("AUROC (0.5 = chance)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+
+def plot_training_log(log_path: str | Path, output_path: str | Path) -> Path:
+    """Plot the per-view losses and images/s of a ``train_log.jsonl`` to a PNG."""
+    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line]
+    plt = pyplot()
+    fig, (ax_loss, ax_speed) = plt.subplots(1, 2, figsize=(10, 3.6))
+    epochs = [r["epoch"] for r in records]
+    for key in ("loss", "clean", "adv_clean", "pseudo", "adv_pseudo"):
+        if records and key in records[0]:
+            ax_loss.plot(epochs, [r[key] for r in records], label=key, marker=".")
+    ax_loss.set(xlabel="epoch", ylabel="loss (sum over patches, mean over images)",
+                title="training loss per view")
+    ax_loss.set_yscale("log")
+    ax_loss.legend(fontsize=8)
+    ax_speed.plot(epochs, [r["images_per_s"] for r in records], marker=".")
+    ax_speed.set(xlabel="epoch", ylabel="images/s", title="throughput")
+    fig.tight_layout()
+    return save_figure(fig, output_path)
+
+
+def plot_robustness(rows: Sequence[dict], output_path: str | Path) -> Path:
+    """Bar chart per class: clean and attacked image/pixel AUROC, one colour per recipe/attack."""
+    plt = pyplot()
+    classes = list(dict.fromkeys(r["class_name"] for r in rows))
+    settings = list(dict.fromkeys(
+        (r.get("adv_train", True), r["attack"], r["epsilon"]) for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    width = 0.8 / max(len(settings), 1)
+    for ax, metric in zip(axes, ("image_auroc", "pixel_auroc")):
+        for j, (adv, attack, eps) in enumerate(settings):
+            values = []
+            for name in classes:
+                match = [r for r in rows if r["class_name"] == name and
+                         r.get("adv_train", True) == adv and r["attack"] == attack and
+                         r["epsilon"] == eps]
+                value = match[0][metric] if match else None
+                values.append(float("nan") if value is None else value)
+            label = f"{'adv-trained' if adv else 'no adv'}, " + (
+                "clean" if attack == "clean" else f"{attack} {eps:g}/255")
+            positions = [i + (j - (len(settings) - 1) / 2) * width for i in range(len(classes))]
+            ax.bar(positions, values, width, label=label)
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(range(len(classes)), classes)
+        ax.set(ylim=(0, 1), title=metric.replace("_", " "))
+    axes[0].set_ylabel("AUROC (0.5 = chance)")
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return save_figure(fig, output_path)

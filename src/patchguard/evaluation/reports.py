@@ -1,0 +1,138 @@
+"""Result reports: one table renderer for the terminal and Markdown, JSON, CSV, and the
+paper-style per-class table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..utils.files import atomic_write_text
+
+COLUMNS = (
+    "class_name", "attack", "objective", "epsilon", "steps", "restarts", "image_auroc",
+    "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1_max", "pixel_f1_max", "n_images",
+    "targets",
+)
+NO_PIXEL_MASKS_NOTE = "pixel AUROC n/a: the test set has no pixel masks (image-level labels only)"
+
+
+def cell(value: Any, digits: int = 4) -> str:
+    """One table cell: n/a for None, metrics with ``digits`` decimals, other numbers as %g."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) <= 1.0 else f"{value:g}"
+    return str(value)
+
+
+def render_table(header: Sequence[str], body: Sequence[Sequence[Any]], markdown: bool = False,
+                 digits: int = 4) -> str:
+    """The one table renderer: aligned text columns for the terminal, or a Markdown table.
+
+    Text columns are left-aligned when they hold text and right-aligned when they hold numbers.
+    """
+    cells = [[cell(value, digits) for value in row] for row in body]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in cells]
+        return "\n".join(lines)
+    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(header)]
+    numeric = [all(not isinstance(row[i], str) for row in body) for i in range(len(header))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    return "\n".join([line(header), *(line(row) for row in cells)])
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Terminal table of evaluation rows: attack, epsilon, steps, image/pixel AUROC, AUPRO."""
+    header = ["attack", "eps/255", "steps", "image AUROC", "pixel AUROC", "AUPRO", "images"]
+    body = [[r["attack"], r["epsilon"], r["steps"], r["image_auroc"], r["pixel_auroc"],
+             r.get("aupro"), r["n_images"]] for r in rows]
+    text = render_table(header, body)
+    if any(row["pixel_auroc"] is None for row in rows):
+        text += "\n" + NO_PIXEL_MASKS_NOTE
+    return text
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of the main columns (one line per attack setting)."""
+    fields = [c for c in COLUMNS if c != "targets" and any(c in row for row in rows)]
+    body = [[row.get(f) for f in fields] for row in rows]
+    return render_table(fields, body, markdown=True) + "\n"
+
+
+def write_results(
+    path: str | Path, rows: Sequence[dict[str, Any]], meta: dict[str, Any] | None = None
+) -> Path:
+    """Write the rows as a JSON list (each row carrying ``meta``, e.g. the class), atomically."""
+    payload = [{**row, **(meta or {})} for row in rows]
+    return atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """All rows as CSV (known columns first, then any others), atomically."""
+    extra = sorted({key for row in rows for key in row} - set(COLUMNS))
+    fields = [c for c in COLUMNS if any(c in row for row in rows)] + extra
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in fields})
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def write_markdown(rows: Sequence[dict[str, Any]], path: str | Path, notes: str = "") -> Path:
+    """Rows as a Markdown table (plus optional notes, e.g. sanity warnings), atomically."""
+    text = markdown_table(rows) + (f"\n{notes}\n" if notes else "")
+    return atomic_write_text(path, text)
+
+
+def write_reports(json_path: str | Path, rows: Sequence[dict[str, Any]], notes: str = ""
+                  ) -> list[Path]:
+    """The JSON rows plus CSV, Markdown and (with attacked rows) the AUROC-vs-epsilon plot."""
+    from .plots import plot_auroc_vs_epsilon
+
+    json_path = Path(json_path)
+    written = [write_results(json_path, rows), write_csv(rows, json_path.with_suffix(".csv")),
+               write_markdown(rows, json_path.with_suffix(".md"), notes)]
+    if any(r["attack"] != "clean" for r in rows):
+        written.append(plot_auroc_vs_epsilon(
+            rows, json_path.with_name(json_path.stem + "_vs_epsilon.png")))
+    return written
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def class_table(results: dict[str, list[dict[str, Any]]], epsilon: float | None = None) -> str:
+    """Paper-style Markdown table: per class clean / attacked image and pixel AUROC, then mean.
+
+    ``results`` maps a class name to its evaluation rows; the attacked columns use the first
+    attack at ``epsilon`` (default: the largest epsilon evaluated; n/a when only clean rows).
+    """
+    header = ["class", "clean image", "attacked image", "clean pixel", "attacked pixel"]
+    body: list[list[Any]] = []
+    label = "none (clean rows only)"
+    for name, rows in results.items():
+        clean = next(r for r in rows if r["attack"] == "clean")
+        attacked_rows = [r for r in rows if r["attack"] != "clean"]
+        attacked: dict[str, Any] = {}
+        if attacked_rows:
+            eps = epsilon if epsilon is not None else max(r["epsilon"] for r in attacked_rows)
+            attacked = next(r for r in attacked_rows if r["epsilon"] == eps)
+            label = f"{attacked['attack']} {eps:g}/255, {attacked['steps']} steps"
+        body.append([name, clean["image_auroc"], attacked.get("image_auroc"),
+                     clean["pixel_auroc"], attacked.get("pixel_auroc")])
+    means = [_mean(column) for column in zip(*[row[1:] for row in body])] if body else []
+    body.append(["**mean**", *means])
+    return f"Attack: {label}\n\n" + render_table(header, body, markdown=True) + "\n"

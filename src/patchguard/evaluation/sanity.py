@@ -1,0 +1,95 @@
+"""Sanity checks against gradient masking (Carlini et al., "On Evaluating Adversarial Robustness").
+
+A robustness number is only credible if the attack behaves like an attack: more budget must
+never help the model, and an absurd budget must break it. Violations are reported as warnings,
+never hidden.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..data.datasets import TestDataset
+from ..models.patchguard import PatchGuard
+from .evaluator import evaluate
+
+
+@dataclass
+class SanityReport:
+    """The rows the checks evaluated and the warnings they raised (empty = all passed)."""
+
+    rows: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """True when no check failed."""
+        return not self.warnings
+
+
+def sanity_check(
+    model: PatchGuard,
+    dataset: TestDataset,
+    attack: str = "pgd",
+    objective: str = "mask",
+    steps: int = 10,
+    epsilons: Sequence[float] = (1, 2, 4, 8, 16),
+    large_epsilon: float = 128.0,
+    more_steps_factor: int = 4,
+    tolerance: float = 0.02,
+    near_zero: float = 0.1,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> SanityReport:
+    """Epsilon sweep, more steps, huge epsilon: flag any sign of gradient masking.
+
+    Checks, on the AUROCs the objective targets (image for ``score``, pixel for ``map``, both
+    for ``mask``; pixel only with masks), with ``tolerance`` for noise:
+    the attacked AUROC does not increase with epsilon; ``more_steps_factor`` times the steps
+    does not raise it; at ``large_epsilon`` it falls to at most ``near_zero``.
+    """
+    sweep = sorted({0.0, *map(float, epsilons)})
+    rows = evaluate(model, dataset, sweep, steps, batch_size, device, progress=progress,
+                    attacks=(attack,), objective=objective)
+    report = SanityReport(rows=list(rows))
+    # Only the metrics the objective attacks must fall: the score objective may leave pixel
+    # maps anywhere, the map objective the image score.
+    targeted = {"score": ["image_auroc"], "map": ["pixel_auroc"]}.get(
+        objective, ["image_auroc", "pixel_auroc"])
+    metrics = [m for m in targeted if rows[0][m] is not None]
+    for metric in metrics:
+        values = [(r["epsilon"], r[metric]) for r in rows]
+        report.checks.append(f"{metric} non-increasing in epsilon over {sweep}")
+        for (eps_a, a), (eps_b, b) in zip(values, values[1:]):
+            if b is not None and a is not None and b > a + tolerance:
+                report.warnings.append(
+                    f"{metric} rose from {a:.3f} at eps {eps_a:g} to {b:.3f} at eps {eps_b:g}: "
+                    "a larger budget helped the model (attack too weak or gradients masked)")
+    eps_ref = max(e for e in sweep if e > 0)
+    reference = next(r for r in rows if r["epsilon"] == eps_ref)
+    longer = evaluate(model, dataset, (eps_ref,), steps * more_steps_factor, batch_size, device,
+                      progress=progress, attacks=(attack,), objective=objective)[0]
+    report.rows.append(longer)
+    for metric in metrics:
+        report.checks.append(f"{metric} with {longer['steps']} steps <= with {steps} steps")
+        if longer[metric] > reference[metric] + tolerance:
+            report.warnings.append(
+                f"{metric} at eps {eps_ref:g} rose from {reference[metric]:.3f} "
+                f"({steps} steps) to {longer[metric]:.3f} ({longer['steps']} steps): more "
+                "attack steps helped the model")
+    huge = evaluate(model, dataset, (large_epsilon,), steps, batch_size, device,
+                    progress=progress, attacks=(attack,), objective=objective)[0]
+    report.rows.append(huge)
+    report.checks.append(f"image_auroc at eps {large_epsilon:g} <= {near_zero}")
+    if huge["image_auroc"] is not None and huge["image_auroc"] > near_zero:
+        report.warnings.append(
+            f"image_auroc is still {huge['image_auroc']:.3f} at eps {large_epsilon:g}/255, "
+            "where any model should be broken: the attack's gradients are probably masked or "
+            "uninformative; do not trust the robustness numbers")
+    return report

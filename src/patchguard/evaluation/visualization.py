@@ -1,0 +1,124 @@
+"""Heatmaps over images with ground-truth outlines, per-image panels and a contact sheet."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+
+def normalise_maps(maps: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Scale maps to [0, 1] with a shared (low, high) range so clean and attacked compare."""
+    return np.clip((maps.astype(np.float32) - low) / max(high - low, 1e-8), 0.0, 1.0)
+
+
+def heatmap_overlay(
+    image: np.ndarray, heat: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.5
+) -> np.ndarray:
+    """Blend a [0, 1] heat map (jet colours) over a uint8 RGB image; outline the mask in green."""
+    colours = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    colours = cv2.cvtColor(colours, cv2.COLOR_BGR2RGB)
+    blended = (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha)
+    blended = blended.clip(0, 255).astype(np.uint8)
+    return draw_outline(blended, mask) if mask is not None else blended
+
+
+def draw_outline(image: np.ndarray, mask: np.ndarray, colour=(0, 255, 0)) -> np.ndarray:
+    """Draw the contour of a binary mask on a copy of the image."""
+    contours, _ = cv2.findContours(
+        (mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+    )
+    out = np.ascontiguousarray(image.copy())
+    thickness = max(1, image.shape[0] // 160)
+    cv2.drawContours(out, contours, -1, colour, thickness)
+    return out
+
+
+def _label(tile: np.ndarray, text: str) -> np.ndarray:
+    out = tile.copy()
+    scale = max(tile.shape[0] / 400, 0.3)
+    cv2.putText(out, text, (3, int(14 * scale / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def image_panel(
+    image: np.ndarray,
+    clean_heat: np.ndarray,
+    mask: np.ndarray | None,
+    adv_image: np.ndarray | None = None,
+    adv_heat: np.ndarray | None = None,
+    title: str = "",
+    perturbation_gain: float = 10.0,
+) -> np.ndarray:
+    """One row: image | clean heatmap | [attacked image | amplified perturbation | its heatmap]."""
+    tiles = [_label(draw_outline(image, mask) if mask is not None else image, title or "image"),
+             _label(heatmap_overlay(image, clean_heat, mask), "clean map")]
+    if adv_image is not None and adv_heat is not None:
+        delta = adv_image.astype(np.float32) - image.astype(np.float32)
+        perturbation = np.clip(127.5 + delta * perturbation_gain, 0, 255).astype(np.uint8)
+        tiles += [
+            _label(adv_image, "attacked"),
+            _label(perturbation, f"perturbation x{perturbation_gain:g}"),
+            _label(heatmap_overlay(adv_image, adv_heat, mask), "attacked map"),
+        ]
+    return np.concatenate(tiles, axis=1)
+
+
+def save_panels(
+    images: np.ndarray,
+    clean_maps: np.ndarray,
+    masks: np.ndarray,
+    names: Sequence[str],
+    output_dir: str | Path,
+    adv_images: np.ndarray | None = None,
+    adv_maps: np.ndarray | None = None,
+    scores: Sequence[float] | None = None,
+    adv_scores: Sequence[float] | None = None,
+    sheet_rows: int = 12,
+) -> list[Path]:
+    """Write one PNG per image and a contact sheet; return the written paths (sheet last).
+
+    Heat maps share one colour range: the 1st to 99.9th percentile of the clean maps, so an
+    attack that lights up a normal image or darkens a defect is visible as such.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    low, high = np.percentile(clean_maps.astype(np.float32), [1.0, 99.9])
+    clean_heat = normalise_maps(clean_maps, low, high)
+    adv_heat = normalise_maps(adv_maps, low, high) if adv_maps is not None else None
+    written, rows = [], []
+    for i, name in enumerate(names):
+        title = Path(name).parent.name + "/" + Path(name).stem
+        if scores is not None:
+            title += f"  s={scores[i]:.2f}"
+            if adv_scores is not None:
+                title += f"->{adv_scores[i]:.2f}"
+        mask = masks[i] if masks[i].any() else None
+        panel = image_panel(
+            images[i], clean_heat[i], mask,
+            adv_images[i] if adv_images is not None else None,
+            adv_heat[i] if adv_heat is not None else None,
+            title=title,
+        )
+        path = output_dir / f"{i:04d}_{Path(name).parent.name}_{Path(name).stem}.png"
+        Image.fromarray(panel).save(path)
+        written.append(path)
+        rows.append(panel)
+    if rows:
+        chosen = _spread(len(rows), sheet_rows)
+        sheet = np.concatenate([rows[i] for i in chosen], axis=0)
+        sheet_path = output_dir / "contact_sheet.png"
+        Image.fromarray(sheet).save(sheet_path)
+        written.append(sheet_path)
+    return written
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n) (all of them when n <= k)."""
+    if n <= k:
+        return list(range(n))
+    return sorted({int(round(i * (n - 1) / (k - 1))) for i in range(k)})

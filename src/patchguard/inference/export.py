@@ -1,0 +1,140 @@
+"""ONNX export: one graph from an image batch in [0, 1] to image scores and smoothed anomaly maps.
+
+``onnx`` (and, for the numerical check, ``onnxruntime``) are optional dependencies, imported
+only here, only when exporting.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models.factory import load_model
+from ..models.patchguard import PatchGuard
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("scores", "maps")
+
+
+class ExportWrapper(nn.Module):
+    """images (B, 3, S, S) in [0, 1] -> (scores (B,), maps (B, S, S)), without attention capture."""
+
+    def __init__(self, model: PatchGuard) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image scores and upsampled, Gaussian-smoothed anomaly maps."""
+        # with_attention=False: the qkv hooks record nothing, so no attention enters the graph.
+        logits = self.model(images, with_attention=False).logits
+        return self.model.image_score(logits), self.model.anomaly_map(logits)
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_onnx` wrote and how it was verified."""
+
+    path: Path
+    verified_with: str  # "onnxruntime" or "onnx.checker"
+    max_abs_diff: float | None  # largest |ONNX - PyTorch| over scores and maps (onnxruntime)
+
+
+def _require_onnx():
+    try:
+        import onnx
+    except ImportError as error:
+        raise ImportError(
+            "ONNX export needs the 'onnx' package: pip install onnx onnxruntime "
+            "(or pip install 'patchguard[demo,test]')"
+        ) from error
+    return onnx
+
+
+def export_model(
+    model: PatchGuard,
+    output: str | Path,
+    opset: int = 17,
+    verify: bool = True,
+    tolerance: float = 1e-3,
+    verify_batch: int = 2,
+) -> ExportReport:
+    """Export an in-memory model (see :func:`export_onnx`)."""
+    onnx = _require_onnx()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model = model.float().cpu().eval()
+    wrapper = ExportWrapper(model).eval()
+    size = model.image_size
+    example = torch.rand(1, 3, size, size)
+    # The TorchScript exporter (dynamo=False) needs no onnxscript and handles the hooks and the
+    # reflect padding's slicing; dynamic_axes makes the batch size free.
+    # nn.MultiheadAttention's inference fast path is a fused op ONNX cannot express; switch it
+    # off for the trace (the math is the same), and restore the global setting afterwards.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The tracer warns about every Python-level shape check; the shapes are fixed here
+            # except the batch axis, which those checks do not involve.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # The TorchScript exporter is deprecated in favour of one that needs onnxscript;
+            # it is still shipped and exact here, so its deprecation notice is only noise.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx")
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX",
+                                    category=DeprecationWarning)
+            torch.onnx.export(
+                wrapper, (example,), str(output), input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES), opset_version=opset, do_constant_folding=True,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"}
+                                                           for name in OUTPUT_NAMES}},
+                dynamo=False,
+            )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    onnx.checker.check_model(str(output))
+    if not verify:
+        return ExportReport(output, "onnx.checker", None)
+    try:
+        import onnxruntime
+    except ImportError:
+        logger.warning("onnxruntime is not installed: the graph was checked with onnx.checker "
+                       "only (pip install onnxruntime to compare it with PyTorch)")
+        print(f"exported {output}; verified with onnx.checker (onnxruntime not installed)")
+        return ExportReport(output, "onnx.checker", None)
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(verify_batch, 3, size, size, generator=generator)
+    with torch.no_grad():
+        expected = wrapper(images)
+    got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.numpy()})
+    diff = max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
+    print(f"exported {output}; onnxruntime vs PyTorch on {verify_batch} random images: "
+          f"max abs diff {diff:.3g}")
+    if not diff <= tolerance:
+        raise ValueError(f"the exported graph differs from PyTorch by {diff:.3g} (> {tolerance})")
+    return ExportReport(output, "onnxruntime", diff)
+
+
+def export_onnx(
+    checkpoint: str | Path,
+    output: str | Path,
+    opset: int = 17,
+    verify: bool = True,
+    tolerance: float = 1e-3,
+) -> ExportReport:
+    """Export a checkpoint to ONNX: ``images`` (B, 3, S, S) in [0, 1] -> ``scores``, ``maps``.
+
+    The batch axis is dynamic. After export the graph is run with onnxruntime on random images
+    and compared with PyTorch (the max abs difference is printed; above ``tolerance`` raises);
+    without onnxruntime only ``onnx.checker`` validates it.
+    """
+    model, _ = load_model(checkpoint, "cpu")
+    return export_model(model, output, opset=opset, verify=verify, tolerance=tolerance)

@@ -1,0 +1,37 @@
+"""Building a PatchGuard model from a config (with pretrained backbone weights) or a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import TrainConfig
+from ..utils.checkpoint import load_checkpoint
+from .patchguard import PatchGuard
+
+
+def build_model(config: TrainConfig, load_weights: bool = True) -> tuple[PatchGuard, str]:
+    """Create the model and (if configured) load pretrained backbone weights; return the source."""
+    model = PatchGuard.from_config(config)
+    source = "random initialisation (--no-pretrained)"
+    if config.pretrained and load_weights:
+        from .weights import load_backbone_weights
+
+        source = load_backbone_weights(
+            model.feature_extractor.pretrained_model, config.backbone, config.backbone_weights
+        )
+    return model, source
+
+
+def load_model(
+    checkpoint: str | Path, device: str | torch.device = "cpu"
+) -> tuple[PatchGuard, dict[str, Any]]:
+    """Rebuild a model from a checkpoint (in eval mode) and return it with the checkpoint dict."""
+    state = load_checkpoint(checkpoint)
+    config = TrainConfig.from_dict(state["config"])
+    model = PatchGuard.from_config(config)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return model, state

@@ -1,0 +1,38 @@
+"""Training objectives: per-patch BCE and the KL attention regulariser (METHOD.md section 3)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def patch_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE with logits per patch, summed over patches and averaged over images."""
+    per_patch = F.binary_cross_entropy_with_logits(
+        logits.float(), targets.float(), reduction="none"
+    )
+    return per_patch.sum(dim=1).mean()
+
+
+def attention_kl_regularizer(
+    attentions: Sequence[torch.Tensor], coefficients: Sequence[float]
+) -> torch.Tensor:
+    """Sum of c_i * mean(U * (log U - log(A_i + 1e-8))) with U = 1/N, pushing attention to uniform.
+
+    This is ``F.kl_div(log(A + 1e-8), U, reduction='mean')`` of the original, written out because
+    PyTorch announces that reduction='mean' will change meaning to 'batchmean'.
+    """
+    if len(attentions) != len(coefficients):
+        raise ValueError(
+            f"{len(attentions)} attention maps but {len(coefficients)} regulariser coefficients"
+        )
+    total = torch.zeros((), device=attentions[0].device if attentions else None)
+    for attention, coefficient in zip(attentions, coefficients):
+        n = attention.shape[-1]
+        uniform = 1.0 / n
+        kl = uniform * (math.log(uniform) - torch.log(attention.float() + 1e-8))
+        total = total + coefficient * kl.mean()
+    return total

@@ -1,0 +1,344 @@
+"""Adversarial training with pseudo anomalies (METHOD.md sections 3 and 4)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..adversarial.pgd import pgd_attack
+from ..config import TrainConfig
+from ..data.datasets import TestDataset, TrainDataset
+from ..data.layouts import load_records
+from ..data.pseudo_anomaly import PseudoAnomalyGenerator, min_patch_size
+from ..evaluation.evaluator import predict_dataset
+from ..evaluation.plots import plot_training_log
+from ..inference.thresholds import calibrate_thresholds
+from ..models.factory import build_model
+from ..models.patchguard import PatchGuard, patch_targets
+from ..utils.checkpoint import load_checkpoint, save_checkpoint
+from ..utils.device import resolve_device
+from .checkpoints import checkpoint_payload, reset_log, set_rng_state
+from .distributed import (
+    DistContext,
+    GlobalBatchSampler,
+    average_gradients,
+    barrier,
+    broadcast_parameters,
+    init_distributed,
+    shutdown,
+    sum_over_ranks,
+)
+from .losses import attention_kl_regularizer, patch_bce_loss
+from .optim import build_optimizer, build_scheduler
+
+logger = logging.getLogger(__name__)
+
+VIEW_NAMES = ("clean", "adv_clean", "pseudo", "adv_pseudo")
+
+
+@dataclass
+class StepResult:
+    """Losses of one training step (floats, for logging)."""
+
+    total: float
+    views: dict[str, float]
+    reg: float
+
+
+def training_step(
+    model: PatchGuard,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    device: torch.device,
+    ctx: DistContext | None = None,
+) -> StepResult:
+    """One optimisation step over the clean, pseudo and (optionally) attacked views."""
+    clean = batch["image"].to(device, non_blocking=True)
+    pseudo = batch["pseudo_image"].to(device, non_blocking=True)
+    pseudo_targets = patch_targets(batch["pseudo_mask"].to(device), model.patch_size)
+    clean_targets = torch.zeros_like(pseudo_targets)
+    # bf16 autocast is meant for GPUs; on CPUs it runs (slower) and serves numerics checks.
+    autocast_dtype = torch.bfloat16 if config.bf16 else None
+
+    views = {"clean": (clean, clean_targets), "pseudo": (pseudo, pseudo_targets)}
+    if config.adv_train:
+        eps = config.epsilon_train / 255.0
+        # The model stays in train mode, so the attack sees the discriminator's dropout (faithful).
+        views["adv_clean"] = (
+            pgd_attack(model, clean, clean_targets, eps, config.steps_train,
+                       autocast_dtype=autocast_dtype),
+            clean_targets,
+        )
+        views["adv_pseudo"] = (
+            pgd_attack(model, pseudo, pseudo_targets, eps, config.steps_train,
+                       autocast_dtype=autocast_dtype),
+            pseudo_targets,
+        )
+    names = [name for name in VIEW_NAMES if name in views]
+    images = torch.cat([views[name][0] for name in names])
+    targets = torch.cat([views[name][1] for name in names])
+    # One forward over all views: the per-view losses below are exactly the per-view formula
+    # (each view is sliced out again), at the cost of one larger batch instead of four.
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_dtype is not None):
+        output = model(images, with_attention=config.reg)
+    batch_size = clean.shape[0]
+    total = torch.zeros((), device=device)
+    view_losses: dict[str, float] = {}
+    reg_total = 0.0
+    for i, name in enumerate(names):
+        part = slice(i * batch_size, (i + 1) * batch_size)
+        loss = patch_bce_loss(output.logits[part], targets[part])
+        if config.reg:
+            reg = attention_kl_regularizer(
+                [a[part] for a in output.attentions], config.reg_coefficients
+            )
+            reg_total += float(reg.detach())
+            loss = loss + reg
+        view_losses[name] = float(loss.detach())
+        total = total + loss
+    if not torch.isfinite(total):
+        raise FloatingPointError(
+            "training loss is not finite; lower --lr or --backbone-lr, or disable --bf16"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if ctx is not None:
+        average_gradients([p for g in optimizer.param_groups for p in g["params"]], ctx)
+    optimizer.step()
+    return StepResult(float(total.detach()), view_losses, reg_total)
+
+
+def make_loader(
+    dataset: TrainDataset, config: TrainConfig, epoch: int, ctx: DistContext | None = None
+) -> DataLoader:
+    """Shuffled loader whose order depends only on (seed, epoch); this rank's share of it."""
+    ctx = ctx or DistContext()
+    sampler = GlobalBatchSampler(len(dataset), config.batch_size, ctx, config.seed, epoch)
+    dataset.set_epoch(epoch)
+    return DataLoader(
+        dataset,
+        batch_size=sampler.local_batch,
+        sampler=sampler,
+        num_workers=config.workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=False,
+    )
+
+
+def train(
+    config: TrainConfig | None = None,
+    resume: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train a PatchGuard model for one class; return the path of ``last.pt``.
+
+    Args:
+        config: the run's settings; with ``resume`` and no config, the checkpoint's own config
+            (see :func:`resume_config` to change some of its keys).
+        resume: a checkpoint to continue from.
+        progress: show progress bars.
+    """
+
+    state = None
+    if resume is not None:
+        state = load_checkpoint(resume)
+        if config is None:
+            config = TrainConfig.from_dict(state["config"])
+        logger.info("resuming from %s after epoch %d", resume, state["epoch"])
+    if config is None:
+        raise ValueError("train() needs a config or a checkpoint to resume")
+    ctx = init_distributed(config.device)
+    try:
+        return _train(config, state, resume, progress and ctx.is_main, ctx)
+    finally:
+        shutdown(ctx)
+
+
+def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
+           ctx: DistContext) -> Path:
+    from tqdm.auto import tqdm
+
+    out_dir = Path(config.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+
+    records = load_records(config.dataset, config.dataset_dir, config.class_name, "train")
+    if ctx.is_main:  # one rank writes generated masks; the others read them after the barrier
+        records = _foreground_records(records, config, device, progress)
+    barrier(ctx)
+    if not ctx.is_main:
+        records = load_records(config.dataset, config.dataset_dir, config.class_name, "train")
+    records, val_records = split_validation(records, config.val_fraction, config.seed)
+    generator = PseudoAnomalyGenerator(
+        min_patch_size(config.dataset, config.class_name, config.image_size),
+        size_scale=config.pseudo_size_scale,
+    )
+    dataset = TrainDataset(records, config.image_size, generator, config.seed, progress=progress)
+    if dataset.foreground_count == 0:
+        logger.info("no foreground masks for %s: the whole image counts as foreground%s",
+                    config.class_name, "" if config.auto_foreground else
+                    " (generate masks with --auto-foreground or 'patchguard data foreground')")
+    model, weight_source = build_model(config, load_weights=state is None)
+    model.to(device)
+    if config.compile:
+        blocks = model.compile_backbone()
+        logger.info("torch.compile on blocks %s (regularised blocks stay eager)", blocks)
+    optimizer = build_optimizer(model, config)
+    steps_per_epoch = GlobalBatchSampler(len(dataset), config.batch_size, ctx, 0, 0).steps()
+    scheduler = build_scheduler(optimizer, steps_per_epoch, config)
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"])
+        weight_source = state.get("weight_source", "resumed checkpoint")
+    broadcast_parameters(model, ctx)
+    extra = {
+        "weight_source": weight_source,
+        "train_summary": {
+            "dataset": config.dataset,
+            "class_name": config.class_name,
+            "n_train_images": len(dataset),
+            "n_validation_images": len(val_records),
+            "foreground_masks": dataset.foreground_count,
+        },
+    }
+    log_path = out_dir / "train_log.jsonl"
+    last_path = out_dir / "last.pt"
+    if ctx.is_main:
+        reset_log(log_path, start_epoch)
+        logger.info("training %s/%s on %s%s: %d images, %d epochs, backbone weights: %s",
+                    config.dataset, config.class_name, device,
+                    f" x {ctx.world_size} processes" if ctx.enabled else "", len(dataset),
+                    config.epochs, weight_source)
+    model.train()
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            started = time.perf_counter()
+            totals: dict[str, float] = {}
+            seen = 0
+            bar = tqdm(make_loader(dataset, config, epoch, ctx), disable=not progress,
+                       leave=False, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
+            lr = optimizer.param_groups[-1]["lr"]
+            for batch in bar:
+                result = training_step(model, batch, optimizer, config, device, ctx)
+                scheduler.step()
+                n = batch["image"].shape[0]
+                seen += n
+                for key, value in {"loss": result.total, "reg": result.reg, **result.views}.items():
+                    totals[key] = totals.get(key, 0.0) + value * n
+                rate = seen / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{result.total:.3f}", img_s=f"{rate:.1f}")
+            seconds = time.perf_counter() - started
+            if ctx.enabled:  # every rank's images and losses count in the log
+                keys = sorted(totals)
+                summed = sum_over_ranks([seen, *(totals[k] for k in keys)], ctx)
+                seen, totals = int(summed[0]), dict(zip(keys, summed[1:]))
+            if not ctx.is_main:
+                continue
+            record = {
+                "epoch": epoch + 1,
+                **{k: v / max(seen, 1) for k, v in totals.items()},
+                "lr": lr,
+                "images_per_s": seen / seconds,
+                "seconds": seconds,
+            }
+            with log_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if progress:
+                tqdm.write(
+                    f"epoch {epoch + 1}/{config.epochs}  loss {record['loss']:.4f}  "
+                    f"{record['images_per_s']:.1f} img/s"
+                )
+            payload = checkpoint_payload(model, optimizer, scheduler, config, epoch + 1, extra)
+            save_checkpoint(last_path, payload)
+            done = epoch + 1
+            if done > config.epochs / 2 and config.save_every and done % config.save_every == 0:
+                save_checkpoint(out_dir / f"epoch_{done:04d}.pt", payload)
+    except KeyboardInterrupt:
+        logger.warning(
+            "interrupted during epoch %d; %s holds the last completed epoch. Continue with "
+            "--resume %s", epoch + 1, last_path, last_path)
+        raise
+    if not ctx.is_main:
+        return last_path
+    if val_records:
+        extra.update(validation_thresholds(model, val_records, config, device, progress))
+        model.train()
+    if val_records or (start_epoch >= config.epochs and not last_path.exists()):
+        save_checkpoint(last_path, checkpoint_payload(model, optimizer, scheduler, config,
+                                                      max(start_epoch, config.epochs), extra))
+    if log_path.exists() and log_path.stat().st_size:
+        plot_training_log(log_path, out_dir / "train_curves.png")
+    return last_path
+
+
+def _foreground_records(records: list, config: TrainConfig, device: torch.device,
+                       progress: bool) -> list:
+    """Say where foreground masks come from; generate them first when asked and missing."""
+    from ..data.foreground import generate_foreground_masks, generated_info
+    from ..data.layouts.folders import SPECS
+
+    with_masks = [r.foreground_path for r in records if r.foreground_path is not None]
+    if not with_masks and config.auto_foreground and config.dataset in SPECS:
+        logger.info("%s has no published foreground masks: generating them (method auto)",
+                    config.class_name)
+        generate_foreground_masks(config.dataset, config.dataset_dir, config.class_name,
+                                  method="auto", device=device, progress=progress)
+        records = load_records(config.dataset, config.dataset_dir, config.class_name, "train")
+        with_masks = [r.foreground_path for r in records if r.foreground_path is not None]
+    if with_masks:
+        info = generated_info(with_masks[0].parent)
+        if info:
+            logger.info("using foreground masks generated by patchguard (method %s, mean coverage "
+                        "%.0f%%) from %s", info.get("method"), 100 * info.get("mean_coverage", 1),
+                        with_masks[0].parent)
+    return records
+
+
+def split_validation(
+    records: list, fraction: float, seed: int
+) -> tuple[list, list]:
+    """Hold out ``fraction`` of the training records (at least one when > 0), fixed by seed."""
+    if fraction <= 0:
+        return list(records), []
+    count = max(1, round(len(records) * fraction))
+    if count >= len(records):
+        raise ValueError(f"val_fraction {fraction} leaves no training images of {len(records)}")
+    order = np.random.default_rng(seed).permutation(len(records))
+    held = set(order[:count].tolist())
+    return ([r for i, r in enumerate(records) if i not in held],
+            [r for i, r in enumerate(records) if i in held])
+
+
+def validation_thresholds(
+    model: PatchGuard, records: list, config: TrainConfig, device: torch.device, progress: bool
+) -> dict[str, Any]:
+    """Score held-out normal images; return their scores and thresholds at the target FPR."""
+    preds = predict_dataset(model, TestDataset(records, config.image_size), 0.0,
+                            batch_size=config.batch_size, device=device, progress=progress,
+                            desc="scoring held-out normal images")
+    thresholds = calibrate_thresholds(preds.scores, target_fpr=config.target_fpr,
+                                      normal_pixel_values=preds.maps.ravel())
+    logger.info("thresholds from %d held-out normal images at FPR %.3g: image %.4f",
+                len(records), config.target_fpr, thresholds["image"])
+    return {"thresholds": thresholds,
+            "normal_scores": torch.as_tensor(preds.scores, dtype=torch.float32)}

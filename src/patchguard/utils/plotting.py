@@ -1,0 +1,27 @@
+"""A headless matplotlib and atomic figure saving, shared by every plot."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from .files import atomic_write_bytes
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (works on headless servers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Render a figure to PNG and write it atomically, then close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    pyplot().close(fig)
+    return atomic_write_bytes(path, lambda handle: handle.write(buffer.getvalue()))

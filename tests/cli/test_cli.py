@@ -1,0 +1,242 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from patchguard.cli import main
+from patchguard.utils.checkpoint import load_checkpoint
+
+from conftest import TINY_BACKBONE, make_mvtec_class
+
+TINY_FLAGS = [
+    "--backbone", TINY_BACKBONE, "--no-pretrained", "--image-size", "64",
+    "--feature-layers", "3", "--reg-layers", "2", "3", "--reg-coefficients", "0.01", "0.05",
+    "--epochs", "2", "--batch-size", "4", "--steps-train", "2", "--workers", "0",
+    "--device", "cpu", "--quiet",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    make_mvtec_class(root / "data")
+    code = main(["train", "--dataset", "mvtec", "--dataset-dir", str(root / "data"),
+                 "--class_name", "widget", "--output-dir", str(root / "run"), *TINY_FLAGS])
+    assert code == 0
+    return root
+
+
+def test_train_writes_last_pt_with_cli_values(trained):
+    state = load_checkpoint(trained / "run" / "last.pt")
+    assert state["config"]["image_size"] == 64
+    assert state["config"]["pretrained"] is False
+    assert state["config"]["preset"] == "paper"
+    assert state["config"]["lr"] == 8e-4  # untouched paper default
+
+
+def test_test_prints_table_and_writes_json_rows(trained, capsys):
+    out_json = trained / "rows.json"
+    code = main(["test", "--checkpoint", str(trained / "run" / "last.pt"), "--epsilon-test",
+                 "2", "8", "--steps-test", "2", "--json", str(out_json), "--quiet"])
+    assert code == 0
+    assert "image AUROC" in capsys.readouterr().out
+    rows = json.loads(out_json.read_text())
+    assert [(r["attack"], r["epsilon"], r["steps"]) for r in rows] == [
+        ("clean", 0.0, 0), ("pgd", 2.0, 2), ("pgd", 8.0, 2)]
+    for row in rows:
+        assert row["n_images"] == 8 and 0 <= row["image_auroc"] <= 1
+        assert 0 <= row["pixel_auroc"] <= 1 and row["class_name"] == "widget"
+    assert rows[1]["targets"] == "ground-truth masks"
+    card = load_checkpoint(trained / "run" / "last.pt")["results"]
+    assert [r["epsilon"] for r in card] == [0.0, 2.0, 8.0]
+
+
+def test_visualize_writes_panels_and_contact_sheet(trained):
+    out_dir = trained / "vis"
+    code = main(["visualize", "--checkpoint", str(trained / "run" / "last.pt"), "--epsilon", "8",
+                 "--steps", "2", "--output-dir", str(out_dir), "--quiet"])
+    assert code == 0
+    panels = sorted(out_dir.glob("0*.png"))
+    assert len(panels) == 8
+    sheet = Image.open(out_dir / "contact_sheet.png")
+    assert sheet.size == (5 * 64, 8 * 64)  # five tiles per row, one row per image
+
+
+def test_yaml_config_sets_flags_and_cli_wins(trained, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"dataset_dir: {trained / 'data'}\nclass-name: widget\nepochs: 1\nlr: 0.002\n"
+        f"backbone: {TINY_BACKBONE}\npretrained: false\nimage_size: 64\nfeature_layers: [3]\n"
+        "reg_layers: [3]\nreg_coefficients: [0.05]\nworkers: 0\ndevice: cpu\ndsc_hidden: 32\n"
+    )
+    code = main(["train", "--config", str(config), "--output-dir", str(tmp_path / "o"),
+                 "--lr", "0.003", "--quiet"])
+    assert code == 0
+    saved = load_checkpoint(tmp_path / "o" / "last.pt")["config"]
+    assert saved["epochs"] == 1 and saved["lr"] == 0.003 and saved["dsc_hidden"] == 32
+
+
+def test_errors_are_clear_messages_not_tracebacks(tmp_path, capsys):
+    code = main(["train", "--dataset-dir", str(tmp_path / "nope"), "--class-name", "x",
+                 *TINY_FLAGS])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["test", "--checkpoint", str(bad), "--quiet"]) == 2
+    assert "cannot load checkpoint" in capsys.readouterr().err
+
+
+def test_test_without_pixel_masks_reports_null(tmp_path, trained):
+    make_mvtec_class(tmp_path / "data", masks=False)
+    out_json = tmp_path / "rows.json"
+    code = main(["test", "--checkpoint", str(trained / "run" / "last.pt"), "--dataset-dir",
+                 str(tmp_path / "data"), "--steps-test", "1", "--json", str(out_json), "--quiet"])
+    assert code == 0
+    rows = json.loads(out_json.read_text())
+    assert all(r["pixel_auroc"] is None for r in rows)
+    assert rows[1]["targets"].startswith("all-ones")
+
+
+def test_cli_resume_continues_the_saved_run(tmp_path):
+    make_mvtec_class(tmp_path / "data")
+    base = ["train", "--dataset-dir", str(tmp_path / "data"), "--class-name", "widget",
+            "--output-dir", str(tmp_path / "run"), "--preset", "fast", *TINY_FLAGS]
+    base[base.index("--epochs") + 1] = "1"
+    assert main(base) == 0
+    assert main(["train", "--resume", "--output-dir", str(tmp_path / "run"), "--epochs", "2",
+                 "--quiet"]) == 0
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["epoch"] == 2
+    assert state["config"]["preset"] == "fast" and state["config"]["epochs"] == 2
+    assert state["config"]["backbone"] == TINY_BACKBONE  # not reset to the paper defaults
+    log = (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+    # resuming a finished run without new flags trains nothing more (not 1000 epochs)
+    assert main(["train", "--resume", str(tmp_path / "run" / "last.pt"), "--quiet"]) == 0
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 2
+
+
+def test_test_writes_csv_markdown_plot_and_sanity_notes(trained, capsys):
+    out_json = trained / "sane" / "rows.json"
+    code = main(["test", "--checkpoint", str(trained / "run" / "last.pt"), "--steps-test", "2",
+                 "--attack", "pgd", "fgsm", "--sanity", "--json", str(out_json), "--quiet",
+                 "--no-record"])
+    assert code == 0
+    assert "Sanity checks" in capsys.readouterr().out
+    csv_lines = out_json.with_suffix(".csv").read_text().splitlines()
+    assert csv_lines[0].startswith("class_name,attack,objective,epsilon")
+    assert len(csv_lines) == 1 + 3  # clean, pgd 8, fgsm 8
+    markdown = out_json.with_suffix(".md").read_text()
+    assert "| fgsm |" in markdown.replace("| widget ", "") and "Sanity checks" in markdown
+    assert (trained / "sane" / "rows_vs_epsilon.png").exists()
+
+
+def test_benchmark_writes_paper_style_table(trained, tmp_path):
+    import shutil
+
+    for name in ("widget",):
+        (tmp_path / "ckpts" / name).mkdir(parents=True)
+        shutil.copy(trained / "run" / "last.pt", tmp_path / "ckpts" / name / "last.pt")
+    code = main(["benchmark", "--classes", "all", "--checkpoint-dir", str(tmp_path / "ckpts"),
+                 "--steps-test", "1", "--quiet"])
+    assert code == 0
+    table = (tmp_path / "ckpts" / "benchmark.md").read_text()
+    assert "| widget |" in table and "| **mean** |" in table
+    rows = json.loads((tmp_path / "ckpts" / "benchmark.json").read_text())
+    assert {r["class_name"] for r in rows} == {"widget"}
+    assert main(["benchmark", "--classes", "nothere", "--checkpoint-dir",
+                 str(tmp_path / "ckpts"), "--quiet"]) == 2
+
+
+def test_module_entry_point():
+    result = subprocess.run([sys.executable, "-m", "patchguard", "--help"], capture_output=True,
+                            text=True, check=True)
+    assert "train" in result.stdout and "demo" in result.stdout
+
+
+def test_data_foreground_for_every_class_then_info(tmp_path, capsys):
+    for name in ("a", "b"):
+        make_mvtec_class(tmp_path, name=name, foreground=False)
+    assert main(["data", "foreground", "--dataset-dir", str(tmp_path), "--method", "full"]) == 0
+    for name in ("a", "b"):
+        masks = sorted((tmp_path / name / "train" / "foreground_mask").glob("*.png"))
+        assert len(masks) == 8
+        assert Image.open(masks[0]).getextrema() == (255, 255)
+    assert main(["data", "info", "--dataset-dir", str(tmp_path), "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "a" in out and "b" in out
+
+
+def test_benchmark_train_sweep_skips_finished_classes_and_resumes(tmp_path):
+    for name in ("a", "b"):
+        make_mvtec_class(tmp_path / "data", name=name)
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        f"backbone: {TINY_BACKBONE}\npretrained: false\nimage_size: 64\nfeature_layers: [3]\n"
+        "reg_layers: [3]\nreg_coefficients: [0.05]\ndsc_hidden: 32\nbatch_size: 4\n"
+        "steps_train: 1\nworkers: 0\ndevice: cpu\n")
+    sweep = ["benchmark", "--train", "--config", str(config), "--dataset-dir",
+             str(tmp_path / "data"), "--classes", "all", "--checkpoint-dir",
+             str(tmp_path / "runs"), "--epochs", "1", "--steps-test", "1", "--quiet"]
+    assert main(sweep) == 0
+    a_ckpt = tmp_path / "runs" / "a" / "last.pt"
+    stamp = a_ckpt.stat().st_mtime_ns
+    # an interrupted sweep: b lost its results and trains one more epoch on the rerun
+    (tmp_path / "runs" / "b" / "benchmark_rows.json").unlink()
+    sweep[sweep.index("--epochs") + 1] = "2"
+    assert main(sweep) == 0
+    assert a_ckpt.stat().st_mtime_ns == stamp  # finished class untouched
+    assert load_checkpoint(tmp_path / "runs" / "b" / "last.pt")["epoch"] == 2  # resumed
+    table = (tmp_path / "runs" / "benchmark.md").read_text()
+    assert "| a |" in table and "| b |" in table
+
+
+def _save(path, value, size=40, mode="RGB"):
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
+    if mode == "L":
+        array = np.zeros((size, size), np.uint8)
+        array[10:20, 10:20] = 255
+    else:
+        array = np.clip(rng.normal(value, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(array).save(path)
+
+
+@pytest.mark.parametrize("layout", ["folder", "btad", "brats2021"])
+def test_train_and_test_on_other_layouts(tmp_path, layout):
+    """Trees written from the README's layout descriptions, trained and tested end to end."""
+    root, cls = tmp_path / "data", "part"
+    c = root / cls
+    if layout == "folder":
+        for i in range(4):
+            _save(c / "train" / f"n{i}.png", 120)
+            _save(c / "test" / "good" / f"g{i}.png", 120)
+            _save(c / "test" / "dent" / f"d{i}.jpg", 200)
+            _save(c / "masks" / f"d{i}_mask.png", 0, mode="L")
+    elif layout == "btad":
+        for i in range(4):
+            _save(c / "train" / "ok" / f"{i:03d}.bmp", 120)
+            _save(c / "test" / "ok" / f"{i:03d}.bmp", 120)
+            _save(c / "test" / "ko" / f"{i:03d}.bmp", 200)
+            _save(c / "ground_truth" / "ko" / f"{i:03d}.png", 0, mode="L")
+    else:
+        for i in range(4):
+            _save(c / "train" / "normal" / f"s{i}_flair.png", 120)
+            _save(c / "test" / "normal" / f"t{i}_flair.png", 120)
+            _save(c / "test" / "tumor" / f"u{i}_flair.png", 200)
+            _save(c / "ground_truth" / "tumor" / f"u{i}_seg.png", 0, mode="L")
+    assert main(["data", "info", "--dataset", layout, "--dataset-dir", str(root), "--quick"]) == 0
+    flags = [f for f in TINY_FLAGS]
+    flags[flags.index("--epochs") + 1] = "1"
+    assert main(["train", "--dataset", layout, "--dataset-dir", str(root), "--class-name", cls,
+                 "--output-dir", str(tmp_path / "run"), *flags]) == 0
+    out = tmp_path / "rows.json"
+    assert main(["test", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--steps-test", "1",
+                 "--json", str(out), "--quiet", "--no-record"]) == 0
+    rows = json.loads(out.read_text())
+    assert rows[0]["n_images"] == 8 and rows[0]["pixel_auroc"] is not None

@@ -1,0 +1,34 @@
+import json
+
+from patchguard.demo.run import run_demo, summary_table
+
+from conftest import TINY_BACKBONE
+
+
+def test_demo_end_to_end_with_a_tiny_model(tmp_path, capsys):
+    rows = run_demo(
+        tmp_path, classes=["washer"], image_size=64, device="cpu", progress=False,
+        train_overrides={"backbone": TINY_BACKBONE, "pretrained": False, "epochs": 1,
+                         "feature_layers": [2], "reg_layers": [1, 2],
+                         "reg_coefficients": [0.01, 0.05], "workers": 0},
+        data_overrides={"n_train": 4, "n_test_good": 2, "n_test_per_defect": 1},
+    )
+    assert {(r["adv_train"], r["epsilon"]) for r in rows} == {
+        (adv, eps) for adv in (True, False) for eps in (0.0, 2.0, 8.0)}
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == rows
+    assert (tmp_path / "robustness.png").exists()
+    sheet = tmp_path / "runs/washer/adversarial/visualization/contact_sheet.png"
+    assert sheet.exists()
+    assert (tmp_path / "runs/washer/no_adv_train/last.pt").exists()
+    out = capsys.readouterr().out
+    assert "img clean" in out and "results JSON" in out
+
+
+def test_summary_table_means():
+    rows = [dict(class_name=c, adv_train=adv, epsilon=e, steps=10, image_auroc=v,
+                 pixel_auroc=None)
+            for c, v in (("a", 0.8), ("b", 1.0)) for adv in (True,) for e in (0.0, 8.0)]
+    table = summary_table(rows)
+    mean_line = [line for line in table.splitlines() if line.startswith("mean")][0]
+    assert "0.900" in mean_line and "n/a" in mean_line

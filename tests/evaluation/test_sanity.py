@@ -1,0 +1,52 @@
+import torch
+
+from patchguard.data.datasets import TestDataset
+from patchguard.data.layouts import load_records
+from patchguard.evaluation.sanity import sanity_check
+
+from conftest import make_mvtec_class, tiny_model
+
+
+class QuantisedInput(torch.nn.Module):
+    """A model whose input is rounded first: zero gradients, the classic masking trap."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.patch_size = model.patch_size
+        self.image_size = model.image_size
+
+    def forward(self, x, with_attention=True):
+        return self.model(torch.round(x * 4) / 4, with_attention=with_attention)
+
+    def predict(self, x):
+        with torch.no_grad():
+            logits = self.forward(x, with_attention=False).logits
+        return self.model.image_score(logits), self.model.anomaly_map(logits)
+
+    def image_score(self, logits):
+        return self.model.image_score(logits)
+
+    def anomaly_map(self, logits):
+        return self.model.anomaly_map(logits)
+
+
+def _data(tmp_path):
+    make_mvtec_class(tmp_path, n_good=4, n_bad=4)
+    return TestDataset(load_records("mvtec", tmp_path, "widget", "test"), 64)
+
+
+def test_sanity_passes_on_an_honest_model(tmp_path):
+    report = sanity_check(tiny_model(), _data(tmp_path), objective="score", steps=5,
+                          epsilons=(2, 8), more_steps_factor=2, progress=False)
+    huge = report.rows[-1]
+    assert huge["epsilon"] == 128.0 and huge["image_auroc"] <= 0.1
+    assert report.passed, report.warnings
+
+
+def test_sanity_flags_gradient_masking(tmp_path):
+    masked = QuantisedInput(tiny_model())
+    report = sanity_check(masked, _data(tmp_path), objective="score", steps=5, epsilons=(2, 8),
+                          more_steps_factor=2, progress=False)
+    assert not report.passed
+    assert any("masked" in w for w in report.warnings)

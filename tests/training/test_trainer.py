@@ -1,0 +1,137 @@
+import json
+
+import pytest
+import torch
+
+from patchguard.config import TrainConfig
+from patchguard.training import trainer as training
+from patchguard.training.optim import build_optimizer, lr_factor
+from patchguard.training.trainer import train
+from patchguard.utils.checkpoint import load_checkpoint
+
+from conftest import tiny_config
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_training_writes_checkpoint_log_and_learns(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path / "run", epochs=3)
+    last = train(config, progress=False)
+    state = load_checkpoint(last)
+    assert state["epoch"] == 3
+    assert TrainConfig.from_dict(state["config"]) == config
+    assert {"model", "optimizer", "scheduler", "rng", "weight_source"} <= set(state)
+    lines = (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
+    log = [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert {"clean", "adv_clean", "pseudo", "adv_pseudo", "reg", "images_per_s"} <= set(log[0])
+    assert log[-1]["clean"] < log[0]["clean"]
+    # periodic checkpoints only in the second half (save_every=1 here)
+    assert sorted(p.name for p in (tmp_path / "run").glob("epoch_*.pt")) == [
+        "epoch_0002.pt", "epoch_0003.pt"]
+
+
+def test_no_adv_and_no_reg_switch_views_off(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path, epochs=1, adv_train=False, reg=False)
+    train(config, progress=False)
+    record = json.loads((tmp_path / "train_log.jsonl").read_text())
+    assert "adv_clean" not in record and record["reg"] == 0.0
+
+
+def test_training_step_leaves_only_optimizer_updates(tiny_data, tmp_path, monkeypatch):
+    """The attack must not leak gradients into the optimiser step (input gradients only)."""
+    calls = []
+    real = training.pgd_attack
+
+    def spy(model, *args, **kwargs):
+        before = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+        out = real(model, *args, **kwargs)
+        after = [p.grad for p in model.parameters()]
+        calls.append(all((b is None and a is None) or (b is not None and torch.equal(a, b))
+                         for a, b in zip(after, before)))
+        return out
+
+    monkeypatch.setattr(training, "pgd_attack", spy)
+    train(tiny_config(tiny_data, tmp_path, epochs=1), progress=False)
+    assert calls and all(calls)
+
+
+def test_resume_after_interrupt_is_exact(tiny_data, tmp_path, monkeypatch):
+    straight = train(tiny_config(tiny_data, tmp_path / "a", epochs=3), progress=False)
+
+    real_step = training.training_step
+    count = {"n": 0}
+
+    def interrupting_step(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == 4:  # second batch of epoch 2 (2 batches per epoch)
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    config = tiny_config(tiny_data, tmp_path / "b", epochs=3)
+    monkeypatch.setattr(training, "training_step", interrupting_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(training, "training_step", real_step)
+    resumed = train(config, resume=tmp_path / "b" / "last.pt", progress=False)
+
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_validation_split_sets_thresholds(tiny_data, tmp_path):
+    last = train(tiny_config(tiny_data, tmp_path, epochs=1, val_fraction=0.25), progress=False)
+    state = load_checkpoint(last)
+    assert state["train_summary"]["n_train_images"] == 6
+    assert state["train_summary"]["n_validation_images"] == 2
+    scores = state["normal_scores"]
+    assert scores.shape == (2,)
+    thresholds = state["thresholds"]
+    # at a 1% target FPR on two held-out images, both must fall below the image threshold
+    assert thresholds["image"] > float(scores.max()) and thresholds["pixel"] is not None
+
+
+def test_backbone_lr_groups_and_cosine_schedule():
+    config = TrainConfig(backbone="test_vit", image_size=64, pretrained=False, lr=1e-3,
+                         backbone_lr=1e-5, epochs=4, feature_layers=[2], reg_layers=[2],
+                         reg_coefficients=[0.01])
+    model = training.PatchGuard.from_config(config)
+    optimizer = build_optimizer(model, config)
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-5, 1e-3]
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.01]
+    factors = [lr_factor(step, 2, config) for step in range(8)]
+    assert factors[0] == factors[1] == 1.0  # constant within an epoch
+    assert factors[-1] > 0.0125 and factors == sorted(factors, reverse=True)
+    assert lr_factor(10**6, 2, config) == pytest.approx(0.0125)
+
+
+def test_warmup_is_linear():
+    config = TrainConfig(warmup_epochs=1, epochs=3)
+    assert [lr_factor(s, 4, config) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_auto_foreground_generates_masks_and_training_uses_them(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from patchguard.data import foreground
+    from patchguard.data.foreground import generate
+
+    from conftest import make_mvtec_class
+
+    # The real DINOv2 model is too big for a unit test: the threshold method stands in for it.
+    monkeypatch.setattr(generate, "auto_masks", lambda images, *a, **k: (
+        "threshold", foreground.threshold_masks(list(images))))
+    make_mvtec_class(tmp_path / "data", foreground=False)
+    caplog.set_level(logging.INFO, logger="patchguard")
+    last = train(tiny_config(tmp_path / "data", tmp_path / "run", epochs=1,
+                             auto_foreground=True), progress=False)
+    fg_dir = tmp_path / "data" / "widget" / "train" / "foreground_mask"
+    assert len(list(fg_dir.glob("*.png"))) == 8
+    assert foreground.generated_info(fg_dir)["method"] == "threshold"
+    assert load_checkpoint(last)["train_summary"]["foreground_masks"] == 8
+    assert "generated by patchguard" in caplog.text
