@@ -11,6 +11,8 @@ from .config import TrainConfig, build_config
 from .evaluation.evaluator import evaluate, load_for_evaluation
 from .evaluation.reports import format_table, write_results
 from .training.trainer import train as _train
+from .utils import checks
+from .utils.device import resolve_device
 
 
 def train(
@@ -18,17 +20,21 @@ def train(
     *,
     resume: str | Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> Path:
     """Train one class and return the path of its ``last.pt``.
 
-    Example: ``patchguard.train(dataset_dir="mvtec", class_name="bottle", preset="fast")``.
+    Every argument is checked against its domain first (InputError, a ValueError, naming it).
+    An ``output_dir`` that already holds a run is refused unless ``resume`` continues it or
+    ``overwrite`` replaces it. Example:
+    ``patchguard.train(dataset_dir="mvtec", class_name="bottle", preset="fast")``.
     """
     if config is None:
         config = build_config(overrides.pop("preset", "paper"), overrides=overrides)
     elif overrides:
         config = dataclasses.replace(config, **overrides)
-    return _train(config, resume=resume, progress=progress)
+    return _train(config, resume=resume, progress=progress, overwrite=overwrite)
 
 
 def evaluate_checkpoint(
@@ -43,8 +49,16 @@ def evaluate_checkpoint(
     json_path: str | Path | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Evaluate a checkpoint clean and under PGD (data set and class default to the training's)."""
-    target = load_for_evaluation(checkpoint, dataset, dataset_dir, class_name, device)
+    """Evaluate a checkpoint clean and under PGD (data set and class default to the training's).
+
+    Epsilons are in 1/255 units (0..255, 0 is the clean row); every argument is checked before
+    the checkpoint is loaded.
+    """
+    epsilons = [checks.epsilon("epsilons", eps) for eps in epsilons]
+    checks.integer("steps", steps, 1)
+    checks.integer("batch_size", batch_size, 1)
+    target = load_for_evaluation(checkpoint, dataset, dataset_dir, class_name,
+                                 resolve_device(device))
     rows = evaluate(target.model, target.test_set, epsilons, steps, batch_size, target.device,
                     progress=progress)
     if json_path is not None:

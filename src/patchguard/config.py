@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .utils import checks
+from .utils.checks import InputError
+
+logger = logging.getLogger(__name__)
+
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2.lvd142m"
+
+# Keys the network is built from: a checkpoint's stored config must hold valid ones.
+MODEL_KEYS = ("backbone", "image_size", "feature_layers", "reg_layers", "dsc_layers",
+              "dsc_hidden", "dsc_heads", "dsc_dropout", "top_k", "map_sigma", "map_radius")
 
 
 @dataclass
@@ -68,32 +78,69 @@ class TrainConfig:
     preset: str = "paper"
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every value against its domain (InputError naming the key, flag and range).
+
+        Runs on construction (API arguments, YAML values, flags and checkpoint configs all go
+        through it) and again when training starts, in case a field was changed since. Checks
+        that need the backbone (block count, patch size, width) run before training starts, in
+        :func:`patchguard.training.runs.check_architecture`.
+        """
+        for key, check in FIELD_CHECKS.items():
+            setattr(self, key, check(_key_label(key), getattr(self, key)))
+        if self.reg and not self.reg_layers:
+            raise InputError(_key_label("reg_layers"), self.reg_layers,
+                             "is empty while the attention regulariser is on",
+                             "give block numbers, or switch the regulariser off with --no-reg")
         if len(self.reg_coefficients) != len(self.reg_layers):
-            raise ValueError(
-                f"{len(self.reg_layers)} regularised layers {list(self.reg_layers)} but "
-                f"{len(self.reg_coefficients)} coefficients {list(self.reg_coefficients)}: give "
-                "--reg-coefficients with one value per --reg-layers entry"
-            )
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), not {self.val_fraction}")
-        if self.image_size <= 0 or self.epochs < 0 or self.batch_size <= 0:
-            raise ValueError("image_size and batch_size must be positive and epochs >= 0")
+            raise InputError(
+                _key_label("reg_coefficients"), self.reg_coefficients,
+                f"{len(self.reg_layers)} regularised layers {list(self.reg_layers)} need as "
+                f"many coefficients, not {len(self.reg_coefficients)}",
+                "give --reg-coefficients with one value per --reg-layers entry")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, as stored in checkpoints and YAML."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build from a dict, refusing unknown keys with a message that lists the valid ones."""
+    def from_dict(cls, values: dict[str, Any], source: str | None = None) -> TrainConfig:
+        """Build from a dict, refusing unknown keys with a message that lists the valid ones.
+
+        ``source`` (a checkpoint's path) marks a stored config: keys that shape the network
+        must be valid (InputError naming the file), while an unknown key (from a newer version)
+        or an out-of-domain training-only value (stored by an older version that did not check
+        it) is logged and left out, so that old checkpoints keep loading for evaluation.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
+        if source is None:
+            if unknown:
+                raise ValueError(
+                    f"unknown config key(s) {unknown}; valid keys are: {', '.join(sorted(known))}"
+                )
+            return cls(**values)
+        kept = {k: v for k, v in values.items() if k in known}
         if unknown:
-            raise ValueError(
-                f"unknown config key(s) {unknown}; valid keys are: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
-
+            logger.warning("%s: ignoring config key(s) %s unknown to this patchguard version",
+                           source, unknown)
+        for key, value in list(kept.items()):
+            try:
+                FIELD_CHECKS[key](_key_label(key), value)
+            except InputError as error:
+                if key in MODEL_KEYS:
+                    raise InputError(f"{source}: stored {error.name}", value, error.domain,
+                                     "the checkpoint is damaged or was not written by "
+                                     "patchguard") from None
+                logger.warning("%s: stored %s; using the default for this load", source, error)
+                del kept[key]
+        try:
+            return cls(**kept)
+        except InputError as error:
+            raise InputError(f"{source}: stored {error.name}", error.value, error.domain,
+                             error.fix) from None
 
 # "paper" is METHOD.md exactly. "fast" is for short budgets (minutes to an hour on a CPU or a few
 # GPU minutes): measured on the demo data, the paper's single lr of 8e-4 on a pretrained backbone
@@ -114,6 +161,118 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The flag that sets each key, where one exists (the others are YAML / API only).
+_FLAGS = {
+    "pretrained": "--no-pretrained", "adv_train": "--no-adv-train", "reg": "--no-reg",
+}
+_NO_FLAG = {"dsc_layers", "dsc_hidden", "dsc_heads", "dsc_dropout", "top_k", "map_sigma",
+            "map_radius", "weight_decay", "min_lr_ratio", "pseudo_size_scale"}
+
+
+def _key_label(key: str) -> str:
+    """``epochs (--epochs)``: the key with the flag that sets it."""
+    if key in _NO_FLAG:
+        return key
+    return checks.label(key, _FLAGS.get(key, "--" + key.replace("_", "-")))
+
+
+def _ints(minimum: int | None = None, maximum: int | None = None, fix: str = ""):
+    return lambda name, value: checks.integer(name, value, minimum, maximum, fix)
+
+
+def _numbers(minimum: float | None = None, maximum: float | None = None, min_open: bool = False,
+             max_open: bool = False, fix: str = ""):
+    return lambda name, value: checks.number(name, value, minimum, maximum, min_open, max_open,
+                                             fix)
+
+
+_STR = checks.text
+_BOOL = checks.boolean
+_LAYERS = lambda name, value: checks.integer_list(name, value, 1)  # noqa: E731
+
+# The domain of every TrainConfig key (README "Errors and safety"; upper bounds that depend on
+# the backbone, such as block numbers and the patch grid, are checked when training starts).
+FIELD_CHECKS: dict[str, Any] = {
+    "dataset": lambda name, value: checks.text(name, value, allow_empty=False),
+    "dataset_dir": _STR,
+    "class_name": _STR,
+    "output_dir": lambda name, value: checks.text(name, value, allow_empty=False),
+    "image_size": _ints(1, fix="give a positive multiple of the backbone's patch size"),
+    "backbone": lambda name, value: checks.text(name, value, allow_empty=False),
+    "backbone_weights": lambda name, value: checks.optional(checks.text, name, value),
+    "pretrained": _BOOL,
+    "feature_layers": _LAYERS,
+    "reg_layers": lambda name, value: checks.integer_list(name, value, 1, nonempty=False,
+                                                          example="[6, 9, 12]"),
+    "reg_coefficients": lambda name, value: checks.number_list(
+        name, value, 0.0, nonempty=False, example="[0.005, 0.01, 0.05]"),
+    "dsc_layers": _ints(1),
+    "dsc_hidden": _ints(1),
+    "dsc_heads": _ints(1),
+    "dsc_dropout": _numbers(0.0, 1.0, max_open=True),
+    "top_k": _ints(1),
+    "map_sigma": _numbers(0.0, min_open=True),
+    "map_radius": _ints(0, fix="0 means no smoothing"),
+    "epochs": _ints(1),
+    "batch_size": _ints(1),
+    "lr": _numbers(0.0, min_open=True, fix="the paper uses 8e-4; --backbone-lr 0 freezes the "
+                   "backbone"),
+    "backbone_lr": lambda name, value: checks.optional(checks.number, name, value, 0.0,
+                                                       fix="0 freezes the backbone"),
+    "weight_decay": _numbers(0.0),
+    "min_lr_ratio": _numbers(0.0, 1.0),
+    "warmup_epochs": _ints(0),
+    "adv_train": _BOOL,
+    "epsilon_train": checks.epsilon,
+    "steps_train": _ints(1, fix="--no-adv-train switches adversarial training off"),
+    "reg": _BOOL,
+    "pseudo_size_scale": _numbers(0.0, 1.0, min_open=True),
+    "auto_foreground": _BOOL,
+    "val_fraction": _numbers(0.0, 1.0, max_open=True),
+    "target_fpr": _numbers(0.0, 1.0, max_open=True),
+    "seed": _ints(0, 2**32 - 1),
+    "workers": _ints(0),
+    "device": checks.device,
+    "bf16": _BOOL,
+    "compile": _BOOL,
+    "save_every": _ints(0, fix="0 keeps only last.pt"),
+    "preset": lambda name, value: checks.choice(name, value, sorted(PRESETS)),
+}
+
+# How a YAML value that PyYAML left as a string (it reads 1e-3 as text) becomes a number, as
+# the flag's argparse type would convert it.
+_NUMERIC_KEYS = {key: int for key in (
+    "image_size", "dsc_layers", "dsc_hidden", "dsc_heads", "top_k", "map_radius", "epochs",
+    "batch_size", "warmup_epochs", "steps_train", "seed", "workers", "save_every")}
+_NUMERIC_KEYS.update({key: float for key in (
+    "dsc_dropout", "map_sigma", "lr", "backbone_lr", "weight_decay", "min_lr_ratio",
+    "epsilon_train", "pseudo_size_scale", "val_fraction", "target_fpr")})
+_NUMERIC_LISTS = {"feature_layers": int, "reg_layers": int, "reg_coefficients": float}
+
+
+def coerce_yaml_values(values: dict[str, Any]) -> dict[str, Any]:
+    """Numbers that YAML left as strings ("1e-3") converted as the flags would; nothing else.
+
+    Anything that does not convert is left as it is, for :meth:`TrainConfig.validate` to refuse
+    with the key's domain.
+    """
+    def convert(kind, value):
+        if isinstance(value, str):
+            try:
+                return kind(value)
+            except ValueError:
+                return value
+        return value
+
+    out = dict(values)
+    for key, value in values.items():
+        if key in _NUMERIC_KEYS:
+            out[key] = convert(_NUMERIC_KEYS[key], value)
+        elif key in _NUMERIC_LISTS and isinstance(value, list):
+            out[key] = [convert(_NUMERIC_LISTS[key], item) for item in value]
+    return out
+
+
 def preset_values(name: str) -> dict[str, Any]:
     """Values a preset sets on top of the dataclass defaults."""
     if name not in PRESETS:
@@ -125,7 +284,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict with underscores in the keys."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot read config file {path}: not UTF-8 text (is it a YAML "
+                         "file?)") from None
     except (OSError, yaml.YAMLError) as error:
         raise ValueError(f"cannot read config file {path}: {error}") from error
     if not isinstance(data, dict):
@@ -138,11 +300,15 @@ def build_config(
     yaml_values: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Compose a config: dataclass defaults < preset < YAML file < explicit overrides."""
+    """Compose a config: dataclass defaults < preset < YAML file < explicit overrides.
+
+    An override of None is a value like any other (``backbone_lr=None`` means "same as lr";
+    ``image_size=None`` is refused), not "use the default": leave a key out for its default.
+    """
     yaml_values = dict(yaml_values or {})
     preset = (overrides or {}).get("preset") or yaml_values.get("preset") or preset
     values: dict[str, Any] = preset_values(preset)
     values.update(yaml_values)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values.update({k: v for k, v in (overrides or {}).items() if k != "preset"})
     values["preset"] = preset
     return TrainConfig.from_dict(values)

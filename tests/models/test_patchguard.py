@@ -127,8 +127,15 @@ def test_input_is_normalised_inside_the_model():
 
 
 def test_bad_layers_are_refused():
-    with pytest.raises(ValueError, match="out of range"):
+    # test_vit has 6 blocks: the message names the key, the value and the range.
+    with pytest.raises(ValueError, match=r"reg_layers \(--reg-layers\) = \[7\]: entry 7 must be "
+                       r"an integer in \[1, 6\]"):
         tiny_model(reg_layers=[7])
+    with pytest.raises(ValueError, match="feature_layers .* must hold distinct entries"):
+        tiny_model(feature_layers=[3, 3])
+    with pytest.raises(ValueError, match="dsc_heads = 3: must be a positive divisor of the "
+                       "discriminator's width 64"):
+        tiny_model(dsc_heads=3)
 
 
 def test_compile_backbone_keeps_outputs_and_attention_capture():

@@ -17,6 +17,7 @@ from ..config import TrainConfig
 from ..data.datasets import TestDataset, load_test_set
 from ..models.factory import load_model
 from ..models.patchguard import PatchGuard, patch_targets
+from ..utils.checks import attack_settings
 from ..utils.device import resolve_device
 from .metrics import auroc, compute_all
 
@@ -144,6 +145,7 @@ def evaluate_with_predictions(
     restarts: int = 1,
 ) -> tuple[list[dict[str, Any]], dict[float, Predictions]]:
     """Like :func:`evaluate`, also returning predictions per epsilon (of the first attack)."""
+    epsilons = attack_settings(epsilons, steps, batch_size, restarts, workers)
     pixel_ok = dataset.has_pixel_masks
     if not pixel_ok:
         logger.warning("the test set has no pixel masks for its anomalous images: pixel AUROC is "
@@ -201,7 +203,7 @@ def load_for_evaluation(
     """Load a checkpoint and its test set; data set, folder and class default to the training's."""
     torch_device = resolve_device(device)
     model, state = load_model(checkpoint, torch_device)
-    config = TrainConfig.from_dict(state["config"])
+    config = TrainConfig.from_dict(state["config"], source=str(checkpoint))
     dataset = dataset or config.dataset
     dataset_dir = str(dataset_dir or config.dataset_dir)
     class_name = class_name or config.class_name

@@ -14,6 +14,8 @@ import timm
 import torch
 from torch import nn
 
+from ..utils.checks import integer_list
+
 # Input normalisation of every ImageNet-pretrained backbone (METHOD.md section 1).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,13 +46,11 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         self.pretrained_model = backbone  # name kept so the original's checkpoints map 1:1
         blocks = backbone.blocks
-        if len(set(feature_layers)) != len(feature_layers) or not feature_layers:
-            raise ValueError(f"feature layers {list(feature_layers)}: give one or more, distinct")
-        for layer in [*feature_layers, *reg_layers]:
-            if not 1 <= layer <= len(blocks):
-                raise ValueError(
-                    f"layer {layer} out of range: the backbone has blocks 1..{len(blocks)}"
-                )
+        depth = f"the backbone has {len(blocks)} blocks, numbered from 1"
+        feature_layers = integer_list("feature_layers (--feature-layers)", list(feature_layers),
+                                      1, len(blocks), fix=depth)
+        reg_layers = integer_list("reg_layers (--reg-layers)", list(reg_layers), 1,
+                                  len(blocks), nonempty=False, fix=depth)
         self.feature_layers = list(feature_layers)
         self.reg_layers = list(reg_layers)
         self.depth = max([*self.feature_layers, *self.reg_layers])

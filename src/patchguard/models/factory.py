@@ -30,7 +30,7 @@ def load_model(
 ) -> tuple[PatchGuard, dict[str, Any]]:
     """Rebuild a model from a checkpoint (in eval mode) and return it with the checkpoint dict."""
     state = load_checkpoint(checkpoint)
-    config = TrainConfig.from_dict(state["config"])
+    config = TrainConfig.from_dict(state["config"], source=str(checkpoint))
     model = PatchGuard.from_config(config)
     model.load_state_dict(state["model"])
     model.to(device).eval()

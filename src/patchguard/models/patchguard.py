@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DEFAULT_BACKBONE
+from ..utils.checks import InputError
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor, create_backbone
 
 
@@ -132,13 +133,18 @@ class PatchGuard(nn.Module):
         self.top_k = top_k
         self.feature_extractor = FeatureExtractor(vit, feature_layers, reg_layers)
         grid = self.feature_extractor.grid_size
-        if grid * self.feature_extractor.patch_size != image_size:
-            raise ValueError(
-                f"image size {image_size} is not a multiple of the backbone's patch size "
-                f"{self.feature_extractor.patch_size}; use e.g. "
-                f"{grid * self.feature_extractor.patch_size}"
-            )
+        patch = self.feature_extractor.patch_size
+        if grid * patch != image_size or image_size < patch:
+            raise InputError(
+                "image_size (--image-size)", image_size,
+                f"must be a positive multiple of the backbone's patch size {patch}",
+                f"use e.g. {max(patch, round(image_size / patch) * patch)}")
         dim = self.feature_extractor.embed_dim * len(feature_layers)
+        if dsc_heads < 1 or dim % dsc_heads:
+            raise InputError("dsc_heads", dsc_heads,
+                             f"must be a positive divisor of the discriminator's width {dim} "
+                             f"({len(feature_layers)} feature layer(s) x "
+                             f"{self.feature_extractor.embed_dim})", "the paper uses 4")
         self.discriminator = Discriminator(
             grid * grid, dim, dsc_layers, dsc_heads, dsc_hidden, dsc_dropout
         )
