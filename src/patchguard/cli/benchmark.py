@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .args import attack_flags, common_flags, flag
+from .args import EPSILON_ARG, NON_NEGATIVE, POSITIVE, attack_flags, common_flags, flag
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -28,18 +28,19 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(bench, "--checkpoint-dir", required=True,
          help="holds <class>/last.pt (or <class>.pt) per class")
     common_flags(bench)
-    flag(bench, "--epsilon-test", type=float, nargs="+", default=[0, 8])
-    flag(bench, "--steps-test", type=int, default=10)
+    flag(bench, "--epsilon-test", type=EPSILON_ARG, nargs="+", default=[0, 8],
+         help="epsilons in 1/255 units, 0..255; 0 is the clean row (always included)")
+    flag(bench, "--steps-test", type=POSITIVE, default=10)
     attack_flags(bench)
-    flag(bench, "--batch-size", type=int, default=16)
+    flag(bench, "--batch-size", type=POSITIVE, default=16)
     flag(bench, "--output-dir", default=None, help="default: CHECKPOINT_DIR")
     flag(bench, "--train", action="store_true", default=False,
          help="train every class first (skipping finished ones, resuming partial ones)")
     flag(bench, "--preset", default=None, choices=sorted(PRESETS), help="with --train")
-    flag(bench, "--epochs", type=int, default=None, help="with --train")
-    flag(bench, "--image-size", type=int, default=None, help="with --train")
-    flag(bench, "--workers", type=int, default=None, help="with --train")
-    flag(bench, "--jobs", type=int, default=None,
+    flag(bench, "--epochs", type=POSITIVE, default=None, help="with --train")
+    flag(bench, "--image-size", type=POSITIVE, default=None, help="with --train")
+    flag(bench, "--workers", type=NON_NEGATIVE, default=None, help="with --train")
+    flag(bench, "--jobs", type=POSITIVE, default=None,
          help="classes trained at once, one per GPU (default: the number of GPUs, or 1)")
 
 
@@ -70,7 +71,11 @@ def _train_class(args: argparse.Namespace, name: str, root: Path) -> None:
         train(config, resume=last, progress=not args.quiet)
         return
     print(f"{name}: training")
-    train(build_config(args.preset or "paper", None, overrides), progress=not args.quiet)
+    # No last.pt: a log of an epoch that never reached its checkpoint is replaced; periodic
+    # epoch_*.pt files without a last.pt are not (training then refuses the folder).
+    fresh = not any((root / name).glob("epoch_*.pt"))
+    train(build_config(args.preset or "paper", None, overrides), progress=not args.quiet,
+          overwrite=fresh)
 
 
 def _sweep_in_parallel(args: argparse.Namespace, classes: list[str], root: Path) -> None:
@@ -136,6 +141,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from ..utils.files import atomic_write_text
 
     root = Path(args.checkpoint_dir)
+    out = Path(args.output_dir or root)
+    if out.exists() and not out.is_dir():  # before hours of evaluation, not after
+        raise NotADirectoryError(f"--output-dir {out} is a file; give a folder")
     if args.jobs is None:
         import torch
 
@@ -172,7 +180,6 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             write_results(done, rows)
         results[name] = rows
         all_rows.extend(rows)
-    out = Path(args.output_dir or root)
     table = class_table(results)
     atomic_write_text(out / "benchmark.md", table)
     write_results(out / "benchmark.json", all_rows)

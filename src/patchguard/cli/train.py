@@ -54,7 +54,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(train, "--workers", type=int, default=None)
     flag(train, "--save-every", type=int, default=None)
     flag(train, "--resume", nargs="?", const="auto", default=None,
-         help="continue from a checkpoint (default OUTPUT_DIR/last.pt)")
+         help="continue from a checkpoint (default OUTPUT_DIR/last.pt; a run folder means its "
+              "last.pt)")
+    flag(train, "--overwrite", action="store_true", default=False,
+         help="replace a run already in OUTPUT_DIR: once every input is checked, its "
+              "checkpoints, log and results are removed (without it such a folder is refused)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -63,13 +67,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training.checkpoints import resume_config
     from ..training.trainer import train
 
-    skip = {"verb", "config", "quiet", "resume", "yaml_extra"}
+    skip = {"verb", "config", "quiet", "resume", "yaml_extra", "overwrite", "debug"}
     overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
-    overrides.update(getattr(args, "yaml_extra", {}))
+    for key, value in getattr(args, "yaml_extra", {}).items():  # flags given now still win
+        overrides.setdefault(key, value)
     resume = None
     if args.resume:
         output_dir = overrides.get("output_dir", TrainConfig.output_dir)
         resume = Path(output_dir) / "last.pt" if args.resume == "auto" else Path(args.resume)
+        if resume.is_dir():  # a run folder: its last.pt
+            resume = resume / "last.pt"
         if not resume.exists():
             raise FileNotFoundError(f"--resume: {resume} does not exist")
         # Resume continues the saved run: only the flags given now change it.
@@ -77,11 +84,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = resume_config(resume, overrides)
     else:
         config = build_config(overrides.get("preset") or "paper", None, overrides)
-        if not config.dataset_dir or not config.class_name:
+        if not config.dataset_dir:
             raise ValueError(
-                "train needs --dataset-dir and --class-name (or a --config holding them)"
+                "train needs --dataset-dir and --class-name (or a --config holding them; "
+                "single-class data sets need only --dataset-dir)"
             )
-    last = train(config, resume=resume, progress=not args.quiet)
+    last = train(config, resume=resume, progress=not args.quiet, overwrite=args.overwrite)
     print(f"checkpoint: {last}")
     print(f"next: patchguard test --checkpoint {last}")
     return 0

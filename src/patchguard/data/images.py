@@ -13,8 +13,11 @@ from .records import DatasetError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-# What PIL raises for a file it cannot decode (truncated, not an image, unsupported mode).
-_DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
+# What PIL raises for a file it cannot decode (truncated, not an image, unsupported mode), or
+# refuses to decode: a header claiming more than twice Image.MAX_IMAGE_PIXELS (a decompression
+# bomb) raises DecompressionBombError, which is not an OSError.
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+                  Image.DecompressionBombError)
 
 
 def is_image_file(path: Path) -> bool:

@@ -86,7 +86,8 @@ def run_demo(
                 },
             )
             print(f"  {class_name} / {variant}: training {config.epochs} epochs")
-            last = train(config, progress=progress)
+            # The demo's output folder is its own: a rerun retrains every model afresh.
+            last = train(config, progress=progress, overwrite=True)
             model, _ = load_model(last, torch_device)
             rows, predictions = evaluate_with_predictions(
                 model, test_set, DEMO_EVAL["epsilons"], DEMO_EVAL["steps"], device=torch_device,

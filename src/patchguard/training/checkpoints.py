@@ -15,6 +15,7 @@ import torch
 from ..config import TrainConfig
 from ..models.patchguard import PatchGuard
 from ..utils.checkpoint import load_checkpoint
+from ..utils.checks import InputError
 from ..utils.files import atomic_write_text
 from ..version import __version__
 
@@ -70,15 +71,52 @@ def checkpoint_payload(
     }
 
 
+# Keys that fix the shape of the weights: a resumed run keeps them.
+FIXED_ON_RESUME = ("backbone", "image_size", "feature_layers", "dsc_layers", "dsc_hidden",
+                   "dsc_heads")
+
+
+def check_resumable(state: dict[str, Any], checkpoint: str | Path) -> None:
+    """Refuse a checkpoint that holds no training state (an imported one, for example)."""
+    missing = [key for key in ("optimizer", "scheduler", "rng", "epoch")
+               if state.get(key) is None]
+    if missing:
+        origin = state.get("imported_from")
+        what = f"it was imported from {origin}" if origin else "it holds no training state"
+        raise InputError(
+            "--resume", str(checkpoint),
+            f"cannot be resumed: {what} (no {', '.join(missing)})",
+            "--resume continues a patchguard training run; evaluate this model with "
+            "'patchguard test', or train a new run")
+
+
 def resume_config(checkpoint: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The config saved in a checkpoint, with the given keys changed (each change is logged)."""
-    saved = TrainConfig.from_dict(load_checkpoint(checkpoint)["config"])
+    """The config saved in a checkpoint, with the given keys changed (each change is logged).
+
+    Keys that shape the weights (:data:`FIXED_ON_RESUME`) cannot change: InputError naming
+    the flag, the run's value and the way out.
+    """
+    state = load_checkpoint(checkpoint)
+    check_resumable(state, checkpoint)
+    saved = TrainConfig.from_dict(state["config"], source=str(checkpoint))
     values = saved.to_dict()
     for key, value in (overrides or {}).items():
+        if key in FIXED_ON_RESUME and key in values and _differs(values[key], value):
+            flag = "--" + key.replace("_", "-")
+            raise InputError(
+                f"{key} ({flag})", value,
+                f"cannot change on --resume: the run in {checkpoint} uses {values[key]!r}",
+                "resume without it, or start a new run in another --output-dir")
         if key in values and values[key] != value:
             logger.info("resume: %s changed from %r to %r", key, values[key], value)
         values[key] = value
     return TrainConfig.from_dict(values)
+
+
+def _differs(saved: Any, given: Any) -> bool:
+    if isinstance(saved, list) and isinstance(given, (list, tuple)):
+        return list(saved) != list(given)
+    return saved != given
 
 
 def reset_log(log_path: Path, completed_epochs: int) -> None:
@@ -88,8 +126,9 @@ def reset_log(log_path: Path, completed_epochs: int) -> None:
     kept = []
     for line in log_path.read_text().splitlines():
         try:
-            if json.loads(line).get("epoch", 0) <= completed_epochs:
-                kept.append(line)
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a crash
+        if isinstance(record, dict) and record.get("epoch", 0) <= completed_epochs:
+            kept.append(line)
     atomic_write_text(log_path, "".join(line + "\n" for line in kept))

@@ -26,7 +26,7 @@ from ..models.factory import build_model
 from ..models.patchguard import PatchGuard, patch_targets
 from ..utils.checkpoint import load_checkpoint, save_checkpoint
 from ..utils.device import resolve_device
-from .checkpoints import checkpoint_payload, reset_log, set_rng_state
+from .checkpoints import check_resumable, checkpoint_payload, reset_log, set_rng_state
 from .distributed import (
     DistContext,
     GlobalBatchSampler,
@@ -39,6 +39,7 @@ from .distributed import (
 )
 from .losses import attention_kl_regularizer, patch_bce_loss
 from .optim import build_optimizer, build_scheduler
+from .runs import prepare_run
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ def train(
     config: TrainConfig | None = None,
     resume: str | Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Train a PatchGuard model for one class; return the path of ``last.pt``.
 
@@ -147,16 +149,22 @@ def train(
             (see :func:`resume_config` to change some of its keys).
         resume: a checkpoint to continue from.
         progress: show progress bars.
+        overwrite: replace a run already in ``config.output_dir`` (its checkpoints, log and
+            results are removed once every input has been checked); without it such a folder
+            is refused unless ``resume`` continues that run.
     """
 
     state = None
     if resume is not None:
         state = load_checkpoint(resume)
+        check_resumable(state, resume)
         if config is None:
-            config = TrainConfig.from_dict(state["config"])
+            config = TrainConfig.from_dict(state["config"], source=str(resume))
         logger.info("resuming from %s after epoch %d", resume, state["epoch"])
     if config is None:
         raise ValueError("train() needs a config or a checkpoint to resume")
+    # Every input is checked before anything is written, truncated or deleted.
+    config = prepare_run(config, state, resume, overwrite)
     ctx = init_distributed(config.device)
     try:
         return _train(config, state, resume, progress and ctx.is_main, ctx)
@@ -337,8 +345,8 @@ def validation_thresholds(
                             batch_size=config.batch_size, device=device, progress=progress,
                             desc="scoring held-out normal images")
     thresholds = calibrate_thresholds(preds.scores, target_fpr=config.target_fpr,
-                                      normal_pixel_values=preds.maps.ravel())
-    logger.info("thresholds from %d held-out normal images at FPR %.3g: image %.4f",
-                len(records), config.target_fpr, thresholds["image"])
+                                      normal_pixel_values=preds.maps.ravel(), method="auto")
+    logger.info("thresholds from %d held-out normal images at FPR %.3g: image %.4f (%s)",
+                len(records), config.target_fpr, thresholds["image"], thresholds["method"])
     return {"thresholds": thresholds,
             "normal_scores": torch.as_tensor(preds.scores, dtype=torch.float32)}

@@ -48,6 +48,8 @@ from pathlib import Path
 from ..records import DatasetError, SampleRecord
 from .classes import (
     KNOWN_CLASSES,
+    SINGLE_CLASS,
+    default_class_name,
     discover_classes,
     known_classes,
     resolve_class_dir,
@@ -56,8 +58,9 @@ from .classes import (
 from .registry import LAYOUTS, get_layout
 from .validation import find_problems, inspect_layout, problems_message
 
-__all__ = ["KNOWN_CLASSES", "LAYOUTS", "discover_classes", "find_problems", "inspect_layout",
-           "known_classes", "load_records", "problems_message", "resolve_class_dir"]
+__all__ = ["KNOWN_CLASSES", "LAYOUTS", "SINGLE_CLASS", "default_class_name", "discover_classes",
+           "find_problems", "inspect_layout", "known_classes", "load_records", "problems_message",
+           "resolve_class_dir"]
 
 
 def load_records(

@@ -70,6 +70,27 @@ def resolve_class_dir(root: str | Path, class_name: str) -> Path:
     )
 
 
+SINGLE_CLASS = ("brats2021", "headct")
+
+
+def default_class_name(dataset: str, root: str | Path) -> str | None:
+    """The class of a single-class data set when none is given, or None.
+
+    ``brats2021`` and ``headct`` have one class; a ``folder`` data set has one when ``root`` is
+    the class folder itself (it holds ``train/``, ``test/`` or ``good/``) or holds exactly one
+    class folder. ``root`` may then be the class folder, as in the authors' code.
+    """
+    root = Path(root).expanduser()
+    if dataset in SINGLE_CLASS:
+        return KNOWN_CLASSES[dataset][0]
+    if dataset != "folder" or not root.is_dir():
+        return None
+    if _looks_like_class(root):
+        return root.name
+    found = discover_classes(root)
+    return found[0] if len(found) == 1 else None
+
+
 def _looks_like_class(folder: Path) -> bool:
     return any((folder / sub).is_dir() for sub in ("train", "test", "Data", "good"))
 
