@@ -36,21 +36,63 @@ def test_train_writes_last_pt_with_cli_values(trained):
     assert state["config"]["lr"] == 8e-4  # untouched paper default
 
 
+def _independent_scores(trained):
+    """Image scores and maps of the test set, from PIL-read files and sklearn: no evaluator."""
+    import numpy as np
+    import torch
+
+    from patchguard.models.factory import load_model
+
+    model, _ = load_model(trained / "run" / "last.pt")
+    cls = trained / "data" / "widget"
+    files = sorted((cls / "test" / "good").glob("*.png")) + sorted(
+        (cls / "test" / "spot").glob("*.png"))
+    images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((64, 64), Image.LANCZOS))
+                       for f in files]) / 255.0
+    masks = np.zeros((len(files), 64, 64), bool)
+    for i, f in enumerate(files):
+        if f.parent.name == "spot":
+            mask = Image.open(cls / "ground_truth" / "spot" / f"{f.stem}_mask.png")
+            masks[i] = np.asarray(mask.resize((64, 64), Image.LANCZOS)) > 0
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    scores, maps = model.predict(x)
+    labels = np.array([f.parent.name == "spot" for f in files], int)
+    return labels, scores.numpy(), masks, maps.numpy()
+
+
 def test_test_prints_table_and_writes_json_rows(trained, capsys):
+    from sklearn.metrics import roc_auc_score
+
+    from patchguard.inference.card import results_path
+
+    checkpoint = trained / "run" / "last.pt"
+    before = checkpoint.read_bytes()
     out_json = trained / "rows.json"
-    code = main(["test", "--checkpoint", str(trained / "run" / "last.pt"), "--epsilon-test",
+    code = main(["test", "--checkpoint", str(checkpoint), "--epsilon-test",
                  "2", "8", "--steps-test", "2", "--json", str(out_json), "--quiet"])
     assert code == 0
-    assert "image AUROC" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "image AUROC" in table
     rows = json.loads(out_json.read_text())
     assert [(r["attack"], r["epsilon"], r["steps"]) for r in rows] == [
         ("clean", 0.0, 0), ("pgd", 2.0, 2), ("pgd", 8.0, 2)]
-    for row in rows:
-        assert row["n_images"] == 8 and 0 <= row["image_auroc"] <= 1
-        assert 0 <= row["pixel_auroc"] <= 1 and row["class_name"] == "widget"
+    assert all(r["n_images"] == 8 and r["n_anomalous"] == 4 and r["class_name"] == "widget"
+               for r in rows)
+    # The clean row against an independent reference: files read with PIL, sklearn's AUROC.
+    labels, scores, masks, maps = _independent_scores(trained)
+    assert rows[0]["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
+    assert rows[0]["pixel_auroc"] == pytest.approx(
+        roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-6)
+    assert f"{rows[0]['image_auroc']:.4f}" in table
     assert rows[1]["targets"] == "ground-truth masks"
-    card = load_checkpoint(trained / "run" / "last.pt")["results"]
+    # The model card's results go to a sidecar; the checkpoint itself is not rewritten.
+    assert checkpoint.read_bytes() == before
+    card = json.loads(results_path(checkpoint).read_text())["results"]
     assert [r["epsilon"] for r in card] == [0.0, 2.0, 8.0]
+    assert main(["info", "--checkpoint", str(checkpoint)]) == 0
+    info = capsys.readouterr().out
+    assert "evaluation results (from last.results.json)" in info
+    assert f"image AUROC {rows[0]['image_auroc']:.4f}" in info
 
 
 def test_visualize_writes_panels_and_contact_sheet(trained):
@@ -165,9 +207,13 @@ def test_data_foreground_for_every_class_then_info(tmp_path, capsys):
         masks = sorted((tmp_path / name / "train" / "foreground_mask").glob("*.png"))
         assert len(masks) == 8
         assert Image.open(masks[0]).getextrema() == (255, 255)
+    capsys.readouterr()
     assert main(["data", "info", "--dataset-dir", str(tmp_path), "--quick"]) == 0
     out = capsys.readouterr().out
-    assert "a" in out and "b" in out
+    for name in ("a", "b"):
+        assert f"== mvtec / {name}  ({tmp_path / name})" in out
+    assert out.count("foreground masks         8 of 8") == 2
+    assert out.rstrip().endswith("2 class(es) OK")
 
 
 def test_benchmark_train_sweep_skips_finished_classes_and_resumes(tmp_path):

@@ -1,11 +1,21 @@
 """Argument helpers shared by every verb: flags with the original's underscore spellings, the
-data-set and common flags, and the attack choices read from the attack registry.
+data-set and common flags, the attack choices read from the attack registry, and the argparse
+types that check each value's domain (from :mod:`patchguard.utils.checks`, the one place where
+domains are written down) before any work starts.
 """
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from ..utils.checks import DEVICE_ARG, EPSILON_ARG, FINITE_ARG, FPR_ARG, at_least
+
+__all__ = ["DEVICE_ARG", "EPSILON_ARG", "FINITE_ARG", "FPR_ARG", "POSITIVE", "NON_NEGATIVE",
+           "at_least", "attack_flags", "common_flags", "data_flags", "flag"]
+
+POSITIVE = at_least(1)  # batch sizes, steps, restarts, image counts
+NON_NEGATIVE = at_least(0)  # loader workers
 
 
 def flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
@@ -28,7 +38,8 @@ def data_flags(parser: argparse.ArgumentParser, required: bool) -> None:
 def common_flags(parser: argparse.ArgumentParser) -> None:
     """--config, --device and --quiet."""
     flag(parser, "--config", default=None, help="YAML file of option: value (CLI flags win)")
-    flag(parser, "--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
+    flag(parser, "--device", type=DEVICE_ARG, default=None,
+         help="auto (default), cpu, cuda, cuda:1, ...")
     flag(parser, "--quiet", action="store_true", default=None, help="no progress bars")
 
 
@@ -55,4 +66,4 @@ def attack_flags(parser: argparse.ArgumentParser, several: bool = True) -> None:
         flag(parser, "--attack", default="pgd", choices=attack_names())
     flag(parser, "--objective", default="mask", choices=objective_names(),
          help="what the attack maximises: mask (paper), score (the image decision), map")
-    flag(parser, "--restarts", type=int, default=1, help="random restarts (pgd-rs, apgd)")
+    flag(parser, "--restarts", type=POSITIVE, default=1, help="random restarts (pgd-rs, apgd)")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..utils.checks import DEVICE_ARG
 from .args import flag
 
 DEFAULT_DATASET = "mvtec"
@@ -39,13 +40,17 @@ def register(verbs: argparse._SubParsersAction) -> None:
           help="archive(s) you downloaded by hand (e.g. from a Google Drive folder)")
     flag(download, "--foreground-archive", default=None,
           help="foreground-mask archive downloaded by hand")
+    flag(download, "--overwrite", action="store_true", default=False,
+          help="replace files already in the data set folder by the archive's (default: keep "
+               "them and say so)")
 
     foreground = subs.add_parser("foreground", help="generate missing foreground masks")
     flag(foreground, "--dataset", default=DEFAULT_DATASET, choices=sorted(LAYOUTS))
     flag(foreground, "--dataset-dir", required=True)
     flag(foreground, "--class-name", default=None, help="class folder name (default: all)")
     flag(foreground, "--method", default="auto", choices=["auto", "dino", "threshold", "full"])
-    flag(foreground, "--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    flag(foreground, "--device", type=DEVICE_ARG, default="auto",
+          help="auto (default), cpu, cuda, cuda:1, ...")
     flag(foreground, "--overwrite", action="store_true", default=False,
           help="replace existing masks (default: only fill in missing ones)")
 
@@ -81,7 +86,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Print a table per class; exit status 1 when any problem was found."""
     from ..data.layouts import discover_classes, inspect_layout
 
-    root = Path(args.dataset_dir).expanduser()
+    root = _existing_folder(args.dataset_dir)
     classes = [args.class_name] if args.class_name else discover_classes(root)
     if not classes:
         print(f"no class folders found in {root} (expected {args.dataset} class folders)")
@@ -108,9 +113,12 @@ def cmd_download(args: argparse.Namespace) -> int:
     from ..data.download import DownloadError, LayoutError, UnsafeArchiveError
 
     root = args.root or str(Path("datasets") / args.dataset)
+    if Path(root).exists() and not Path(root).is_dir():
+        raise NotADirectoryError(f"--root {root} is a file; give a folder")
     try:
         path = download_dataset(args.dataset, root, progress=True, archive=args.archive,
-                                foreground_archive=args.foreground_archive)
+                                foreground_archive=args.foreground_archive,
+                                overwrite=args.overwrite)
     except (DownloadError, LayoutError, UnsafeArchiveError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -126,8 +134,11 @@ def cmd_foreground(args: argparse.Namespace) -> int:
         print(f"patchguard data foreground is not available in this installation ({error})")
         return 2
     from ..data.layouts import discover_classes
+    from ..utils.device import resolve_device
 
-    classes = [args.class_name] if args.class_name else discover_classes(args.dataset_dir)
+    resolve_device(args.device)  # an unknown or absent device is refused before any work
+    root = _existing_folder(args.dataset_dir)
+    classes = [args.class_name] if args.class_name else discover_classes(root)
     if not classes:
         print(f"error: no class folders in {args.dataset_dir}", file=sys.stderr)
         return 2
@@ -138,6 +149,16 @@ def cmd_foreground(args: argparse.Namespace) -> int:
         )
         print(f"{class_name}: foreground masks in {folder}")
     return 0
+
+
+def _existing_folder(path: str) -> Path:
+    """--dataset-dir as a Path; bad input (exit code 2) when it is missing or a file."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"data set directory {root} does not exist; check --dataset-dir")
+    if not root.is_dir():
+        raise NotADirectoryError(f"--dataset-dir {root} is a file, not a folder")
+    return root
 
 
 SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

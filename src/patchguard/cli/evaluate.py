@@ -8,7 +8,15 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from .args import attack_flags, common_flags, data_flags, flag
+from .args import (
+    EPSILON_ARG,
+    NON_NEGATIVE,
+    POSITIVE,
+    attack_flags,
+    common_flags,
+    data_flags,
+    flag,
+)
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -17,15 +25,15 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(test, "--checkpoint", required=True)
     data_flags(test, required=False)
     common_flags(test)
-    flag(test, "--epsilon-test", type=float, nargs="+", default=[0, 8],
-         help="epsilons in 1/255 units; 0 is the clean row (always included)")
-    flag(test, "--steps-test", type=int, default=10)
+    flag(test, "--epsilon-test", type=EPSILON_ARG, nargs="+", default=[0, 8],
+         help="epsilons in 1/255 units, 0..255; 0 is the clean row (always included)")
+    flag(test, "--steps-test", type=POSITIVE, default=10)
     attack_flags(test)
-    flag(test, "--batch-size", type=int, default=16)
-    flag(test, "--workers", type=int, default=0)
+    flag(test, "--batch-size", type=POSITIVE, default=16)
+    flag(test, "--workers", type=NON_NEGATIVE, default=0)
     flag(test, "--json", default=None, help="results file (default: beside the checkpoint)")
     flag(test, "--no-record", action="store_true", default=None,
-         help="do not store the results in the checkpoint's model card")
+         help="do not record the results for the model card (CHECKPOINT_STEM.results.json)")
     flag(test, "--sanity", action="store_true", default=None,
          help="also check for gradient masking: epsilon sweep, more steps, eps 128/255")
 
@@ -33,12 +41,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(vis, "--checkpoint", required=True)
     data_flags(vis, required=False)
     common_flags(vis)
-    flag(vis, "--epsilon", type=float, default=8.0, help="in 1/255 units; 0 for clean only")
-    flag(vis, "--steps", type=int, default=10)
+    flag(vis, "--epsilon", type=EPSILON_ARG, default=8.0,
+         help="in 1/255 units, 0..255; 0 for clean only")
+    flag(vis, "--steps", type=POSITIVE, default=10)
     attack_flags(vis, several=False)
     flag(vis, "--output-dir", default=None, help="default: <checkpoint dir>/visualization")
-    flag(vis, "--max-images", type=int, default=None, help="limit the number of test images")
-    flag(vis, "--batch-size", type=int, default=16)
+    flag(vis, "--max-images", type=POSITIVE, default=None,
+         help="limit the number of test images")
+    flag(vis, "--batch-size", type=POSITIVE, default=16)
 
 
 def sanity_notes(args: argparse.Namespace, model, test_set, device) -> str:
@@ -55,19 +65,41 @@ def sanity_notes(args: argparse.Namespace, model, test_set, device) -> str:
     return "\n".join(lines)
 
 
+def _report_paths(json_path: Path) -> list[Path]:
+    """Every file ``test`` writes for one --json path (see evaluation.reports.write_reports)."""
+    return [json_path, json_path.with_suffix(".csv"), json_path.with_suffix(".md"),
+            json_path.with_name(json_path.stem + "_vs_epsilon.png")]
+
+
+def check_report_paths(json_path: Path, checkpoint: Path) -> None:
+    """Refuse a --json (or a report beside it) that would replace a checkpoint or a folder."""
+    from ..inference.card import results_path
+    from ..utils.files import check_output_file
+
+    inputs = [("checkpoint", checkpoint), ("model card's results file", results_path(checkpoint))]
+    for path in _report_paths(json_path):
+        check_output_file(path, "--json", inputs, replaceable=lambda p: p.suffix in (
+            ".json", ".csv", ".md", ".png"), fix="choose another --json file")
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint; print the table and write the JSON rows and reports."""
     from ..evaluation.evaluator import evaluate, load_for_evaluation
     from ..evaluation.reports import format_table, write_reports
+    from ..inference.card import write_results_sidecar
+    from ..utils.device import resolve_device
 
-    target = load_for_evaluation(args.checkpoint, args.dataset, args.dataset_dir,
-                                 args.class_name, args.device or "auto")
+    checkpoint = Path(args.checkpoint)
+    json_path = Path(args.json or checkpoint.with_name("results.json"))
+    check_report_paths(json_path, checkpoint)  # before any work, as every other input
+    device = resolve_device(args.device or "auto")
+    target = load_for_evaluation(checkpoint, args.dataset, args.dataset_dir, args.class_name,
+                                 device)
     epsilons = sorted({0.0, *args.epsilon_test})
     rows = evaluate(target.model, target.test_set, epsilons, args.steps_test, args.batch_size,
                     target.device, args.workers, progress=not args.quiet, attacks=args.attack,
                     objective=args.objective, restarts=args.restarts)
     print(format_table(rows))
-    json_path = Path(args.json or Path(args.checkpoint).with_name("results.json"))
     meta = {"dataset": target.dataset, "class_name": target.class_name,
             "checkpoint": str(args.checkpoint)}
     notes = ""
@@ -77,12 +109,10 @@ def cmd_test(args: argparse.Namespace) -> int:
     written = write_reports(json_path, rows, notes)
     print(f"reports: {', '.join(str(p) for p in written[1:])}")
     if not args.no_record:
-        # The model card carries its latest evaluation (atomic rewrite of the checkpoint; the
-        # dict loaded for evaluation is reused rather than read from disk a second time).
-        from ..utils.checkpoint import save_checkpoint
-
-        target.state["results"] = rows
-        save_checkpoint(args.checkpoint, target.state)
+        # The model card's results go into a small file beside the checkpoint: a test never
+        # rewrites (and so never risks) the model itself.
+        sidecar = write_results_sidecar(checkpoint, target.state, rows)
+        print(f"model card results: {sidecar}")
     print(f"results: {json_path}")
     return 0
 
@@ -91,9 +121,15 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     """Write heatmap panels and a contact sheet for the test images."""
     from ..evaluation.evaluator import load_for_evaluation, predict_dataset
     from ..evaluation.visualization import save_panels
+    from ..utils.device import resolve_device
+    from ..utils.files import remove_own_outputs
 
+    out_dir = Path(args.output_dir or Path(args.checkpoint).parent / "visualization")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"--output-dir {out_dir} is a file; give a folder")
+    device = resolve_device(args.device or "auto")
     target = load_for_evaluation(args.checkpoint, args.dataset, args.dataset_dir,
-                                 args.class_name, args.device or "auto")
+                                 args.class_name, device)
     model, device, test_set = target.model, target.device, target.test_set
     if args.max_images is not None and args.max_images < len(test_set):
         # An even spread keeps every defect type in view.
@@ -109,7 +145,8 @@ def cmd_visualize(args: argparse.Namespace) -> int:
                               keep_images=True, progress=progress, attack=args.attack,
                               objective=args.objective, restarts=args.restarts,
                               desc=f"{args.attack} eps {args.epsilon:g}/255")
-    out_dir = Path(args.output_dir or Path(args.checkpoint).parent / "visualization")
+    # A rerun with fewer images must not leave the previous run's panels beside the new ones.
+    remove_own_outputs(out_dir, r"\d{4}_.+\.png|contact_sheet\.png")
     written = save_panels(
         clean.images, clean.maps, clean.masks, clean.paths, out_dir,
         adv.images if adv else None, adv.maps if adv else None,

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .args import flag
+from .args import DEVICE_ARG, FINITE_ARG, FPR_ARG, POSITIVE, flag
 
 CSV_FIELDS = ("path", "score", "decision", "threshold", "heatmap", "mask")
 
@@ -25,9 +25,12 @@ def _image_size(value: str) -> int | None:
     """--image-size: a positive integer, or 'auto' to infer it from the checkpoint."""
     if value == "auto":
         return None
-    size = int(value)
+    try:
+        size = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer or 'auto'") from None
     if size <= 0:
-        raise argparse.ArgumentTypeError("image size must be positive or 'auto'")
+        raise argparse.ArgumentTypeError(f"{size}: image size must be positive or 'auto'")
     return size
 
 
@@ -39,12 +42,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
           help="image files, folders (searched recursively) or glob patterns")
     flag(predict, "--output-dir", default="predictions",
           help="where predictions.csv/.json, heatmaps/ and masks/ go (default: predictions)")
-    flag(predict, "--threshold", type=float, default=None,
-          help="image threshold (default: the checkpoint's calibrated one)")
-    flag(predict, "--pixel-threshold", type=float, default=None,
+    flag(predict, "--threshold", type=FINITE_ARG, default=None,
+          help="image threshold, a finite number (default: the checkpoint's calibrated one)")
+    flag(predict, "--pixel-threshold", type=FINITE_ARG, default=None,
           help="pixel threshold for --save-masks (default: the checkpoint's)")
-    flag(predict, "--batch-size", type=int, default=16)
-    flag(predict, "--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
+    flag(predict, "--batch-size", type=POSITIVE, default=16)
+    flag(predict, "--device", type=DEVICE_ARG, default=None,
+          help="auto (default), cpu, cuda, cuda:1, ...")
     flag(predict, "--save-masks", action="store_true", default=False,
           help="also write binary defect masks (map >= pixel threshold)")
     flag(predict, "--quiet", action="store_true", default=None, help="no progress bar")
@@ -57,24 +61,32 @@ def register(verbs: argparse._SubParsersAction) -> None:
                "already stored in the checkpoint")
     flag(calibrate, "--anomalous-dir", nargs="+", default=None, metavar="PATH",
           help="known anomalous images: the image threshold then maximises F1")
-    flag(calibrate, "--target-fpr", type=float, default=0.01,
-          help="allowed false-positive rate on normal images and pixels (default 0.01)")
-    flag(calibrate, "--batch-size", type=int, default=16)
-    flag(calibrate, "--device", default=None)
+    flag(calibrate, "--target-fpr", type=FPR_ARG, default=0.01,
+          help="allowed false-positive rate on normal images and pixels, in [0, 1) "
+               "(default 0.01; 0: no calibration image is flagged)")
+    flag(calibrate, "--threshold-method", default="auto", choices=["auto", "quantile", "gaussian"],
+          help="image threshold from normal scores: quantile (empirical), gaussian (mean + "
+               "t * std * sqrt(1 + 1/n), stable with few images), auto (gaussian with fewer "
+               "than 1/FPR images; the default)")
+    flag(calibrate, "--batch-size", type=POSITIVE, default=16)
+    flag(calibrate, "--device", type=DEVICE_ARG, default=None)
     flag(calibrate, "--quiet", action="store_true", default=None)
 
     imp = verbs.add_parser("import-checkpoint",
                            help="convert a checkpoint of the original PatchGuard code")
     flag(imp, "--original", required=True, help="the original's .pth state dict")
     flag(imp, "--output", required=True, help="patchguard checkpoint to write")
+    flag(imp, "--overwrite", action="store_true", default=False,
+          help="replace an existing --output file")
     flag(imp, "--backbone", default=None,
           help="timm name of the original's --hf_path (default vit_small_patch14_dinov2.lvd142m)")
     flag(imp, "--image-size", type=_image_size, default=224,
           help="the original's --image_size (default 224; 'auto' reads it from the weights)")
-    flag(imp, "--feature-layers", type=int, nargs="+", default=None,
+    flag(imp, "--feature-layers", type=POSITIVE, nargs="+", default=None,
           help="the original's --feature_layers (default 12)")
-    flag(imp, "--reg-layers", type=int, nargs="+", default=None)
-    flag(imp, "--dsc-heads", type=int, default=4, help="the original's --dsc_heads (default 4)")
+    flag(imp, "--reg-layers", type=POSITIVE, nargs="+", default=None)
+    flag(imp, "--dsc-heads", type=POSITIVE, default=4,
+          help="the original's --dsc_heads (default 4)")
     flag(imp, "--dataset", default=None, help="default: from the file name, when known")
     flag(imp, "--class-name", default=None, help="default: from the file name")
 
@@ -82,7 +94,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(export, "--checkpoint", required=True)
     flag(export, "--format", default="onnx", choices=["onnx"])
     flag(export, "--output", default=None, help="default: the checkpoint's name with .onnx")
-    flag(export, "--opset", type=int, default=17)
+    flag(export, "--overwrite", action="store_true", default=False,
+          help="replace an existing --output that is not an ONNX file")
+    flag(export, "--opset", type=int, default=17,
+          help="ONNX opset (default 17; the range the installed exporter supports)")
     flag(export, "--no-verify", action="store_true", default=False,
           help="skip the onnxruntime comparison with PyTorch")
 
@@ -107,9 +122,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from ..evaluation.visualization import heatmap_overlay
     from ..inference.detector import load
-    from ..utils.files import atomic_write_text
+    from ..utils.device import resolve_device
+    from ..utils.files import atomic_write_text, remove_own_outputs
 
-    detector = load(args.checkpoint, args.device or "auto")
+    out_dir = Path(args.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"--output-dir {out_dir} is a file; give a folder")
+    detector = load(args.checkpoint, resolve_device(args.device or "auto"))
     threshold = args.threshold if args.threshold is not None else detector.threshold
     pixel_threshold = (args.pixel_threshold if args.pixel_threshold is not None
                        else detector.pixel_threshold)
@@ -119,8 +138,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if threshold is None:
         print("warning: the checkpoint has no image threshold (run 'patchguard calibrate' or "
               "pass --threshold): scores and heatmaps only, no decisions", file=sys.stderr)
-    out_dir = Path(args.output_dir)
     heat_dir, mask_dir = out_dir / "heatmaps", out_dir / "masks"
+    # A rerun with fewer inputs must not leave the previous run's heatmaps and masks behind.
+    for folder in (heat_dir, mask_dir):
+        remove_own_outputs(folder, r"\d{5}_.+\.png")
     heat_dir.mkdir(parents=True, exist_ok=True)
     if args.save_masks:
         mask_dir.mkdir(parents=True, exist_ok=True)
@@ -157,11 +178,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 "mask": str(mask_file.relative_to(out_dir)) if mask_file else "",
             })
     csv_path = out_dir / "predictions.csv"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "threshold": "" if threshold is None else threshold})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "threshold": "" if threshold is None else threshold})
+    atomic_write_text(csv_path, buffer.getvalue())
     summary = {
         "checkpoint": str(args.checkpoint),
         "threshold": threshold,
@@ -194,14 +216,22 @@ def _report_failures(failed: list[tuple[str, str]]) -> int:
 # ---------------------------------------------------------------------------- calibrate
 
 
+def _failure_list(failed: list[tuple[str, str]], limit: int = 10) -> str:
+    lines = [f"  {path}: {reason}" for path, reason in failed[:limit]]
+    if len(failed) > limit:
+        lines.append(f"  ... and {len(failed) - limit} more")
+    return "\n".join(lines)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Compute thresholds from normal (and anomalous) images and write them to the checkpoint."""
     import numpy as np
 
     from ..inference.detector import load
-    from ..inference.thresholds import calibrate_thresholds, write_thresholds
+    from ..inference.thresholds import calibrate_thresholds, few_normals_note, write_thresholds
+    from ..utils.device import resolve_device
 
-    detector = load(args.checkpoint, args.device or "auto")
+    detector = load(args.checkpoint, resolve_device(args.device or "auto"))
     failed: list[tuple[str, str]] = []
     pixel_values = None
     if args.normal_dir:
@@ -215,6 +245,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             pixels.append(part.maps[:, ::2, ::2].ravel())
         normal = np.concatenate(scores)
         pixel_values = np.concatenate(pixels)
+        if normal.size == 0:
+            raise ValueError("no readable normal image in --normal-dir, nothing to calibrate "
+                             f"on:\n{_failure_list(failed)}")
     else:
         stored = detector.info.get("normal_scores")
         if stored is None or len(stored) == 0:
@@ -223,8 +256,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         normal = np.asarray(stored, dtype=np.float64)
         print(f"using the {normal.size} normal scores stored in the checkpoint "
               "(no pixel threshold without --normal-dir)")
-    if normal.size == 0:
-        raise ValueError("no readable normal image: nothing to calibrate on")
     labelled = None
     anomalous = np.zeros(0)
     if args.anomalous_dir:
@@ -233,7 +264,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         failed.extend(entry for part in parts for entry in part.failed)
         anomalous = np.concatenate([part.scores for part in parts])
         labelled = anomalous if anomalous.size else None
-    thresholds = calibrate_thresholds(normal, args.target_fpr, pixel_values, labelled)
+    thresholds = calibrate_thresholds(normal, args.target_fpr, pixel_values, labelled,
+                                      method=args.threshold_method)
     if pixel_values is None:
         # Keep a pixel threshold calibrated earlier rather than erasing it.
         previous = detector.info.get("thresholds") or {}
@@ -248,10 +280,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               f"F1 {thresholds.get('f1', float('nan')):.4f}")
     if thresholds["pixel"] is not None:
         print(f"pixel threshold {thresholds['pixel']:.6g}")
-    if args.target_fpr > 0 and normal.size * args.target_fpr < 1 and labelled is None:
-        print(f"note: {normal.size} normal images cannot resolve a {args.target_fpr} "
-              f"false-positive rate (needs >= {math.ceil(1 / args.target_fpr)}); the threshold "
-              "sits just above the highest normal score", file=sys.stderr)
+    note = few_normals_note(normal.size, args.target_fpr) if labelled is None else None
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     print(f"wrote thresholds into {args.checkpoint}")
     return _report_failures(failed)
 
@@ -263,7 +294,11 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     """Convert an original PatchGuard checkpoint into ours."""
     from ..config import DEFAULT_BACKBONE
     from ..inference.authors import import_original_checkpoint
+    from ..utils.files import check_output_file
 
+    # Never over the file being converted; over any other existing file only with --overwrite.
+    check_output_file(args.output, "--output", [("--original file", Path(args.original))],
+                      overwrite=args.overwrite)
     kwargs = {"feature_layers": args.feature_layers, "reg_layers": args.reg_layers,
               "dsc_heads": args.dsc_heads}
     if args.dataset:
@@ -280,9 +315,14 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint to ONNX and verify it."""
-    from ..inference.export import export_onnx
+    from ..inference.export import check_opset, export_onnx
+    from ..utils.files import check_output_file
 
-    output = args.output or str(Path(args.checkpoint).with_suffix(".onnx"))
+    output = Path(args.output or Path(args.checkpoint).with_suffix(".onnx"))
+    # An earlier ONNX export is replaced; a checkpoint (the input above all) never silently.
+    check_output_file(output, "--output", [("checkpoint", Path(args.checkpoint))],
+                      overwrite=args.overwrite, replaceable=lambda p: p.suffix == ".onnx")
+    check_opset(args.opset)
     export_onnx(args.checkpoint, output, opset=args.opset, verify=not args.no_verify)
     return 0
 
@@ -303,13 +343,17 @@ def _matching_results(checkpoint: Path) -> list[dict[str, Any]]:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print the model card of a checkpoint."""
-    from ..inference.card import model_card
+    from ..inference.card import model_card, read_results
     from ..utils.checkpoint import load_checkpoint
 
     path = Path(args.checkpoint)
     state = load_checkpoint(path)
-    if not state.get("results"):
-        state["results"] = _matching_results(path)
+    rows, note = read_results(path, state)
+    if not rows:
+        matching = _matching_results(path)
+        if matching:
+            rows, note = matching, f"from {path.with_name('results.json').name}"
+    state["results"], state["results_note"] = rows, note
     if args.json:
         import torch
 

@@ -47,6 +47,26 @@ class ExportReport:
     max_abs_diff: float | None  # largest |ONNX - PyTorch| over scores and maps (onnxruntime)
 
 
+def opset_range() -> tuple[int, int]:
+    """The opsets the installed TorchScript ONNX exporter supports (its own constants)."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:  # pragma: no cover - very old or very new torch
+        return 9, 17
+    low = max(int(getattr(_constants, "ONNX_BASE_OPSET", 9)), 9)
+    high = int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET",
+                       getattr(_constants, "ONNX_MAX_OPSET", 17)))
+    return low, high
+
+
+def check_opset(opset: int) -> int:
+    """--opset within :func:`opset_range` (InputError naming it), before anything is loaded."""
+    from ..utils.checks import integer
+
+    low, high = opset_range()
+    return integer("--opset", opset, low, high, fix="the default 17 works")
+
+
 def _require_onnx():
     try:
         import onnx
@@ -97,6 +117,12 @@ def export_model(
                                                            for name in OUTPUT_NAMES}},
                 dynamo=False,
             )
+    except (RuntimeError, torch.onnx.errors.OnnxExporterError) as error:
+        # The exporter's message can hold a dump of the whole graph: keep its first line.
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        output.unlink(missing_ok=True)
+        raise ValueError(f"ONNX export at --opset {opset} failed ({first}); the default 17 "
+                         "works") from None
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     onnx.checker.check_model(str(output))
@@ -136,5 +162,6 @@ def export_onnx(
     and compared with PyTorch (the max abs difference is printed; above ``tolerance`` raises);
     without onnxruntime only ``onnx.checker`` validates it.
     """
+    check_opset(opset)
     model, _ = load_model(checkpoint, "cpu")
     return export_model(model, output, opset=opset, verify=verify, tolerance=tolerance)

@@ -1,5 +1,17 @@
-"""Decision thresholds from held-out normal scores (a false-positive-rate quantile) or, with known
-anomalies, the F1-optimal one; stored in a checkpoint.
+"""Decision thresholds from held-out normal scores (a false-positive-rate quantile, or a Gaussian
+estimate when there are too few scores for the quantile) or, with known anomalies, the
+F1-optimal one; stored in a checkpoint.
+
+How many normal images a target false-positive rate needs: an empirical threshold at rate r can
+only be resolved with at least ceil(1 / r) images (with fewer it sits just above the highest
+score, and a new normal image exceeds the highest of n with probability 1 / (n + 1)), and is
+stable with about 10 / r. Below 1 / r, ``method="auto"`` uses the Gaussian prediction bound
+
+    mean + t_{n-1}(1 - r) * std * sqrt(1 + 1/n)
+
+(the one-sided (1 - r) prediction limit for one more score from a normal distribution, with
+the sample mean and standard deviation of the n scores), never below the empirical threshold.
+It uses every score rather than the largest alone, so it moves little when one image is added.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import numpy as np
 import torch
 
 from ..utils.checkpoint import load_checkpoint, save_checkpoint
+from ..utils.checks import InputError
 
 
 def _between(low: float, high: float) -> float:
@@ -71,11 +84,97 @@ def _float32_ceiling(value: float | None) -> float | None:
     return float(rounded)
 
 
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularised incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 500):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return result
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def student_t_quantile(p: float, dof: float) -> float:
+    """The p-quantile of Student's t distribution with ``dof`` degrees of freedom (p >= 0.5)."""
+    if not 0.5 <= p < 1.0 or dof <= 0:
+        raise ValueError(f"student_t_quantile needs 0.5 <= p < 1 and dof > 0, not {p}, {dof}")
+
+    def cdf(t: float) -> float:
+        return 1.0 - 0.5 * _betainc(dof / 2.0, 0.5, dof / (dof + t * t))
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        low, high = high, high * 2.0
+    for _ in range(200):  # bisection to float precision
+        middle = (low + high) / 2.0
+        if middle in (low, high):
+            break
+        low, high = (middle, high) if cdf(middle) < p else (low, middle)
+    return high
+
+
+def images_needed(target_fpr: float) -> tuple[int, int]:
+    """Normal images a target FPR needs: (to resolve it, ceil(1/r); for a stable one, 10/r)."""
+    return math.ceil(1.0 / target_fpr - 1e-9), math.ceil(10.0 / target_fpr - 1e-9)
+
+
+def few_normals_note(n_normal: int, target_fpr: float) -> str | None:
+    """Why ``n_normal`` images are too few for ``target_fpr`` and how many it needs, or None."""
+    if target_fpr <= 0:
+        return None
+    resolve, stable = images_needed(target_fpr)
+    if n_normal >= resolve:
+        return None
+    return (f"{n_normal} normal image(s), too few for a false-positive rate of {target_fpr:g}: "
+            f"an empirical threshold needs at least {resolve} (1/FPR) and is stable with about "
+            f"{stable} (10/FPR); with fewer, the image threshold is a Gaussian estimate from "
+            "the scores' mean and spread (threshold method auto)")
+
+
+def gaussian_threshold(values: np.ndarray, target_fpr: float) -> float:
+    """The Gaussian prediction bound (module docstring), never below the empirical one."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    n = values.size
+    empirical = _fpr_threshold(values, target_fpr)
+    if n < 2 or target_fpr <= 0:
+        return empirical
+    spread = float(values.std(ddof=1))
+    bound = float(values.mean()) + student_t_quantile(1.0 - target_fpr, n - 1) * spread * \
+        math.sqrt(1.0 + 1.0 / n)
+    return max(bound, empirical)
+
+
+METHODS = ("auto", "quantile", "gaussian")
+
+
 def calibrate_thresholds(
     normal_scores: Sequence[float] | np.ndarray | torch.Tensor,
     target_fpr: float = 0.01,
     normal_pixel_values: np.ndarray | torch.Tensor | None = None,
     labelled: Any = None,
+    method: str = "quantile",
 ) -> dict[str, Any]:
     """Image (and pixel) thresholds from held-out normal scores, or F1-optimal with anomalies.
 
@@ -88,25 +187,43 @@ def calibrate_thresholds(
         labelled: scores of known anomalous images (1-D), or a ``(scores, labels)`` pair of
             labelled images (1 = anomalous). When given, the image threshold maximises F1 over
             the normal scores plus these, and ``method`` is ``"f1"``.
+        method: the image threshold from normal scores: ``"quantile"`` (empirical), ``"gaussian"``
+            (the prediction bound of the module docstring) or ``"auto"`` (gaussian when there
+            are fewer than ceil(1 / target_fpr) scores, else quantile). Pixel thresholds are
+            always empirical: every image adds thousands of pixels.
 
     Returns:
-        ``{"image", "pixel", "method", "target_fpr", "n_normal", "n_anomalous"}``.
+        ``{"image", "pixel", "method", "target_fpr", "n_normal", "n_anomalous"}``; ``method``
+        is ``"normal-quantile"``, ``"gaussian-bound"`` or ``"f1"``.
     """
     normal = np.asarray(torch.as_tensor(normal_scores).double().cpu()).ravel()
     if normal.size == 0:
         raise ValueError("calibration needs at least one normal image score")
     if not np.all(np.isfinite(normal)):
         raise ValueError("normal scores contain NaN or infinite values")
-    if not 0.0 <= target_fpr < 1.0:
-        raise ValueError(f"target false-positive rate {target_fpr} must be in [0, 1)")
+    if isinstance(target_fpr, bool) or not isinstance(target_fpr, (int, float)) or \
+            not 0.0 <= target_fpr < 1.0:
+        raise InputError("target_fpr (--target-fpr)", target_fpr, "must be a number in [0, 1)",
+                         "e.g. 0.01")
+    if method not in METHODS:
+        raise InputError("threshold method (--threshold-method)", method,
+                         f"must be one of {', '.join(METHODS)}")
+    gaussian = method == "gaussian" or (
+        method == "auto" and target_fpr > 0 and normal.size < images_needed(target_fpr)[0])
+    if method == "gaussian" and (target_fpr <= 0 or normal.size < 2):
+        raise InputError("threshold method (--threshold-method)", method,
+                         "needs --target-fpr > 0 and at least 2 normal images",
+                         "use --threshold-method quantile")
     pixel = None
     if normal_pixel_values is not None:
         values = np.asarray(torch.as_tensor(normal_pixel_values).float().cpu()).ravel()
         pixel = _float32_ceiling(_fpr_threshold(values, target_fpr)) if values.size else None
+    image = gaussian_threshold(normal, target_fpr) if gaussian else _fpr_threshold(normal,
+                                                                                   target_fpr)
     result: dict[str, Any] = {
-        "image": _float32_ceiling(_fpr_threshold(normal, target_fpr)),
+        "image": _float32_ceiling(image),
         "pixel": pixel,
-        "method": "normal-quantile",
+        "method": "gaussian-bound" if gaussian else "normal-quantile",
         "target_fpr": float(target_fpr),
         "n_normal": int(normal.size),
         "n_anomalous": 0,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
+import lzma
 import os
 import posixpath
 import re
@@ -11,11 +13,16 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 from .errors import UnsafeArchiveError
 
 log = logging.getLogger(__name__)
+
+# What a truncated or damaged archive raises while it is read.
+_CORRUPT = (EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error, lzma.LZMAError,
+            gzip.BadGzipFile)
 
 def _member_parts(name: str) -> list[str]:
     """Validate an archive member name and return its path components."""
@@ -77,23 +84,42 @@ def _archive_kind(path: Path) -> str:
     raise ValueError(f"{path} is neither a zip nor a (compressed) tar archive")
 
 
-def move_into(src: Path, dest: Path) -> None:
-    """Move the contents of ``src`` into ``dest``, merging directories, replacing files."""
+def move_into(src: Path, dest: Path, replace: bool = True) -> list[Path]:
+    """Move the contents of ``src`` into ``dest``, merging directories.
+
+    An existing file in ``dest`` is replaced only with ``replace``; otherwise it is kept and
+    returned in the list (the incoming one is left in ``src``).
+    """
     dest.mkdir(parents=True, exist_ok=True)
+    kept: list[Path] = []
     for entry in src.iterdir():
         target = dest / entry.name
         if entry.is_dir() and not entry.is_symlink() and target.is_dir():
-            move_into(entry, target)
-        else:
+            kept += move_into(entry, target, replace)
+        elif target.exists() or target.is_symlink():
+            if not replace:
+                kept.append(target)
+                continue
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             os.replace(entry, target)
+        else:
+            os.replace(entry, target)
+    return kept
 
 
 def safe_extract(archive: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
-    """Extract a zip or tar(.gz/.xz/.bz2) into ``target``, refusing anything that escapes it."""
+    """Extract a zip or tar(.gz/.xz/.bz2) into ``target``, refusing anything that escapes it.
+
+    Every refusal names the archive; a truncated or damaged archive is a ValueError saying so,
+    and nothing is left behind in either case.
+    """
     archive, target = Path(archive), Path(target)
-    kind = _archive_kind(archive)
+    try:
+        kind = _archive_kind(archive)  # reading the first member may already hit the damage
+    except _CORRUPT as error:
+        raise ValueError(f"archive {archive} is truncated or corrupt ({type(error).__name__}: "
+                         f"{error}); download it again") from None
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
     try:
@@ -114,6 +140,11 @@ def safe_extract(archive: str | os.PathLike[str], target: str | os.PathLike[str]
             move_into(tmp, target)
         else:
             os.replace(tmp, target)
+    except UnsafeArchiveError as error:
+        raise UnsafeArchiveError(f"archive {archive}: {error}; nothing was extracted") from None
+    except _CORRUPT as error:
+        raise ValueError(f"archive {archive} is truncated or corrupt ({type(error).__name__}: "
+                         f"{error}); download it again") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

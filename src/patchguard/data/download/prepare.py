@@ -68,8 +68,12 @@ def _best_mask_dir(tree: Path) -> Path | None:
     return max(named or dirs, key=lambda d: d[1])[0]
 
 
-def _place_foreground(tree: Path, source: DatasetSource, ds_root: Path) -> list[str]:
-    """Move mask images from an extracted archive into the layout; return classes served."""
+def _place_foreground(tree: Path, source: DatasetSource, ds_root: Path,
+                      overwrite: bool = False) -> list[str]:
+    """Move mask images from an extracted archive into the layout; return classes served.
+
+    Masks already in the layout are kept unless ``overwrite``.
+    """
     placed: list[str] = []
     classes = source.classes or ("",)
     for cls in classes:
@@ -91,16 +95,27 @@ def _place_foreground(tree: Path, source: DatasetSource, ds_root: Path) -> list[
             continue
         dest = ds_root / source.foreground_dir.format(cls=cls)
         dest.mkdir(parents=True, exist_ok=True)
+        kept = 0
         for f in src.iterdir():
             if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                if (dest / f.name).exists() and not overwrite:
+                    kept += 1
+                    continue
                 os.replace(f, dest / f.name)
+        if kept:
+            log.warning("kept %d foreground mask(s) already in %s; pass --overwrite to replace "
+                        "them", kept, dest)
         placed.append(cls or source.name)
     return placed
 
 
 def _extract_to_temp(archive: Path, parent: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=parent))
-    safe_extract(archive, tmp / "x")
+    try:
+        safe_extract(archive, tmp / "x")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a refused archive leaves nothing behind
+        raise
     return tmp
 
 
@@ -109,6 +124,7 @@ def download_foreground(
     root: str | os.PathLike[str],
     progress: bool = True,
     archive: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> list[str]:
     """Fetch (or take from ``archive``) the published foreground masks; return classes served."""
     source = get_source(name)
@@ -135,7 +151,7 @@ def download_foreground(
     for f in files:
         tmp = _extract_to_temp(f, root)
         try:
-            placed += _place_foreground(tmp / "x", source, ds_root)
+            placed += _place_foreground(tmp / "x", source, ds_root, overwrite)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     if not placed:
@@ -162,8 +178,14 @@ def download_dataset(
     foreground: bool = True,
     foreground_archive: str | os.PathLike[str] | None = None,
     keep_archives: bool = False,
+    overwrite: bool = False,
 ) -> Path:
-    """Download (or take ``archive``), extract, check and mark a data set; return its root."""
+    """Download (or take ``archive``), extract, check and mark a data set; return its root.
+
+    Archives are unpacked and merged in a temporary folder, and the layout is checked there:
+    an incomplete data set moves nothing into the data set folder. Files already in that folder
+    are kept (and listed in the log) unless ``overwrite``.
+    """
     source = get_source(name)
     root = Path(root)
     ds_root = root / source.dirname
@@ -172,7 +194,7 @@ def download_dataset(
     if info is not None and info.get("dataset") == source.name:
         if foreground and foreground_archive is not None:
             info["foreground_classes"] = download_foreground(
-                name, root, progress, foreground_archive
+                name, root, progress, foreground_archive, overwrite
             )
             info["foreground_note"] = ""
             marker.write_text(json.dumps(info, indent=2))
@@ -193,25 +215,36 @@ def download_dataset(
             fetch_archive(item, downloads / item.filename, progress, f"The {source.name} archive")
             for item in source.archives
         ]
-    for f in files:
-        tmp = _extract_to_temp(f, root)
-        try:
-            move_into(_find_layout_root(tmp / "x", source), ds_root)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    missing = check_layout(source, ds_root)
-    if missing:
-        shown = ", ".join(missing[:10]) + (
-            f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""
-        )
-        raise LayoutError(
-            f"{source.name} at {ds_root} is incomplete after extraction; missing: {shown}"
-        )
+    staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=root))
+    try:
+        for f in files:
+            tmp = _extract_to_temp(f, root)
+            try:
+                move_into(_find_layout_root(tmp / "x", source), staging)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        missing = [p for p in source.expected_paths()
+                   if not (staging / p).exists() and not (ds_root / p).exists()]
+        if missing:
+            shown = ", ".join(missing[:10]) + (
+                f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""
+            )
+            raise LayoutError(
+                f"{source.name} from {', '.join(str(f) for f in files)} is incomplete; missing: "
+                f"{shown}. Nothing was moved into {ds_root}."
+            )
+        kept = move_into(staging, ds_root, replace=overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if kept:
+        log.warning("kept %d file(s) already in %s instead of the archive's (e.g. %s); pass "
+                    "--overwrite to replace them", len(kept), ds_root, kept[0])
     fg_classes: list[str] = []
     fg_note = ""
     if foreground and (source.foreground or foreground_archive is not None):
         try:
-            fg_classes = download_foreground(name, root, progress, foreground_archive)
+            fg_classes = download_foreground(name, root, progress, foreground_archive,
+                                             overwrite)
         except ManualDownloadError as exc:
             fg_note = str(exc)
             warnings.warn(
