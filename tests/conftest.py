@@ -12,6 +12,8 @@ from PIL import Image
 from patchguard.config import TrainConfig
 from patchguard.models.patchguard import PatchGuard
 
+# The authors' tiny reference model and outputs, and their ViT-S/14 key list (README there).
+REFERENCE_DIR = Path(__file__).parent / "fixtures" / "reference"
 TINY_BACKBONE = "test_vit"  # timm's own test ViT: patch 16, width 64, 6 blocks, 2 heads
 TINY_SIZE = 64  # 4 x 4 patches
 

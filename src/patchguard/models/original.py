@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..config import DEFAULT_BACKBONE, TrainConfig
+from ..utils.checks import InputError, integer
 from ..version import __version__
 from .backbone import create_backbone
 from .patchguard import PatchGuard
@@ -39,8 +40,11 @@ ORIGINAL_BLOCK_KEYS = {
 }
 
 BLOCK_PREFIX = "discriminator.transformer_encoder."
-# The original's default regularised layers and their KL coefficients (METHOD.md).
+# The original's default regularised layers and its KL coefficients (METHOD.md). Its loss pairs
+# the coefficients with the regularised layers by position, whatever their block numbers: the
+# authors' reference run with layers [2, 4, 6] used 0.005 / 0.01 / 0.05.
 DEFAULT_REG = {6: 0.005, 9: 0.01, 12: 0.05}
+ORIGINAL_COEFFICIENTS = (0.005, 0.01, 0.05)
 _NAME_PATTERN = re.compile(r"^patchguard_([A-Za-z0-9]+)_(.+?)(?:_pgd\d+_last_epoch)?$")
 
 
@@ -123,8 +127,10 @@ def convert_original_state_dict(
         raise ValueError(f"no {hidden_key!r}: the discriminator block does not have the "
                          "original's layout (layer_norm_1, attn, linear)")
     hidden = int(state_dict[hidden_key].shape[0])
+    integer("dsc_heads (--dsc-heads)", dsc_heads, 1, fix="the original's default is 4")
     if width % dsc_heads:
-        raise ValueError(f"dsc_heads={dsc_heads} does not divide the feature width {width}")
+        raise InputError("dsc_heads (--dsc-heads)", dsc_heads,
+                         f"does not divide the feature width {width}", "the original uses 4")
 
     vit = create_backbone(backbone, image_size or 224)
     patch = vit.patch_embed.patch_size
@@ -144,7 +150,9 @@ def convert_original_state_dict(
     features = _infer_layers(depth, width // vit.embed_dim, feature_layers)
     if reg_layers is None:
         reg_layers = [layer for layer in DEFAULT_REG if layer <= depth] or [depth]
-    coefficients = [DEFAULT_REG.get(layer, 0.01) for layer in reg_layers]
+    # By position, as the original's loss zips them; beyond its three, the last one repeats.
+    coefficients = [ORIGINAL_COEFFICIENTS[min(i, len(ORIGINAL_COEFFICIENTS) - 1)]
+                    for i in range(len(reg_layers))]
     values: dict[str, Any] = dict(
         backbone=backbone, image_size=image_size, pretrained=False,
         feature_layers=features, reg_layers=list(reg_layers), reg_coefficients=coefficients,
