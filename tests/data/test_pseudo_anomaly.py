@@ -10,6 +10,7 @@ from patchguard.data.pseudo_anomaly import (
     LOWER_BOUNDS_224,
     SEVERITY_LEVELS,
     SEVERITY_PARAMS,
+    SEVERITY_PROBS,
     PseudoAnomalyGenerator,
     apply_augmentation,
     find_patch_locations,
@@ -259,6 +260,67 @@ def test_severity_frequencies():
     assert abs(freq["light"] - 0.2) < 0.02
     assert abs(freq["medium"] - 0.2) < 0.02
     assert abs(freq["heavy"] - 0.6) < 0.02
+
+
+# METHOD.md section 5's parameter table, copied verbatim (the independent reference).
+METHOD_TABLE = "\n".join([
+    "| brightness, contrast, saturation jitter | 0.1 | 0.4 | 0.8-1.0 |",
+    "| hue jitter | 0.1 | 0.3 | 0.5 |",
+    "| elastic alpha (sigma 3) | 10-20 | 20-40 | 40-100 |",
+    "| torn-paper lines (1 px, black or white) | 1-3 | 5-10 | 10-20 |",
+    "| Perlin scale (6 octaves) | 20-50 | 10-20 | 5-10 |",
+    "| Perlin threshold (0-255 after min-max) | 200-255 | 150-200 | 128-150 |",
+    "| swirl strength (Gaussian falloff, sigma = min(h, w) // 3) | 0.5-1.0"
+    " | 1.0-1.5 | 1.5-2.0 |",
+    "| random erasing: area ratio / rectangles (aspect 0.3-3.3, random colour)"
+    " | 0.01-0.05 / 1-2 | 0.05-0.1 / 2-3 | 0.1-0.2 / 3-5 |",
+    "| gaussian blur radius | 0.2-0.5 | 0.8-1.5 | 2.0-3.0 |",
+    "| JPEG quality | 30-50 | 20-30 | 1-20 |",
+])
+# Row of the table -> the generator's parameter names (two for the erasing row).
+METHOD_ROWS = {
+    "brightness": ["jitter_bcs"], "hue": ["jitter_hue"], "elastic": ["elastic_alpha"],
+    "torn-paper": ["torn_lines"], "Perlin scale": ["perlin_scale"],
+    "Perlin threshold": ["perlin_threshold"], "swirl": ["swirl_strength"],
+    "random erasing": ["erase_area", "erase_count"], "gaussian": ["blur_radius"],
+    "JPEG": ["jpeg_quality"],
+}
+METHOD_POOLS = {  # METHOD.md section 5, step 4
+    "light": {"gaussian blur", "elastic transform", "swirl"},
+    "medium": {"gaussian blur", "swirl", "JPEG artefacts", "elastic transform"},
+    "heavy": {"elastic transform", "torn-paper lines", "JPEG artefacts", "Perlin-noise mask",
+              "swirl", "random erasing", "gaussian blur"},
+}
+POOL_NAMES = {"gaussian blur": "gaussian_blur", "elastic transform": "elastic",
+              "swirl": "swirl", "JPEG artefacts": "jpeg", "torn-paper lines": "torn_paper",
+              "Perlin-noise mask": "perlin", "random erasing": "random_erasing"}
+
+
+def _method_ranges() -> dict[str, dict[str, tuple[float, float]]]:
+    def span(text: str) -> tuple[float, float]:
+        low, _, high = text.strip().partition("-")
+        return float(low), float(high or low)
+
+    table: dict[str, dict[str, tuple[float, float]]] = {lvl: {} for lvl in SEVERITY_LEVELS}
+    for line in METHOD_TABLE.strip().splitlines():
+        label, *cells = [c.strip() for c in line.strip("|").split("|")]
+        names = next(v for k, v in METHOD_ROWS.items() if label.startswith(k))
+        for level, cell in zip(SEVERITY_LEVELS, cells):
+            for name, part in zip(names, cell.split("/")):
+                table[level][name] = span(part)
+    return table
+
+
+def test_severity_table_equals_method_md():
+    assert SEVERITY_PROBS == (0.2, 0.2, 0.6)
+    expected = _method_ranges()
+    for level in SEVERITY_LEVELS:
+        params = dict(SEVERITY_PARAMS[level])
+        assert params.pop("max_augmentations") == {"light": 1, "medium": 2, "heavy": 4}[level]
+        ours = {k: (float(v), float(v)) if np.isscalar(v) else tuple(map(float, v))
+                for k, v in params.items()}
+        assert ours == expected[level], level
+        assert set(AUGMENTATION_POOLS[level]) == {POOL_NAMES[n] for n in METHOD_POOLS[level]}
 
 
 @pytest.mark.parametrize("level", SEVERITY_LEVELS)

@@ -13,7 +13,7 @@ from patchguard.cli.tools import COMMANDS, register
 from patchguard.models.factory import load_model
 from patchguard.training.trainer import train
 
-from conftest import TINY_BACKBONE, TINY_SIZE, make_mvtec_class, tiny_config
+from conftest import TINY_SIZE, make_mvtec_class, tiny_config
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -60,4 +60,11 @@ def test_cli_export(checkpoint, tmp_path):
     args = parser.parse_args(["export", "--checkpoint", str(checkpoint), "--format", "onnx",
                               "--output", str(out)])
     assert COMMANDS[args.verb](args) == 0 and out.is_file()
-    assert TINY_BACKBONE  # the tiny config's backbone exported above
+    graph = onnx.load(str(out)).graph
+    assert [i.name for i in graph.input] == ["images"]
+    assert [o.name for o in graph.output] == ["scores", "maps"]
+    # The output is never the checkpoint itself, and an ONNX file is only replaced by ONNX.
+    again = parser.parse_args(["export", "--checkpoint", str(checkpoint), "--output",
+                               str(checkpoint), "--no-verify"])
+    with pytest.raises(ValueError, match="is the checkpoint this command reads"):
+        COMMANDS[again.verb](again)
