@@ -62,7 +62,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         # A null for a training setting goes to the config as it is (backbone_lr: null is
         # "same as lr", image_size: null is refused there); flags would read it as "not given".
         nulls = {k for k, v in values.items() if v is None and k in _train_only_keys(args.verb)}
-        sub.set_defaults(**{k: yaml_value(actions[k], k, v, args.config)
+        # An empty list is for the config to judge too (reg_layers: [] with reg: false).
+        config_keys = _train_only_keys(args.verb)
+        sub.set_defaults(**{k: yaml_value(actions[k], k, v, args.config,
+                                          allow_empty=k in config_keys)
                             for k, v in values.items() if k in known and k not in nulls})
         args = parser.parse_args(argv)
         extra = {k: v for k, v in values.items() if k not in known or k in nulls}
@@ -74,7 +77,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def yaml_value(action: argparse.Action, key: str, value: object, source: str) -> object:
+def yaml_value(action: argparse.Action, key: str, value: object, source: str,
+               allow_empty: bool = False) -> object:
     """A YAML value converted and checked by its flag's argparse type (InputError if refused)."""
     from ..utils.checks import InputError, show
 
@@ -110,7 +114,7 @@ def yaml_value(action: argparse.Action, key: str, value: object, source: str) ->
     if action.nargs in ("+", "*") or isinstance(action.nargs, int):
         if not isinstance(value, list):
             raise refuse("must be a list", f"e.g. {key}: [{show(value)}]")
-        if action.nargs == "+" and not value:
+        if action.nargs == "+" and not value and not allow_empty:
             raise refuse("must not be empty")
         return [convert(item) for item in value]
     return convert(value)

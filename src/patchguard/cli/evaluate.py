@@ -5,6 +5,7 @@ clean and attacked heatmaps.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -95,6 +96,10 @@ def cmd_test(args: argparse.Namespace) -> int:
     device = resolve_device(args.device or "auto")
     target = load_for_evaluation(checkpoint, args.dataset, args.dataset_dir, args.class_name,
                                  device)
+    if not any(record.label for record in target.test_set.records):
+        logging.getLogger("patchguard").warning(
+            "the test set of %s has no anomalous test images: AUROC, AP and F1 are undefined "
+            "and reported as n/a", target.class_name)
     epsilons = sorted({0.0, *args.epsilon_test})
     rows = evaluate(target.model, target.test_set, epsilons, args.steps_test, args.batch_size,
                     target.device, args.workers, progress=not args.quiet, attacks=args.attack,

@@ -343,16 +343,18 @@ def _matching_results(checkpoint: Path) -> list[dict[str, Any]]:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print the model card of a checkpoint."""
-    from ..inference.card import model_card, read_results
+    from ..inference.card import model_card, read_results, results_path
     from ..utils.checkpoint import load_checkpoint
 
     path = Path(args.checkpoint)
     state = load_checkpoint(path)
     rows, note = read_results(path, state)
-    if not rows:
+    if not rows and not results_path(path).exists():
+        # No record at all (tested with --no-record, or by an old version): a results.json
+        # beside it that names this file, which cannot be told to match these weights.
         matching = _matching_results(path)
         if matching:
-            rows, note = matching, f"from {path.with_name('results.json').name}"
+            rows, note = matching, "from results.json, not verified against these weights"
     state["results"], state["results_note"] = rows, note
     if args.json:
         import torch

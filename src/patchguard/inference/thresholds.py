@@ -16,6 +16,7 @@ It uses every score rather than the largest alone, so it moves little when one i
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,6 +117,7 @@ def _betainc(a: float, b: float, x: float) -> float:
     return 1.0 - front * _betacf(b, a, 1.0 - x) / b
 
 
+@functools.lru_cache(maxsize=256)  # calibration asks for the same few (p, dof) pairs
 def student_t_quantile(p: float, dof: float) -> float:
     """The p-quantile of Student's t distribution with ``dof`` degrees of freedom (p >= 0.5)."""
     if not 0.5 <= p < 1.0 or dof <= 0:
