@@ -18,6 +18,17 @@ TINY_BACKBONE = "test_vit"  # timm's own test ViT: patch 16, width 64, 6 blocks,
 TINY_SIZE = 64  # 4 x 4 patches
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread for the whole suite: the tiny models gain nothing from threads, and
+    on a shared 2-core machine the extra threads only spin (measured on test_reference.py under
+    load: 24 s with two threads, 8 s with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_model(**kwargs) -> PatchGuard:
     """A randomly initialised tiny PatchGuard (seeded), in train mode."""
     torch.manual_seed(0)

@@ -1448,3 +1448,17 @@ def test_decided_test_without_anomalous_images_warns(cli, finished_run, tmp_path
                  "--device", "cpu", "--quiet", "--no-record", "--json", tmp_path / "r.json")
     assert result.code == 0, result
     assert "no anomalous test images" in result.text, result
+
+
+def test_calibrate_with_few_normals_uses_the_gaussian_estimate_and_the_card_says_so(cli, run_copy,
+                                                                                    data):
+    ckpt = run_copy / "last.pt"
+    result = cli("calibrate", "--checkpoint", ckpt, "--normal-dir", data / CLASS / "train/good",
+                 "--device", "cpu", "--quiet")
+    assert result.code == 0 and "(gaussian-bound)" in result.text, result
+    info = cli("info", "--checkpoint", ckpt)
+    assert "gaussian-bound (target FPR 0.01), from 4 normal image(s)" in info.text, info
+    assert "threshold note" in info.text and "at least 100 (1/FPR)" in info.text, info
+    quantile = cli("calibrate", "--checkpoint", ckpt, "--normal-dir",
+                   data / CLASS / "train/good", "--threshold-method", "quantile", "--quiet")
+    assert quantile.code == 0 and "(normal-quantile)" in quantile.text, quantile

@@ -18,6 +18,7 @@ import torch
 
 from ..utils.checkpoint import model_fingerprint
 from ..utils.files import atomic_write_text
+from .thresholds import few_normals_note
 
 SIDECAR_SUFFIX = ".results.json"
 
@@ -106,6 +107,9 @@ def model_card(checkpoint: dict[str, Any]) -> str:
         if thresholds.get("n_normal"):
             method = f"{method}, from {thresholds['n_normal']} normal image(s)"
         add("threshold method", method)
+        if thresholds.get("n_normal") and thresholds.get("target_fpr"):
+            add("threshold note", few_normals_note(int(thresholds["n_normal"]),
+                                                   float(thresholds["target_fpr"])))
     else:
         add("thresholds", "none (run 'patchguard calibrate')")
     normal = checkpoint.get("normal_scores")
