@@ -231,7 +231,7 @@ FIELD_CHECKS: dict[str, Any] = {
     "val_fraction": _numbers(0.0, 1.0, max_open=True),
     "target_fpr": _numbers(0.0, 1.0, max_open=True),
     "seed": _ints(0, 2**32 - 1),
-    "workers": _ints(0),
+    "workers": checks.workers,
     "device": checks.device,
     "bf16": _BOOL,
     "compile": _BOOL,

@@ -1462,3 +1462,12 @@ def test_calibrate_with_few_normals_uses_the_gaussian_estimate_and_the_card_says
     quantile = cli("calibrate", "--checkpoint", ckpt, "--normal-dir",
                    data / CLASS / "train/good", "--threshold-method", "quantile", "--quiet")
     assert quantile.code == 0 and "(normal-quantile)" in quantile.text, quantile
+
+
+def test_absurd_worker_counts_are_refused_before_any_process_starts(cli, data, tmp_path,
+                                                                     run_copy):
+    # --workers 1e12 made the DataLoader try to start that many processes.
+    assert_refused(cli(*train_argv(data, tmp_path / "run", "--workers", "1000000000000")),
+                   "1000000000000", "[0, 256]")
+    result = cli("test", "--checkpoint", run_copy / "last.pt", "--workers", "100000")
+    assert_refused(result, "--workers", "100000")

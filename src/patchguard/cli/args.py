@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..utils.checks import DEVICE_ARG, EPSILON_ARG, FINITE_ARG, FPR_ARG, at_least
+from ..utils.checks import DEVICE_ARG, EPSILON_ARG, FINITE_ARG, FPR_ARG, WORKERS_ARG, at_least
 
 __all__ = ["DEVICE_ARG", "EPSILON_ARG", "FINITE_ARG", "FPR_ARG", "POSITIVE", "NON_NEGATIVE",
            "at_least", "attack_flags", "common_flags", "data_flags", "flag"]
 
 POSITIVE = at_least(1)  # batch sizes, steps, restarts, image counts
-NON_NEGATIVE = at_least(0)  # loader workers
+NON_NEGATIVE = WORKERS_ARG  # loader workers: 0..256
 
 
 def flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:

@@ -130,6 +130,10 @@ def _warn_about_recipe(config: TrainConfig, n_images: int) -> None:
     if config.adv_train and config.epsilon_train == 0:
         logger.warning("--epsilon-train 0 with adversarial training on: the attacked views "
                        "equal the clean ones (twice the cost); --no-adv-train switches it off")
+    cpus = os.cpu_count() or 1
+    if config.workers > cpus:
+        logger.warning("--workers %d is more than this machine's %d CPU(s): the loader "
+                       "processes will only compete", config.workers, cpus)
     if config.warmup_epochs >= config.epochs:
         logger.warning("--warmup-epochs %d >= --epochs %d: the run ends inside the warm-up, the "
                        "learning rate never reaches --lr", config.warmup_epochs, config.epochs)

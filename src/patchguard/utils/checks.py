@@ -202,6 +202,11 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return arg(lambda name, value: integer(name, value, minimum), int)
 
 
+def workers(name: str, value: Any) -> int:
+    """DataLoader worker processes: 0 (the main process) to 256."""
+    return integer(name, value, 0, 256, fix="0 loads in the main process")
+
+
 def finite(name: str, value: Any) -> float:
     """Any finite number."""
     return number(name, value)
@@ -211,14 +216,15 @@ EPSILON_ARG = arg(epsilon)
 FINITE_ARG = arg(finite)
 FPR_ARG = arg(lambda name, value: number(name, value, 0.0, 1.0, max_open=True))
 DEVICE_ARG = arg(device, str)
+WORKERS_ARG = arg(workers, int)
 
 
 def attack_settings(epsilons: Sequence[Any], steps: Any, batch_size: Any = 1, restarts: Any = 1,
-                    workers: Any = 0) -> list[float]:
+                    n_workers: Any = 0) -> list[float]:
     """Evaluation arguments of the Python API, checked as their flags are; the epsilons."""
     values = [epsilon("epsilons (--epsilon-test)", eps) for eps in epsilons]
     integer("steps (--steps-test)", steps, 1)
     integer("batch_size (--batch-size)", batch_size, 1)
     integer("restarts (--restarts)", restarts, 1)
-    integer("workers (--workers)", workers, 0)
+    workers("workers (--workers)", n_workers)
     return values
