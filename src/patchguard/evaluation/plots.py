@@ -25,7 +25,8 @@ def plot_auroc_vs_epsilon(rows: Sequence[dict[str, Any]], path: str | Path) -> P
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set(xlabel="epsilon (1/255)", title=metric.replace("_", " "), ylim=(0, 1))
     axes[0].set_ylabel("AUROC (0.5 = chance)")
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:  # no lines when every AUROC is undefined
+        axes[0].legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
 
