@@ -1471,3 +1471,12 @@ def test_absurd_worker_counts_are_refused_before_any_process_starts(cli, data, t
                    "1000000000000", "[0, 256]")
     result = cli("test", "--checkpoint", run_copy / "last.pt", "--workers", "100000")
     assert_refused(result, "--workers", "100000")
+
+
+def test_testing_an_imported_checkpoint_asks_for_the_data(cli, imported, data, tmp_path):
+    # An imported checkpoint records no data set folder. a0df06f: "class folder . does not exist".
+    assert_refused(cli("test", "--checkpoint", imported, "--quiet"), "--dataset-dir",
+                   "is not recorded")
+    result = cli("test", "--checkpoint", imported, "--dataset-dir", data, "--steps-test", "1",
+                 "--json", tmp_path / "r.json", "--device", "cpu", "--quiet")
+    assert result.code == 0, result

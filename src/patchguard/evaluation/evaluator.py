@@ -17,7 +17,7 @@ from ..config import TrainConfig
 from ..data.datasets import TestDataset, load_test_set
 from ..models.factory import load_model
 from ..models.patchguard import PatchGuard, patch_targets
-from ..utils.checks import attack_settings
+from ..utils.checks import InputError, attack_settings
 from ..utils.device import resolve_device
 from .metrics import auroc, compute_all
 
@@ -207,6 +207,10 @@ def load_for_evaluation(
     dataset = dataset or config.dataset
     dataset_dir = str(dataset_dir or config.dataset_dir)
     class_name = class_name or config.class_name
+    if not dataset_dir or not class_name:  # imported checkpoints record no training data
+        raise InputError("dataset_dir (--dataset-dir)" if not dataset_dir else
+                         "class_name (--class-name)", "", f"is not recorded in {checkpoint}",
+                         "give --dataset-dir and --class-name of the test data")
     test_set = load_test_set(dataset, dataset_dir, class_name, config.image_size)
     return CheckpointUnderTest(model, state, test_set, dataset, dataset_dir, class_name,
                                torch_device)
