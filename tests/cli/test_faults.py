@@ -1480,3 +1480,12 @@ def test_testing_an_imported_checkpoint_asks_for_the_data(cli, imported, data, t
     result = cli("test", "--checkpoint", imported, "--dataset-dir", data, "--steps-test", "1",
                  "--json", tmp_path / "r.json", "--device", "cpu", "--quiet")
     assert result.code == 0, result
+
+
+def test_epsilons_that_look_like_0_1_units_get_a_warning(cli, data, tmp_path, run_copy):
+    # 0.03 is accepted (it is in the domain) but almost surely meant 0.03 * 255 = 7.65.
+    result = cli(*train_argv(data, tmp_path / "fresh", "--epsilon-train", "0.03"))
+    assert result.code == 0 and "--epsilon-train 0.03 is in 1/255 units" in result.text, result
+    result = cli("test", "--checkpoint", run_copy / "last.pt", "--epsilon-test", "0.03",
+                 "--steps-test", "1", "--no-record", "--json", tmp_path / "r.json", "--quiet")
+    assert result.code == 0 and "give 7.65" in result.text, result

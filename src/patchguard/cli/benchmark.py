@@ -151,6 +151,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     classes = _resolve_classes(args, root)
     if args.train and args.jobs > 1 and len(classes) > 1:
         _sweep_in_parallel(args, classes, root)
+    from .evaluate import warn_epsilon_units
+
+    warn_epsilon_units("--epsilon-test", args.epsilon_test)
     epsilons = sorted({0.0, *args.epsilon_test})
     results, all_rows = {}, []
     for name in classes:

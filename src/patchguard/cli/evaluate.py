@@ -66,6 +66,16 @@ def sanity_notes(args: argparse.Namespace, model, test_set, device) -> str:
     return "\n".join(lines)
 
 
+def warn_epsilon_units(flag: str, epsilons: list[float]) -> None:
+    """Warn about epsilons that look like [0, 1] units (they are in 1/255)."""
+    from ..utils.checks import epsilon_units_note
+
+    for value in epsilons:
+        note = epsilon_units_note(flag, value)
+        if note:
+            logging.getLogger("patchguard").warning(note)
+
+
 def _report_paths(json_path: Path) -> list[Path]:
     """Every file ``test`` writes for one --json path (see evaluation.reports.write_reports)."""
     return [json_path, json_path.with_suffix(".csv"), json_path.with_suffix(".md"),
@@ -93,6 +103,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     json_path = Path(args.json or checkpoint.with_name("results.json"))
     check_report_paths(json_path, checkpoint)  # before any work, as every other input
+    warn_epsilon_units("--epsilon-test", args.epsilon_test)
     device = resolve_device(args.device or "auto")
     target = load_for_evaluation(checkpoint, args.dataset, args.dataset_dir, args.class_name,
                                  device)
@@ -129,6 +140,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     from ..utils.device import resolve_device
     from ..utils.files import remove_own_outputs
 
+    warn_epsilon_units("--epsilon", [args.epsilon])
     out_dir = Path(args.output_dir or Path(args.checkpoint).parent / "visualization")
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"--output-dir {out_dir} is a file; give a folder")

@@ -20,7 +20,7 @@ import torch
 from ..config import TrainConfig
 from ..data.layouts import default_class_name, get_layout, load_records
 from ..models.patchguard import PatchGuard
-from ..utils.checks import InputError
+from ..utils.checks import InputError, epsilon_units_note
 from ..utils.device import resolve_device
 from ..utils.files import remove_stale_temp_files
 
@@ -127,6 +127,9 @@ def _warn_about_recipe(config: TrainConfig, n_images: int) -> None:
     if config.backbone_weights and not config.pretrained:
         logger.warning("--backbone-weights %s is ignored: --no-pretrained (pretrained: false) "
                        "trains from random initialisation", config.backbone_weights)
+    units = epsilon_units_note("--epsilon-train", config.epsilon_train)
+    if config.adv_train and units:
+        logger.warning(units)
     if config.adv_train and config.epsilon_train == 0:
         logger.warning("--epsilon-train 0 with adversarial training on: the attacked views "
                        "equal the clean ones (twice the cost); --no-adv-train switches it off")

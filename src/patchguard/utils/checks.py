@@ -175,6 +175,14 @@ def epsilon(name: str, value: Any) -> float:
     return number(name, value, 0.0, 255.0, fix="epsilons are in 1/255 units (8 means 8/255)")
 
 
+def epsilon_units_note(flag: str, value: float) -> str | None:
+    """A warning when an epsilon looks like it was given in [0, 1] units instead of 1/255."""
+    if 0 < value < 1:
+        return (f"{flag} {value:g} is in 1/255 units, i.e. {value:g}/255 = {value / 255:.2g} in "
+                f"pixel values; if you meant {value:g} in [0, 1] units, give {value * 255:.3g}")
+    return None
+
+
 # ---------------------------------------------------------------------------- argparse types
 
 
