@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .objectives import PerImageObjective, resolve_objective
+from .pgd import input_gradients_only
 
 # An attack's result: adversarial images (B, C, H, W) and the per-image objective (B,) at them.
 AttackResult = tuple[torch.Tensor, torch.Tensor]
@@ -47,7 +48,7 @@ class AttackProblem:
     def loss_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image loss and its input gradient; parameter ``.grad`` is never touched."""
         x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), input_gradients_only(self.model):
             loss = self.loss(x)
             # Images are independent, so the gradient of the sum is each image's own gradient.
             (grad,) = torch.autograd.grad(loss.sum(), x)

@@ -17,6 +17,7 @@ from torch import nn
 from ..config import DEFAULT_BACKBONE
 from ..utils.checks import InputError
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor, create_backbone
+from .kernels import use_cpu_linear
 
 
 @dataclass
@@ -154,6 +155,9 @@ class PatchGuard(nn.Module):
         self.register_buffer(
             "smoothing_kernel", gaussian_kernel1d(map_sigma, map_radius), persistent=False
         )
+        # fp32 CPU linears through oneDNN (MKL's sgemm runs AVX2 kernels on AMD CPUs); plain
+        # F.linear on GPUs, under autocast, export and compile.
+        use_cpu_linear(self)
 
     @classmethod
     def from_config(cls, config) -> PatchGuard:
