@@ -6,6 +6,7 @@ from patchguard.adversarial.pgd import input_gradients_only, pgd_attack
 from patchguard.adversarial.problem import AttackProblem
 from patchguard.models import kernels
 from patchguard.models.kernels import CpuLinear, use_cpu_linear
+from patchguard.models.patchguard import DiscriminatorBlock, self_attention
 
 from conftest import TINY_SIZE, tiny_model
 
@@ -109,3 +110,18 @@ def test_every_input_gradient_runs_with_frozen_parameters(monkeypatch):
     AttackProblem(model, x, targets, None, 8 / 255, "mask", None).loss_and_grad(x)
     assert seen == [False, False, False]
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_self_attention_matches_nn_multihead_attention(training):
+    block = DiscriminatorBlock(32, 4, 64, dropout=0.3).train(training)
+    x = torch.randn(2, 9, 32, requires_grad=True)
+    torch.manual_seed(5)
+    expected = block.attention(x, x, x, need_weights=False)[0]
+    torch.manual_seed(5)  # same seed: the same attention-dropout draws
+    got = self_attention(block.attention, x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(got)
+    (want,) = torch.autograd.grad(expected, x, grad)
+    (have,) = torch.autograd.grad(got, x, grad)
+    torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5)

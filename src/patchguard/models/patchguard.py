@@ -17,7 +17,7 @@ from torch import nn
 from ..config import DEFAULT_BACKBONE
 from ..utils.checks import InputError
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor, create_backbone
-from .kernels import use_cpu_linear
+from .kernels import linear, use_cpu_linear
 
 
 @dataclass
@@ -47,9 +47,26 @@ class DiscriminatorBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the block to (B, N, D) tokens."""
-        attended, _ = self.attention(x, x, x, need_weights=False)
-        x = self.norm(x + self.dropout(attended))
+        x = self.norm(x + self.dropout(self_attention(self.attention, x)))
         return x + self.mlp_dropout(self.mlp(x))
+
+
+def self_attention(module: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """``module(x, x, x, need_weights=False)[0]`` for batch-first ``x``, projections by oneDNN.
+
+    The steps of ``F.multi_head_attention_forward`` for self-attention (packed in-projection,
+    scaled dot-product attention with the module's dropout in training, out-projection), so the
+    same dropout masks are drawn; only the projections go through
+    :func:`patchguard.models.kernels.linear` (nn.MultiheadAttention calls F.linear itself).
+    """
+    batch, tokens, dim = x.shape
+    heads = module.num_heads
+    qkv = linear(x, module.in_proj_weight, module.in_proj_bias)
+    q, k, v = qkv.view(batch, tokens, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    dropout = module.dropout if module.training else 0.0
+    attended = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    attended = attended.transpose(1, 2).reshape(batch, tokens, dim)
+    return linear(attended, module.out_proj.weight, module.out_proj.bias)
 
 
 class Discriminator(nn.Module):
