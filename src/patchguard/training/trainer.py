@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +45,43 @@ from .runs import prepare_run
 logger = logging.getLogger(__name__)
 
 VIEW_NAMES = ("clean", "adv_clean", "pseudo", "adv_pseudo")
+# Seconds between reads of the running losses (progress bar, finiteness check); each read waits
+# for the device, so a GPU is not made to idle after every step.
+LOG_INTERVAL_S = 2.0
 
 
-@dataclass
 class StepResult:
-    """Losses of one training step (floats, for logging)."""
+    """Losses of one training step, kept on the device until a value is read.
 
-    total: float
-    views: dict[str, float]
-    reg: float
+    Reading ``total``, ``reg`` or ``views`` copies all of them to the host at once (one
+    synchronisation); the training loop instead sums :attr:`values` on the device and reads
+    them once per logging interval.
+    """
+
+    def __init__(self, values: torch.Tensor, names: Sequence[str]) -> None:
+        self.values = values  # (2 + views,): total, regulariser, then each view's loss
+        self.names = tuple(names)
+        self._host: list[float] | None = None
+
+    def _floats(self) -> list[float]:
+        if self._host is None:
+            self._host = self.values.tolist()
+        return self._host
+
+    @property
+    def total(self) -> float:
+        """Sum of the views' losses."""
+        return self._floats()[0]
+
+    @property
+    def reg(self) -> float:
+        """Sum of the views' attention regularisers."""
+        return self._floats()[1]
+
+    @property
+    def views(self) -> dict[str, float]:
+        """Each view's loss (BCE plus its regulariser)."""
+        return dict(zip(self.names, self._floats()[2:]))
 
 
 def training_step(
@@ -63,28 +92,33 @@ def training_step(
     device: torch.device,
     ctx: DistContext | None = None,
 ) -> StepResult:
-    """One optimisation step over the clean, pseudo and (optionally) attacked views."""
+    """One optimisation step over the clean, pseudo and (optionally) attacked views.
+
+    Nothing here waits for the device: the losses stay on it (see :class:`StepResult`), and a
+    non-finite loss is caught where the loop reads them, before anything is checkpointed.
+    """
     clean = batch["image"].to(device, non_blocking=True)
     pseudo = batch["pseudo_image"].to(device, non_blocking=True)
-    pseudo_targets = patch_targets(batch["pseudo_mask"].to(device), model.patch_size)
+    pseudo_targets = patch_targets(batch["pseudo_mask"].to(device, non_blocking=True),
+                                   model.patch_size)
     clean_targets = torch.zeros_like(pseudo_targets)
     # bf16 autocast is meant for GPUs; on CPUs it runs (slower) and serves numerics checks.
     autocast_dtype = torch.bfloat16 if config.bf16 else None
+    batch_size = clean.shape[0]
 
     views = {"clean": (clean, clean_targets), "pseudo": (pseudo, pseudo_targets)}
     if config.adv_train:
         eps = config.epsilon_train / 255.0
+        # One PGD run over clean and pseudo images together (2B): the objective is a sum of
+        # per-image terms and the model treats images independently, so each image gets the
+        # perturbation a run of its own would give (dropout masks aside, drawn from the same
+        # distribution), with half the passes and larger matrix products.
         # The model stays in train mode, so the attack sees the discriminator's dropout (faithful).
-        views["adv_clean"] = (
-            pgd_attack(model, clean, clean_targets, eps, config.steps_train,
-                       autocast_dtype=autocast_dtype),
-            clean_targets,
-        )
-        views["adv_pseudo"] = (
-            pgd_attack(model, pseudo, pseudo_targets, eps, config.steps_train,
-                       autocast_dtype=autocast_dtype),
-            pseudo_targets,
-        )
+        adversarial = pgd_attack(model, torch.cat([clean, pseudo]),
+                                 torch.cat([clean_targets, pseudo_targets]), eps,
+                                 config.steps_train, autocast_dtype=autocast_dtype)
+        views["adv_clean"] = (adversarial[:batch_size], clean_targets)
+        views["adv_pseudo"] = (adversarial[batch_size:], pseudo_targets)
     names = [name for name in VIEW_NAMES if name in views]
     images = torch.cat([views[name][0] for name in names])
     targets = torch.cat([views[name][1] for name in names])
@@ -92,31 +126,62 @@ def training_step(
     # (each view is sliced out again), at the cost of one larger batch instead of four.
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_dtype is not None):
         output = model(images, with_attention=config.reg)
-    batch_size = clean.shape[0]
     total = torch.zeros((), device=device)
-    view_losses: dict[str, float] = {}
-    reg_total = 0.0
-    for i, name in enumerate(names):
+    losses: list[torch.Tensor] = []
+    regs: list[torch.Tensor] = []
+    for i in range(len(names)):
         part = slice(i * batch_size, (i + 1) * batch_size)
         loss = patch_bce_loss(output.logits[part], targets[part])
         if config.reg:
             reg = attention_kl_regularizer(
                 [a[part] for a in output.attentions], config.reg_coefficients
             )
-            reg_total += float(reg.detach())
+            regs.append(reg.detach())
             loss = loss + reg
-        view_losses[name] = float(loss.detach())
+        losses.append(loss.detach())
         total = total + loss
-    if not torch.isfinite(total):
-        raise FloatingPointError(
-            "training loss is not finite; lower --lr or --backbone-lr, or disable --bf16"
-        )
+    reg_total = torch.stack(regs).sum() if regs else torch.zeros((), device=device)
+    values = torch.stack([total.detach(), reg_total, *losses])
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     if ctx is not None:
         average_gradients([p for g in optimizer.param_groups for p in g["params"]], ctx)
     optimizer.step()
-    return StepResult(float(total.detach()), view_losses, reg_total)
+    return StepResult(values, names)
+
+
+class LossMeter:
+    """Per-epoch sums of the step losses, weighted by batch size, accumulated on the device.
+
+    :meth:`read` is the only synchronisation: the training loop calls it once per logging
+    interval. A non-finite loss anywhere in the epoch makes the summed total non-finite, so the
+    check there catches it without a per-step synchronisation.
+    """
+
+    def __init__(self) -> None:
+        self.sums: torch.Tensor | None = None
+        self.names: tuple[str, ...] = ()
+        self.seen = 0
+
+    def add(self, result: StepResult, n: int) -> None:
+        """Add one step's losses for ``n`` images."""
+        # float64: sums over long epochs stay exact enough and cannot overflow to inf.
+        weighted = result.values.detach().double() * n
+        self.sums = weighted if self.sums is None else self.sums + weighted
+        self.names = result.names
+        self.seen += n
+
+    def totals(self) -> dict[str, float]:
+        """Image-weighted loss sums per key ("loss", "reg", views); FloatingPointError if one
+        step's loss was not finite."""
+        if self.sums is None:
+            return {}
+        values = self.sums.tolist()
+        if not math.isfinite(values[0]):
+            raise FloatingPointError(
+                "training loss is not finite; lower --lr or --backbone-lr, or disable --bf16"
+            )
+        return dict(zip(("loss", "reg", *self.names), values))
 
 
 def make_loader(
@@ -240,21 +305,21 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, config.epochs):
-            started = time.perf_counter()
-            totals: dict[str, float] = {}
-            seen = 0
+            started = last_read = time.perf_counter()
+            meter = LossMeter()
             bar = tqdm(make_loader(dataset, config, epoch, ctx), disable=not progress,
                        leave=False, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
             lr = optimizer.param_groups[-1]["lr"]
             for batch in bar:
                 result = training_step(model, batch, optimizer, config, device, ctx)
                 scheduler.step()
-                n = batch["image"].shape[0]
-                seen += n
-                for key, value in {"loss": result.total, "reg": result.reg, **result.views}.items():
-                    totals[key] = totals.get(key, 0.0) + value * n
-                rate = seen / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{result.total:.3f}", img_s=f"{rate:.1f}")
+                meter.add(result, batch["image"].shape[0])
+                now = time.perf_counter()
+                if now - last_read >= LOG_INTERVAL_S:  # the only host synchronisation
+                    last_read = now
+                    loss = meter.totals()["loss"] / meter.seen
+                    bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{meter.seen / (now - started):.1f}")
+            totals, seen = meter.totals(), meter.seen
             seconds = time.perf_counter() - started
             if ctx.enabled:  # every rank's images and losses count in the log
                 keys = sorted(totals)
