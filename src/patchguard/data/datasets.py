@@ -93,9 +93,12 @@ class TrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> TrainSample:
+    def __getitem__(self, index: int | tuple[int, int]) -> TrainSample:
+        # An (epoch, index) pair comes from a sampler that carries the epoch, so that loader
+        # workers kept alive across epochs (which never see set_epoch) draw that epoch's samples.
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
         image = self.images[index]
-        rng = sample_rng(self.seed, self.epoch, index)
+        rng = sample_rng(self.seed, epoch, index)
         pseudo, mask = self.generator(image, self.foregrounds[index], rng)
         return TrainSample(
             image=to_tensor(image),

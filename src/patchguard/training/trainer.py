@@ -7,13 +7,13 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from ..adversarial.pgd import pgd_attack
 from ..config import TrainConfig
@@ -184,19 +184,58 @@ class LossMeter:
         return dict(zip(("loss", "reg", *self.names), values))
 
 
+class EpochSampler(Sampler[tuple[int, int]]):
+    """(epoch, index) pairs in the order of :class:`GlobalBatchSampler` for the epoch set last.
+
+    The epoch travels with each index, so one loader whose worker processes persist across
+    epochs serves the whole run (a loader per epoch would start its workers again every epoch),
+    and every sample is the same for any worker count.
+    """
+
+    def __init__(self, size: int, config: TrainConfig, ctx: DistContext) -> None:
+        self.size, self.config, self.ctx = size, config, ctx
+        self.epoch = 0
+        self.local_batch = self._order().local_batch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and pseudo anomalies the next iteration yields."""
+        self.epoch = epoch
+
+    def _order(self) -> GlobalBatchSampler:
+        return GlobalBatchSampler(self.size, self.config.batch_size, self.ctx, self.config.seed,
+                                  self.epoch)
+
+    def __len__(self) -> int:
+        return len(self._order())
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, index) for index in self._order())
+
+
 def make_loader(
     dataset: TrainDataset, config: TrainConfig, epoch: int, ctx: DistContext | None = None
 ) -> DataLoader:
-    """Shuffled loader whose order depends only on (seed, epoch); this rank's share of it."""
+    """Shuffled loader whose order depends only on (seed, epoch); this rank's share of it.
+
+    For a later epoch call ``loader.sampler.set_epoch(epoch)`` before iterating again: the
+    worker processes persist across epochs.
+    """
     ctx = ctx or DistContext()
-    sampler = GlobalBatchSampler(len(dataset), config.batch_size, ctx, config.seed, epoch)
+    sampler = EpochSampler(len(dataset), config, ctx)
+    sampler.set_epoch(epoch)
     dataset.set_epoch(epoch)
     return DataLoader(
         dataset,
         batch_size=sampler.local_batch,
         sampler=sampler,
         num_workers=config.workers,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=resolve_device(config.device).type == "cuda",
+        persistent_workers=config.workers > 0,
+        # Its own generator: each new iterator draws a base seed from it, which would otherwise
+        # come from (and advance) the global torch RNG that dropout uses, differently for a
+        # fresh, a persistent and a resumed loader. Samples are seeded per (seed, epoch, index).
+        generator=torch.Generator().manual_seed(config.seed),
         drop_last=False,
     )
 
@@ -303,11 +342,13 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
                     config.epochs, weight_source)
     model.train()
     epoch = start_epoch
+    loader = make_loader(dataset, config, start_epoch, ctx)
     try:
         for epoch in range(start_epoch, config.epochs):
             started = last_read = time.perf_counter()
             meter = LossMeter()
-            bar = tqdm(make_loader(dataset, config, epoch, ctx), disable=not progress,
+            loader.sampler.set_epoch(epoch)
+            bar = tqdm(loader, disable=not progress,
                        leave=False, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
             lr = optimizer.param_groups[-1]["lr"]
             for batch in bar:
