@@ -73,8 +73,12 @@ class TrainConfig:
     workers: int = 4
     device: str = "auto"
     bf16: bool = False
-    compile: bool = False  # torch.compile the blocks that are not regularised
+    compile: bool = False  # torch.compile the attack's forward and the unregularised blocks
+    tf32: bool = True  # on CUDA: TF32 matmuls and convolutions in fp32 (slightly other numerics)
     save_every: int = 20
+    # last.pt is written when this many minutes have passed since the last write (checked at
+    # the end of each epoch), at the end of training and on Ctrl-C; 0 writes every epoch
+    checkpoint_every_min: float = 10.0
     preset: str = "paper"
 
     def __post_init__(self) -> None:
@@ -164,6 +168,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # The flag that sets each key, where one exists (the others are YAML / API only).
 _FLAGS = {
     "pretrained": "--no-pretrained", "adv_train": "--no-adv-train", "reg": "--no-reg",
+    "tf32": "--no-tf32",
 }
 _NO_FLAG = {"dsc_layers", "dsc_hidden", "dsc_heads", "dsc_dropout", "top_k", "map_sigma",
             "map_radius", "weight_decay", "min_lr_ratio", "pseudo_size_scale"}
@@ -235,7 +240,9 @@ FIELD_CHECKS: dict[str, Any] = {
     "device": checks.device,
     "bf16": _BOOL,
     "compile": _BOOL,
+    "tf32": _BOOL,
     "save_every": _ints(0, fix="0 keeps only last.pt"),
+    "checkpoint_every_min": _numbers(0.0, fix="0 writes last.pt after every epoch"),
     "preset": lambda name, value: checks.choice(name, value, sorted(PRESETS)),
 }
 
@@ -246,7 +253,8 @@ _NUMERIC_KEYS = {key: int for key in (
     "batch_size", "warmup_epochs", "steps_train", "seed", "workers", "save_every")}
 _NUMERIC_KEYS.update({key: float for key in (
     "dsc_dropout", "map_sigma", "lr", "backbone_lr", "weight_decay", "min_lr_ratio",
-    "epsilon_train", "pseudo_size_scale", "val_fraction", "target_fpr")})
+    "epsilon_train", "pseudo_size_scale", "val_fraction", "target_fpr",
+    "checkpoint_every_min")})
 _NUMERIC_LISTS = {"feature_layers": int, "reg_layers": int, "reg_coefficients": float}
 
 

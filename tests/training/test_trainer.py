@@ -202,3 +202,97 @@ def test_training_is_identical_for_any_worker_count(tiny_data, tmp_path):
     a, b = _weights(runs[0]), _weights(runs[1])
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("every_min", [0, 10])
+def test_non_finite_loss_stops_training_before_a_checkpoint(tiny_data, tmp_path, monkeypatch,
+                                                           every_min):
+    real = training.patch_bce_loss
+    calls = {"n": 0}
+
+    def poisoned(logits, targets):
+        calls["n"] += 1
+        loss = real(logits, targets)
+        return loss * float("nan") if calls["n"] > 8 else loss  # from epoch 2 (4 views x 2)
+
+    monkeypatch.setattr(training, "patch_bce_loss", poisoned)
+    config = tiny_config(tiny_data, tmp_path, epochs=3, checkpoint_every_min=every_min)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        train(config, progress=False)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_checkpoint_policy_writes_on_time_final_epoch_and_flush(tmp_path):
+    from patchguard.training.checkpoints import CheckpointPolicy
+
+    now = [0.0]
+    policy = CheckpointPolicy(tmp_path / "last.pt", every_min=10, clock=lambda: now[0])
+    weights = torch.zeros(3)
+
+    def payload(epoch):
+        return {"model": {"w": weights}, "config": {}, "epoch": epoch}
+
+    assert not policy.epoch_done(payload(1))  # 0 min since the start: kept in memory
+    assert not (tmp_path / "last.pt").exists() and policy.pending is not None
+    weights.add_(1)  # later steps change the live tensors, not the snapshot
+    now[0] = 599.0
+    assert not policy.epoch_done(payload(2))
+    weights.add_(1)
+    assert policy.flush() == 2 and policy.pending is None and policy.flush() is None
+    assert load_checkpoint(tmp_path / "last.pt")["model"]["w"].tolist() == [1.0] * 3
+    now[0] = 1199.0 + 1
+    assert policy.epoch_done(payload(3))  # 10 minutes after the flush
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
+    assert policy.epoch_done(payload(4), final=True)
+    assert policy.epoch_done(payload(5), periodic=tmp_path / "epoch_0005.pt")
+    assert policy.saved_epoch == 5 and policy.writes == 4
+    every_epoch = CheckpointPolicy(tmp_path / "b.pt", every_min=0, clock=lambda: now[0])
+    assert every_epoch.epoch_done(payload(1))
+
+
+def test_periodic_file_and_last_pt_stay_independent(tmp_path):
+    from patchguard.training.checkpoints import CheckpointPolicy
+
+    policy = CheckpointPolicy(tmp_path / "last.pt", every_min=10)
+    policy.epoch_done({"model": {"w": torch.ones(2)}, "config": {}, "epoch": 4},
+                      periodic=tmp_path / "epoch_0004.pt")
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 4
+    policy.epoch_done({"model": {"w": torch.zeros(2)}, "config": {}, "epoch": 5}, final=True)
+    assert load_checkpoint(tmp_path / "epoch_0004.pt")["model"]["w"].tolist() == [1.0, 1.0]
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 5
+
+
+@pytest.mark.parametrize("every_min, writes", [(10, 1), (0, 3)])
+def test_last_pt_written_on_the_time_policy(tiny_data, tmp_path, monkeypatch, every_min, writes):
+    from patchguard.training import checkpoints
+
+    written = []
+    real = checkpoints.save_checkpoint
+    monkeypatch.setattr(checkpoints, "save_checkpoint", lambda path, payload: (
+        written.append(payload["epoch"]), real(path, payload))[1])
+    train(tiny_config(tiny_data, tmp_path, epochs=3, save_every=0, checkpoint_every_min=every_min),
+          progress=False)
+    assert written == ([3] if writes == 1 else [1, 2, 3])
+
+
+def test_sigterm_leaves_the_last_completed_epoch_like_ctrl_c(tiny_data, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    real_step = training.training_step
+    count = {"n": 0}
+
+    def terminated_step(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == 3:  # first batch of epoch 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "training_step", terminated_step)
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tiny_data, tmp_path, epochs=3), progress=False)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert signal.getsignal(signal.SIGTERM) is handler  # restored

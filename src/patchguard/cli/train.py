@@ -49,10 +49,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(train, "--auto-foreground", action="store_const", const=True, default=None,
          help="generate foreground masks for classes without them (fast preset: on)")
     flag(train, "--compile", action="store_const", const=True, default=None,
-         help="torch.compile the backbone blocks that are not regularised")
+         help="torch.compile the attack's forward pass and the backbone blocks that are not "
+              "regularised (pays off on GPUs)")
+    flag(train, "--no-tf32", dest="tf32", action="store_const", const=False, default=None,
+         help="on CUDA, keep fp32 matmuls in full fp32 (TF32 is on by default)")
     flag(train, "--seed", type=int, default=None)
     flag(train, "--workers", type=int, default=None)
     flag(train, "--save-every", type=int, default=None)
+    flag(train, "--checkpoint-every-min", type=float, default=None,
+         help="write last.pt when this many minutes have passed since the last write (default "
+              "10; also at the end and on Ctrl-C); 0 writes every epoch")
     flag(train, "--resume", nargs="?", const="auto", default=None,
          help="continue from a checkpoint (default OUTPUT_DIR/last.pt; a run folder means its "
               "last.pt)")

@@ -6,8 +6,10 @@ import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,13 @@ from ..models.factory import build_model
 from ..models.patchguard import PatchGuard, patch_targets
 from ..utils.checkpoint import load_checkpoint, save_checkpoint
 from ..utils.device import resolve_device
-from .checkpoints import check_resumable, checkpoint_payload, reset_log, set_rng_state
+from .checkpoints import (
+    CheckpointPolicy,
+    check_resumable,
+    checkpoint_payload,
+    reset_log,
+    set_rng_state,
+)
 from .distributed import (
     DistContext,
     GlobalBatchSampler,
@@ -343,6 +351,9 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
     model.train()
     epoch = start_epoch
     loader = make_loader(dataset, config, start_epoch, ctx)
+    policy = CheckpointPolicy(last_path, config.checkpoint_every_min,
+                              saved_epoch=start_epoch if state is not None else None)
+    restore_sigterm = _sigterm_as_interrupt()
     try:
         for epoch in range(start_epoch, config.epochs):
             started = last_read = time.perf_counter()
@@ -383,15 +394,29 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
                     f"{record['images_per_s']:.1f} img/s"
                 )
             payload = checkpoint_payload(model, optimizer, scheduler, config, epoch + 1, extra)
-            save_checkpoint(last_path, payload)
             done = epoch + 1
+            periodic = None
             if done > config.epochs / 2 and config.save_every and done % config.save_every == 0:
-                save_checkpoint(out_dir / f"epoch_{done:04d}.pt", payload)
-    except KeyboardInterrupt:
-        logger.warning(
-            "interrupted during epoch %d; %s holds the last completed epoch. Continue with "
-            "--resume %s", epoch + 1, last_path, last_path)
+                periodic = out_dir / f"epoch_{done:04d}.pt"
+            policy.epoch_done(payload, final=done == config.epochs, periodic=periodic)
+    except BaseException as error:
+        # Ctrl-C, SIGTERM or an error: last.pt gets the last completed epoch if it lacks it.
+        saved = None
+        if ctx.is_main:
+            try:
+                saved = policy.flush()
+            except Exception as save_error:  # the original error is the one to report
+                logger.error("could not write %s: %s", last_path, save_error)
+        if isinstance(error, KeyboardInterrupt) and ctx.is_main:
+            logger.warning(
+                "interrupted during epoch %d; %s holds %s. Continue with --resume %s",
+                epoch + 1, last_path, "no epoch yet" if policy.saved_epoch is None else
+                f"epoch {policy.saved_epoch}" + (" (written now)" if saved is not None else ""),
+                last_path)
         raise
+    finally:
+        restore_sigterm()
+        del loader  # its persistent worker processes end here
     if not ctx.is_main:
         return last_path
     if val_records:
@@ -403,6 +428,20 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
     if log_path.exists() and log_path.stat().st_size:
         plot_training_log(log_path, out_dir / "train_curves.png")
     return last_path
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """Make SIGTERM (a job scheduler's or ``docker stop``'s) act like Ctrl-C until the returned
+    function is called, so that it too leaves the last completed epoch in last.pt."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signal handlers can only be set from the main thread
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM,
+                                 signal.SIG_DFL if previous is None else previous)
 
 
 def _foreground_records(records: list, config: TrainConfig, device: torch.device,
