@@ -149,3 +149,31 @@ def test_compile_backbone_keeps_outputs_and_attention_capture():
     for a, b in zip(out.attentions, reference.attentions):
         torch.testing.assert_close(a, b)
     assert "_orig_mod" not in "".join(model.state_dict())  # checkpoints keep their keys
+
+
+def test_compile_attack_gives_the_eager_logits_and_input_gradients():
+    """The compiled no-attention forward (attacks, predict) matches the eager network, also with
+    compiled training blocks inside it; the training forward still captures attention."""
+    model, reference = tiny_model(dsc_dropout=0.0), tiny_model(dsc_dropout=0.0)
+    model.compile_backbone(backend="eager")
+    model.compile_attack(backend="eager")  # the eager backend: dispatch and graph, fast
+    x = torch.rand(3, 3, TINY_SIZE, TINY_SIZE, generator=torch.Generator().manual_seed(0))
+    for net in (model, reference):
+        net.requires_grad_(False)  # as in an attack
+    grads = []
+    for net in (model, reference):
+        adversarial = x.clone().requires_grad_(True)
+        logits = net(adversarial, with_attention=False).logits
+        grads.append((logits, torch.autograd.grad(logits.square().sum(), adversarial)[0]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-6)
+    assert len(model(x).attentions) == 2
+    torch.testing.assert_close(model.predict(x)[1], reference.predict(x)[1], rtol=1e-5, atol=1e-6)
+    assert "_orig_mod" not in "".join(model.state_dict())
+
+
+def test_every_backbone_block_uses_fused_attention():
+    """The regularised blocks' attention comes from the captured qkv; timm's attention call
+    itself stays the fused kernel in every block (the naive reference materialises it)."""
+    model = tiny_model()
+    assert all(block.attn.fused_attn for block in model.feature_extractor.pretrained_model.blocks)

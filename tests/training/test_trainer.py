@@ -58,8 +58,13 @@ def test_training_step_leaves_only_optimizer_updates(tiny_data, tmp_path, monkey
     assert calls and all(calls)
 
 
-def test_resume_after_interrupt_is_exact(tiny_data, tmp_path, monkeypatch):
-    straight = train(tiny_config(tiny_data, tmp_path / "a", epochs=3), progress=False)
+@pytest.mark.parametrize("every_min, workers", [(10, 0), (0, 2)])
+def test_resume_after_interrupt_is_exact(tiny_data, tmp_path, monkeypatch, every_min, workers):
+    """Ctrl-C mid-epoch, resume: the same weights as a run never stopped, bit for bit; with the
+    time policy (epoch 1 reaches last.pt only when the interrupt comes) and with a write every
+    epoch and persistent loader workers."""
+    settings = dict(epochs=3, checkpoint_every_min=every_min, workers=workers)
+    straight = train(tiny_config(tiny_data, tmp_path / "a", **settings), progress=False)
 
     real_step = training.training_step
     count = {"n": 0}
@@ -70,7 +75,7 @@ def test_resume_after_interrupt_is_exact(tiny_data, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    config = tiny_config(tiny_data, tmp_path / "b", epochs=3)
+    config = tiny_config(tiny_data, tmp_path / "b", **settings)
     monkeypatch.setattr(training, "training_step", interrupting_step)
     with pytest.raises(KeyboardInterrupt):
         train(config, progress=False)
@@ -296,3 +301,17 @@ def test_sigterm_leaves_the_last_completed_epoch_like_ctrl_c(tiny_data, tmp_path
         train(tiny_config(tiny_data, tmp_path, epochs=3), progress=False)
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
     assert signal.getsignal(signal.SIGTERM) is handler  # restored
+
+
+def test_cuda_speed_settings_touch_nothing_on_a_cpu():
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    with training.cuda_speed_settings(torch.device("cpu"), tf32=True):
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_speed_settings_turn_tf32_on_and_restore():
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    with training.cuda_speed_settings(torch.device("cuda"), tf32=True):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags

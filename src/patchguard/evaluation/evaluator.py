@@ -81,7 +81,8 @@ def predict_dataset(
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)  # random starts, reproducible
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
     scores, labels, maps, masks, paths, images = [], [], [], [], [], []
     for batch in tqdm(loader, desc=desc or "evaluating", disable=not progress, leave=False):
         x = batch["image"].to(device)

@@ -96,6 +96,13 @@ class Discriminator(nn.Module):
         return self.output_layer(x).squeeze(-1)
 
 
+def _eager() -> bool:
+    """False while tracing, exporting or compiling (the compiled function must not nest)."""
+    exporting = getattr(torch.compiler, "is_exporting", None)
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing()
+                or torch.onnx.is_in_onnx_export() or (exporting is not None and exporting()))
+
+
 def patch_targets(masks: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Patch labels (B, N): 1 where any pixel of the (B, [1,] H, W) mask inside the patch is > 0."""
     if masks.dim() == 3:
@@ -218,9 +225,29 @@ class PatchGuard(nn.Module):
                 f"expected {self.image_size}x{self.image_size} images, got "
                 f"{tuple(images.shape[-2:])}"
             )
+        if not with_attention and self._compiled_logits is not None and _eager():
+            return PatchGuardOutput(self._compiled_logits(images), [])
         x = (images - self.mean) / self.std
         features, attentions = self.feature_extractor(x, with_attention=with_attention)
         return PatchGuardOutput(self.discriminator(features), attentions)
+
+    _compiled_logits = None  # set by compile_attack
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - self.mean) / self.std
+        features, _ = self.feature_extractor(x, with_attention=False)
+        return self.discriminator(features)
+
+    def compile_attack(self, backend: str = "inductor", **options) -> None:
+        """torch.compile the forward pass without attention: every attack step and predict().
+
+        Without attention the capture hooks do nothing, so the whole network (backbone and
+        discriminator) compiles as one graph; the training forward, which needs the captured
+        attention, stays as it is. Pays off on GPUs; on CPUs compiled code gives up the oneDNN
+        linears of :mod:`.kernels` and is slower. Recompiles per grad mode, train/eval mode
+        and batch size (a few graphs in a run).
+        """
+        self._compiled_logits = torch.compile(self._logits, backend=backend, **options)
 
     def image_score(self, logits: torch.Tensor) -> torch.Tensor:
         """Mean of the top-k patch logits per image."""
