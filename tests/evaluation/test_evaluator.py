@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from patchguard.data.datasets import TestDataset
@@ -47,3 +48,62 @@ def test_evaluate_several_attacks_rows_carry_objective_and_restarts(tmp_path):
 
 # The evaluation's default attack and scores against the authors' outputs:
 # tests/models/test_reference.py::test_evaluation_reproduces_the_authors_clean_and_attacked_scores
+
+
+def test_decoded_test_set_gives_the_samples_bit_for_bit(tmp_path):
+    from patchguard.evaluation.evaluator import DecodedTestSet
+
+    make_mvtec_class(tmp_path, n_good=2, n_bad=3)
+    dataset = TestDataset(load_records("mvtec", tmp_path, "widget", "test"), 64)
+    decoded = DecodedTestSet(dataset, workers=0)
+    assert len(decoded) == len(dataset) and decoded.has_pixel_masks
+    assert decoded.samples[0]["image"].dtype == torch.uint8  # kept compact
+    for i in range(len(dataset)):
+        want, got = dataset[i], decoded[i]
+        assert set(got) == set(want)
+        for key in want:
+            if isinstance(want[key], torch.Tensor):
+                assert torch.equal(got[key], want[key]), key
+            else:
+                assert got[key] == want[key], key
+
+
+def test_evaluation_decodes_once_scores_clean_once_and_keeps_the_rows(tmp_path, monkeypatch):
+    """Rows equal a plain per-setting evaluation (independent AUROCs from scikit-learn), while
+    every image is decoded once and the clean pass runs once over two evaluate calls."""
+    from sklearn.metrics import roc_auc_score
+
+    from patchguard.evaluation import evaluator
+
+    make_mvtec_class(tmp_path, n_good=3, n_bad=3)
+    dataset = TestDataset(load_records("mvtec", tmp_path, "widget", "test"), 64)
+    model = tiny_model()
+    reads = []
+    real_getitem = TestDataset.__getitem__
+    monkeypatch.setattr(TestDataset, "__getitem__",
+                        lambda self, i: (reads.append(i), real_getitem(self, i))[1])
+    clean_passes = []
+    real_predict = evaluator._predict
+    monkeypatch.setattr(evaluator, "_predict", lambda *a: (
+        clean_passes.append(a[2] == 0), real_predict(*a))[1])
+    rows = evaluate(model, dataset, epsilons=(0, 4, 8), steps=2, batch_size=4, progress=False)
+    assert sorted(reads) == list(range(len(dataset)))  # decoded once for three passes
+    again = evaluate(model, dataset, epsilons=(0, 2), steps=2, batch_size=4, progress=False)
+    assert sorted(reads) == list(range(len(dataset)))  # and not again for the second call
+    assert clean_passes.count(True) == 1 and again[0] == rows[0]
+    # A new model state, even behind autograd's back (.data), is scored again.
+    bias = model.discriminator.output_layer[0].bias
+    saved = bias.detach().clone()
+    bias.data += 1.0
+    evaluate(model, dataset, epsilons=(0, 2), steps=2, batch_size=4, progress=False)
+    assert clean_passes.count(True) == 2
+    bias.data.copy_(saved)
+
+    monkeypatch.setattr(TestDataset, "__getitem__", real_getitem)
+    plain = TestDataset(dataset.records, 64)
+    for row in rows:
+        preds = evaluator.predict_dataset(model, plain, row["epsilon"], 2, 4, progress=False)
+        assert row["image_auroc"] == pytest.approx(roc_auc_score(preds.labels, preds.scores),
+                                                   abs=1e-12)
+        assert row["pixel_auroc"] == pytest.approx(
+            roc_auc_score(preds.masks.ravel(), preds.maps.ravel()), abs=1e-9)
