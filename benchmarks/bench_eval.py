@@ -44,7 +44,7 @@ class Evaluation:
         self.pg = sidebyside.api()
         values = dict(SETTINGS[cmd["setting"]])
         preset = values.pop("preset")
-        values.update({"pretrained": False, "device": cmd["device"], **cmd["extra"]})
+        values.update({"pretrained": False, "device": cmd["device"], **cmd.get("extra", {})})
         known = set(self.pg.TrainConfig.__dataclass_fields__)
         self.config = self.pg.build_config(preset, overrides={k: v for k, v in values.items()
                                                                if k in known})
@@ -57,7 +57,8 @@ class Evaluation:
 
     def run(self) -> tuple[float, list[dict]]:
         """Seconds of one whole evaluation, and its rows."""
-        records = self.pg.load_records("mvtec", self.root, "bottle", "test")
+        records = self.pg.load_records("mvtec", self.root, self.cmd.get("class_name", "bottle"),
+                                       "test")
         dataset = self.pg.TestDataset(records, self.config.image_size)  # fresh: no cache
         sidebyside.synchronize(self.device)
         started = sidebyside.timer()
