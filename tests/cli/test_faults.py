@@ -1111,6 +1111,7 @@ def test_ctrl_c_during_an_epoch_gives_the_resume_hint(cli, run_copy, monkeypatch
     result = cli(*_resume_argv(run_copy))
     assert result.code in (1, 130), result
     assert "Traceback" not in result.text and "--resume" in result.text, result
+    assert result.text.count("--resume") == 1, result  # one hint, not one per layer
     assert digest(run_copy / "last.pt") == before
 
 

@@ -436,11 +436,11 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
             except Exception as save_error:  # the original error is the one to report
                 logger.error("could not write %s: %s", last_path, save_error)
         if isinstance(error, KeyboardInterrupt) and ctx.is_main:
+            # The resume command itself is printed once, by the CLI's error report.
             logger.warning(
-                "interrupted during epoch %d; %s holds %s. Continue with --resume %s",
-                epoch + 1, last_path, "no epoch yet" if policy.saved_epoch is None else
-                f"epoch {policy.saved_epoch}" + (" (written now)" if saved is not None else ""),
-                last_path)
+                "interrupted during epoch %d; %s holds %s", epoch + 1, last_path,
+                "no epoch yet" if policy.saved_epoch is None else
+                f"epoch {policy.saved_epoch}" + (" (written now)" if saved is not None else ""))
         raise
     finally:
         restore_sigterm()
