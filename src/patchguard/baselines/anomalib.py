@@ -277,9 +277,10 @@ def build_module(settings: BaselineSettings, work_dir: Path | None = None,
             module.prepare_pretrained_model = _teacher_loader(module)
         return module
     layers = settings.layers or baseline.layers_for(backbone)
-    kwargs = dict(backbone=backbone, layers=layers, **settings.options, **common)
+    kwargs = dict(backbone=backbone, layers=list(layers), **settings.options, **common)
     if baseline.name == "padim" and _is_vit(backbone):
-        kwargs.setdefault("n_features", 100)  # a random subset of the 384 ViT channels
+        # PaDiM keeps a random subset of the channels; anomalib knows no default for a ViT.
+        kwargs.setdefault("n_features", 100)
     if _is_vit(backbone):
         module = cls(pre_trained=False, **kwargs)
         if pretrained:
