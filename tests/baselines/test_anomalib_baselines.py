@@ -237,7 +237,7 @@ def test_training_is_seeded_and_leaves_the_global_rng_alone(faint, padim, test_i
                                    rtol=0, atol=0)
 
 
-def test_efficient_ad_one_step_equals_anomalib_and_has_an_input_gradient(tmp_path):
+def test_efficient_ad_one_step_equals_anomalib_and_has_an_input_gradient(tmp_path, capfd):
     # EfficientAd needs >= 256 px and batch 1 (~1 s per step on this CPU): the smallest fit,
     # 3 training images, 1 holdout image for the map quantiles, one optimiser step.
     torch.set_num_threads(1)
@@ -245,6 +245,8 @@ def test_efficient_ad_one_step_equals_anomalib_and_has_an_input_gradient(tmp_pat
     detector = train_baseline("efficient_ad", cls, image_size=256, pretrained=False,
                               max_steps=1, work_dir=tmp_path / "work")
     assert detector.model.is_set(detector.model.quantiles)  # computed though no epoch ended
+    err = capfd.readouterr().err
+    assert "Calculate teacher channel" not in err and "GPU available" not in err  # quiet
     images = torch.stack([load_test_set("mvtec", tmp_path, "widget", 64)[i]["image"]
                           for i in range(2)])
     _check_equals_anomalib(detector, images)

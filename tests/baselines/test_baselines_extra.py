@@ -35,9 +35,9 @@ def test_too_old_anomalib_is_refused(monkeypatch):
 
 def test_holdout_split_is_seeded_and_keeps_training_images():
     records = list(range(10))
-    train, held = baselines.anomalib.split_holdout(records, 0.2, seed=3)
+    train, held = baselines.fit.split_holdout(records, 0.2, seed=3)
     assert len(held) == 2 and sorted(train + held) == records
-    assert baselines.anomalib.split_holdout(records, 0.2, seed=3) == (train, held)
-    assert len(baselines.anomalib.split_holdout(records[:2], 0.9, seed=0)[0]) == 1
+    assert baselines.fit.split_holdout(records, 0.2, seed=3) == (train, held)
+    assert len(baselines.fit.split_holdout(records[:2], 0.9, seed=0)[0]) == 1
     with pytest.raises(ValueError, match="at least 2"):
-        baselines.anomalib.split_holdout(records[:1], 0.1, seed=0)
+        baselines.fit.split_holdout(records[:1], 0.1, seed=0)

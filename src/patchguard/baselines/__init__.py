@@ -13,11 +13,9 @@ from .anomalib import (
     Baseline,
     BaselineSettings,
     get_baseline,
-    load_baseline,
     require_anomalib,
-    save_baseline,
-    train_baseline,
 )
+from .fit import load_baseline, save_baseline, train_baseline
 from .runs import BaselineUnderTest, baseline_checkpoint, default_model_size, prepare_baseline
 
 __all__ = ["ANOMALIB_HINT", "BASELINES", "AnomalibDetector", "Baseline", "BaselineSettings",

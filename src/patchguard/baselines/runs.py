@@ -15,14 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.datasets import TestDataset, load_test_set
-from .anomalib import (
-    AnomalibDetector,
-    BaselineSettings,
-    get_baseline,
-    load_baseline,
-    save_baseline,
-    train_baseline,
-)
+from .anomalib import AnomalibDetector, BaselineSettings, get_baseline
+from .fit import load_baseline, save_baseline, train_baseline
 
 
 @dataclass
