@@ -37,6 +37,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
          help="do not record the results for the model card (CHECKPOINT_STEM.results.json)")
     flag(test, "--sanity", action="store_true", default=None,
          help="also check for gradient masking: epsilon sweep, more steps, eps 128/255")
+    flag(test, "--download", action="store_true", default=None,
+         help="fetch what is missing first: the authors' weights for --dataset/--class-name "
+              "when --checkpoint does not exist, the data set when --dataset-dir does not")
 
     vis = verbs.add_parser("visualize", help="clean and attacked heatmaps as PNGs")
     flag(vis, "--checkpoint", required=True)
@@ -105,6 +108,10 @@ def cmd_test(args: argparse.Namespace) -> int:
     check_report_paths(json_path, checkpoint)  # before any work, as every other input
     warn_epsilon_units("--epsilon-test", args.epsilon_test)
     device = resolve_device(args.device or "auto")
+    if args.download:  # the original's --use_weight_prep / --use_data_prep
+        from .weights import prepare_test_download
+
+        prepare_test_download(args)
     target = load_for_evaluation(checkpoint, args.dataset, args.dataset_dir, args.class_name,
                                  device)
     if not any(record.label for record in target.test_set.records):

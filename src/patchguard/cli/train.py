@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,6 +63,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(train, "--resume", nargs="?", const="auto", default=None,
          help="continue from a checkpoint (default OUTPUT_DIR/last.pt; a run folder means its "
               "last.pt)")
+    flag(train, "--download", action="store_true", default=None,
+         help="download the data set first when --dataset-dir (default datasets/DATASET) "
+              "lacks the class")
     flag(train, "--overwrite", action="store_true", default=False,
          help="replace a run already in OUTPUT_DIR: once every input is checked, its "
               "checkpoints, log and results are removed (without it such a folder is refused)")
@@ -73,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training.checkpoints import resume_config
     from ..training.trainer import train
 
-    skip = {"verb", "config", "quiet", "resume", "yaml_extra", "overwrite", "debug"}
+    skip = {"verb", "config", "quiet", "resume", "yaml_extra", "overwrite", "debug", "download"}
     overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
     for key, value in getattr(args, "yaml_extra", {}).items():  # flags given now still win
         overrides.setdefault(key, value)
@@ -90,6 +94,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = resume_config(resume, overrides)
     else:
         config = build_config(overrides.get("preset") or "paper", None, overrides)
+        if args.download:  # the original's --use_data_prep
+            from .weights import ensure_data
+
+            config = dataclasses.replace(config, dataset_dir=ensure_data(
+                config.dataset, config.dataset_dir or None, config.class_name or None,
+                args.quiet))
         if not config.dataset_dir:
             raise ValueError(
                 "train needs --dataset-dir and --class-name (or a --config holding them; "
