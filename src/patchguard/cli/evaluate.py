@@ -37,6 +37,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
          help="do not record the results for the model card (CHECKPOINT_STEM.results.json)")
     flag(test, "--sanity", action="store_true", default=None,
          help="also check for gradient masking: epsilon sweep, more steps, eps 128/255")
+    flag(test, "--gallery", type=NON_NEGATIVE, default=6,
+         help="test images shown clean and attacked in results.html (default 6; 0: none)")
     flag(test, "--download", action="store_true", default=None,
          help="fetch what is missing first: the authors' weights for --dataset/--class-name "
               "when --checkpoint does not exist, the data set when --dataset-dir does not")
@@ -82,7 +84,8 @@ def warn_epsilon_units(flag: str, epsilons: list[float]) -> None:
 def _report_paths(json_path: Path) -> list[Path]:
     """Every file ``test`` writes for one --json path (see evaluation.reports.write_reports)."""
     return [json_path, json_path.with_suffix(".csv"), json_path.with_suffix(".md"),
-            json_path.with_name(json_path.stem + "_vs_epsilon.png")]
+            json_path.with_name(json_path.stem + "_vs_epsilon.png"),
+            json_path.with_suffix(".html")]
 
 
 def check_report_paths(json_path: Path, checkpoint: Path) -> None:
@@ -93,7 +96,7 @@ def check_report_paths(json_path: Path, checkpoint: Path) -> None:
     inputs = [("checkpoint", checkpoint), ("model card's results file", results_path(checkpoint))]
     for path in _report_paths(json_path):
         check_output_file(path, "--json", inputs, replaceable=lambda p: p.suffix in (
-            ".json", ".csv", ".md", ".png"), fix="choose another --json file")
+            ".json", ".csv", ".md", ".png", ".html"), fix="choose another --json file")
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -130,6 +133,10 @@ def cmd_test(args: argparse.Namespace) -> int:
         notes = sanity_notes(args, target.model, target.test_set, target.device)
     rows = [{**row, **meta} for row in rows]
     written = write_reports(json_path, rows, notes)
+    from .report import test_gallery, write_test_report
+
+    written.append(write_test_report(json_path, rows, checkpoint, target.state,
+                                     test_gallery(args, target, json_path), notes))
     print(f"reports: {', '.join(str(p) for p in written[1:])}")
     if not args.no_record:
         # The model card's results go into a small file beside the checkpoint: a test never
