@@ -65,7 +65,8 @@ class Gallery:
         """What the attacked columns show."""
         if self.attack is None or not self.epsilon:
             return "clean predictions only (no attacked epsilon was evaluated)"
-        return (f"attacked with {self.attack} at {self.epsilon:g}/255, {self.steps} steps, "
+        steps = f"{self.steps} step" + ("s" if self.steps != 1 else "")
+        return (f"attacked with {self.attack} at {self.epsilon:g}/255, {steps}, "
                 f"objective {self.objective}; perturbation amplified x{PERTURBATION_GAIN:g} "
                 "around grey; clean and attacked heatmaps share one colour scale")
 
@@ -186,7 +187,8 @@ h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.15em;margin-top:28px;border-
 #dde;padding-bottom:4px}.meta{color:#556;font-size:.92em}table{border-collapse:collapse;
 font-size:.86em;margin:8px 0}th,td{border:1px solid #d6d9e0;padding:3px 8px;text-align:right}
 th{background:#eef1f6}td.text,th.text{text-align:left}tr:nth-child(even) td{background:#f8f9fb}
-img{max-width:100%}.plot{margin:6px 0}.gallery td{padding:4px;text-align:center;vertical-align:top}
+img{max-width:100%}.plot{margin:6px 0}
+.gallery td,.gallery th{padding:4px;text-align:center;vertical-align:top}
 .gallery img{width:150px;height:150px;image-rendering:pixelated;display:block;margin:0 auto}
 .bad{color:#a11}.good{color:#175}pre{background:#f4f5f8;padding:8px;font-size:.82em;
 overflow-x:auto}.note{background:#fff6dd;border-left:4px solid #e0b400;padding:6px 10px}
