@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from .args import common_flags, data_flags, flag
+from .args import common_flags, data_flags, flag, logger_flags
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -66,6 +66,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(train, "--download", action="store_true", default=None,
          help="download the data set first when --dataset-dir (default datasets/DATASET) "
               "lacks the class")
+    logger_flags(train, "OUTPUT_DIR/logs")
     flag(train, "--overwrite", action="store_true", default=False,
          help="replace a run already in OUTPUT_DIR: once every input is checked, its "
               "checkpoints, log and results are removed (without it such a folder is refused)")
@@ -77,7 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training.checkpoints import resume_config
     from ..training.trainer import train
 
-    skip = {"verb", "config", "quiet", "resume", "yaml_extra", "overwrite", "debug", "download"}
+    skip = {"verb", "config", "quiet", "resume", "yaml_extra", "overwrite", "debug", "download",
+            "logger", "log_dir"}
     overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
     for key, value in getattr(args, "yaml_extra", {}).items():  # flags given now still win
         overrides.setdefault(key, value)
@@ -105,8 +107,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "train needs --dataset-dir and --class-name (or a --config holding them; "
                 "single-class data sets need only --dataset-dir)"
             )
-    last = train(config, resume=resume, progress=not args.quiet, overwrite=args.overwrite)
+    last = train(config, resume=resume, progress=not args.quiet, overwrite=args.overwrite,
+                 loggers=args.logger or (), log_dir=args.log_dir)
     print(f"checkpoint: {last}")
+    if args.logger:
+        print(f"logged: {', '.join(args.logger)} in {args.log_dir or last.parent / 'logs'}")
     print(f"next: patchguard test --checkpoint {last}")
     return 0
 
