@@ -149,6 +149,24 @@ def test_report_verb_rebuilds_the_page_from_the_run_folder(run, capsys):
     assert main(["report", str(run / "data")]) == 2
 
 
+def test_clean_only_run_and_a_blocked_gallery_folder(run, tmp_path, capsys):
+    checkpoint = str(run / "run" / "last.pt")
+    out = tmp_path / "clean" / "results.json"
+    assert main(["test", "--checkpoint", checkpoint, "--epsilon-test", "0", "--gallery", "2",
+                 "--json", str(out), "--quiet", "--no-record"]) == 0
+    page = _parse(out.with_suffix(".html"))
+    assert len(page.images) == 1 + 2 * 2  # curves; image and clean heatmap per gallery image
+    assert "clean predictions only" in out.with_suffix(".html").read_text()
+    # A file where the gallery folder goes is refused before any evaluation.
+    blocked = tmp_path / "blocked" / "results.json"
+    blocked.parent.mkdir()
+    (blocked.parent / "results_gallery").write_text("mine")
+    capsys.readouterr()
+    assert main(["test", "--checkpoint", checkpoint, "--json", str(blocked), "--quiet",
+                 "--no-record"]) == 2
+    assert "is a file" in capsys.readouterr().err and not blocked.exists()
+
+
 def test_benchmark_writes_one_page_for_every_class(run, tmp_path):
     (tmp_path / "widget").mkdir()
     for name in ("last.pt", "train_log.jsonl"):

@@ -100,6 +100,13 @@ def check_report_paths(json_path: Path, checkpoint: Path) -> None:
     for path in _report_paths(json_path):
         check_output_file(path, "--json", inputs, replaceable=lambda p: p.suffix in (
             ".json", ".csv", ".md", ".png", ".html"), fix="choose another --json file")
+    from ..utils.checks import InputError
+    from .report import gallery_dir
+
+    gallery = gallery_dir(json_path)
+    if gallery.exists() and not gallery.is_dir():
+        raise InputError("--json", str(json_path), f"the gallery folder {gallery} is a file",
+                         "choose another --json file, or move that file")
 
 
 def cmd_test(args: argparse.Namespace) -> int:
