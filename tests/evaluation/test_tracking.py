@@ -108,6 +108,18 @@ def test_resumed_run_keeps_one_value_per_epoch(logged, tmp_path):
     assert [v for _, v in metrics["train/loss"]] == [e["loss"] for e in _epochs(run)]
 
 
+def test_python_api_takes_loggers(tmp_path):
+    import patchguard
+
+    from conftest import tiny_config
+
+    make_mvtec_class(tmp_path / "data", n_train=4)
+    config = tiny_config(tmp_path / "data", tmp_path / "run", epochs=1)
+    patchguard.train(config, progress=False, loggers=["csv"], log_dir=tmp_path / "logs")
+    metrics = _csv(tmp_path / "logs" / "csv" / "train" / "metrics.csv")
+    assert metrics["train/loss"] == [(1, _epochs(tmp_path / "run")[0]["loss"])]
+
+
 def test_missing_package_is_a_clear_error_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(tracking._PACKAGES, "mlflow", ("no_such_module_pg", "mlflow"))
     code = main(["train", "--dataset-dir", str(tmp_path / "nothing"), "--class-name", "x",
