@@ -21,20 +21,24 @@ def train(
     resume: str | Path | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    loggers: Sequence[str] = (),
+    log_dir: str | Path | None = None,
     **overrides: Any,
 ) -> Path:
     """Train one class and return the path of its ``last.pt``.
 
     Every argument is checked against its domain first (InputError, a ValueError, naming it).
     An ``output_dir`` that already holds a run is refused unless ``resume`` continues it or
-    ``overwrite`` replaces it. Example:
+    ``overwrite`` replaces it. ``loggers`` (``tensorboard``, ``mlflow``, ``csv``) also log each
+    epoch to ``log_dir`` (default ``output_dir/logs``). Example:
     ``patchguard.train(dataset_dir="mvtec", class_name="bottle", preset="fast")``.
     """
     if config is None:
         config = build_config(overrides.pop("preset", "paper"), overrides=overrides)
     elif overrides:
         config = dataclasses.replace(config, **overrides)
-    return _train(config, resume=resume, progress=progress, overwrite=overwrite)
+    return _train(config, resume=resume, progress=progress, overwrite=overwrite,
+                  loggers=loggers, log_dir=log_dir)
 
 
 def evaluate_checkpoint(

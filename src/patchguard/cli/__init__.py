@@ -1,8 +1,9 @@
 """Command-line interface: ``patchguard VERB ...``; one module per verb group.
 
 ``args`` holds the shared flag helpers; ``train``, ``evaluate`` (test, visualize), ``benchmark``,
-``tools`` (predict, calibrate, import-checkpoint, export, info), ``data`` and ``demo`` each
-register their verbs and map them to functions in ``COMMANDS``. Heavy modules are imported
+``report`` (HTML pages), ``tools`` (predict, calibrate, import-checkpoint, export, info),
+``data``, ``weights`` (the authors' checkpoints), ``serve`` (HTTP) and ``demo`` each register
+their verbs and map them to functions in ``COMMANDS``. Heavy modules are imported
 inside the commands.
 """
 
@@ -15,11 +16,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..version import __version__
-from . import benchmark, data, demo, evaluate, tools, train
+from . import benchmark, data, demo, evaluate, report, serve, tools, train, weights
 
 logger = logging.getLogger("patchguard")
 
-_VERB_MODULES = (train, evaluate, benchmark, demo, tools, data)
+_VERB_MODULES = (train, evaluate, benchmark, report, demo, tools, data, weights, serve)
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     verb: command for module in _VERB_MODULES for verb, command in module.COMMANDS.items()
 }

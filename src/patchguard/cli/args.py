@@ -12,7 +12,7 @@ from typing import Any
 from ..utils.checks import DEVICE_ARG, EPSILON_ARG, FINITE_ARG, FPR_ARG, WORKERS_ARG, at_least
 
 __all__ = ["DEVICE_ARG", "EPSILON_ARG", "FINITE_ARG", "FPR_ARG", "POSITIVE", "NON_NEGATIVE",
-           "at_least", "attack_flags", "common_flags", "data_flags", "flag"]
+           "at_least", "attack_flags", "common_flags", "data_flags", "flag", "logger_flags"]
 
 POSITIVE = at_least(1)  # batch sizes, steps, restarts, image counts
 NON_NEGATIVE = WORKERS_ARG  # loader workers: 0..256
@@ -41,6 +41,18 @@ def common_flags(parser: argparse.ArgumentParser) -> None:
     flag(parser, "--device", type=DEVICE_ARG, default=None,
          help="auto (default), cpu, cuda, cuda:1, ...")
     flag(parser, "--quiet", action="store_true", default=None, help="no progress bars")
+
+
+def logger_flags(parser: argparse.ArgumentParser, default_dir: str) -> None:
+    """--logger (experiment trackers, optional extras) and --log-dir."""
+    from ..evaluation.tracking import LOGGERS
+
+    flag(parser, "--logger", nargs="+", default=None, choices=LOGGERS,
+         help="also log to these trackers (tensorboard and mlflow are optional extras: pip "
+              "install 'patchguard[tensorboard]'); the JSON files are written as always")
+    flag(parser, "--log-dir", default=None,
+         help=f"where the trackers write (default {default_dir}; mlflow: MLFLOW_TRACKING_URI "
+              "when set)")
 
 
 def attack_names() -> list[str]:

@@ -40,6 +40,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(bench, "--epochs", type=POSITIVE, default=None, help="with --train")
     flag(bench, "--image-size", type=POSITIVE, default=None, help="with --train")
     flag(bench, "--workers", type=NON_NEGATIVE, default=None, help="with --train")
+    flag(bench, "--gallery", type=NON_NEGATIVE, default=4,
+         help="test images per class shown clean and attacked in benchmark.html (default 4)")
     flag(bench, "--jobs", type=POSITIVE, default=None,
          help="classes trained at once, one per GPU (default: the number of GPUs, or 1)")
 
@@ -177,6 +179,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                         args.batch_size, target.device, progress=not args.quiet,
                         attacks=args.attack, objective=args.objective, restarts=args.restarts)
         print(f"{name}:\n{format_table(rows)}")
+        if args.gallery:
+            from .report import benchmark_gallery
+
+            benchmark_gallery(args, target, out / "benchmark_gallery" / name, epsilons)
         rows = [{**r, "dataset": target.dataset, "class_name": name,
                  "checkpoint": str(checkpoint)} for r in rows]
         if args.train:
@@ -187,8 +193,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     atomic_write_text(out / "benchmark.md", table)
     write_results(out / "benchmark.json", all_rows)
     write_csv(all_rows, out / "benchmark.csv")
+    from .report import write_benchmark_report
+
+    write_benchmark_report(out, all_rows, table)
     print(table)
-    print(f"written: {out / 'benchmark.md'}, benchmark.json, benchmark.csv")
+    print(f"written: {out / 'benchmark.md'}, benchmark.json, benchmark.csv, benchmark.html")
     return 0
 
 

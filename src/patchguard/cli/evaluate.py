@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from .args import (
     common_flags,
     data_flags,
     flag,
+    logger_flags,
 )
 
 
@@ -37,6 +39,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
          help="do not record the results for the model card (CHECKPOINT_STEM.results.json)")
     flag(test, "--sanity", action="store_true", default=None,
          help="also check for gradient masking: epsilon sweep, more steps, eps 128/255")
+    flag(test, "--gallery", type=NON_NEGATIVE, default=6,
+         help="test images shown clean and attacked in results.html (default 6; 0: none)")
+    logger_flags(test, "the --json folder/logs")
+    flag(test, "--download", action="store_true", default=None,
+         help="fetch what is missing first: the authors' weights for --dataset/--class-name "
+              "when --checkpoint does not exist, the data set when --dataset-dir does not")
 
     vis = verbs.add_parser("visualize", help="clean and attacked heatmaps as PNGs")
     flag(vis, "--checkpoint", required=True)
@@ -79,7 +87,8 @@ def warn_epsilon_units(flag: str, epsilons: list[float]) -> None:
 def _report_paths(json_path: Path) -> list[Path]:
     """Every file ``test`` writes for one --json path (see evaluation.reports.write_reports)."""
     return [json_path, json_path.with_suffix(".csv"), json_path.with_suffix(".md"),
-            json_path.with_name(json_path.stem + "_vs_epsilon.png")]
+            json_path.with_name(json_path.stem + "_vs_epsilon.png"),
+            json_path.with_suffix(".html")]
 
 
 def check_report_paths(json_path: Path, checkpoint: Path) -> None:
@@ -90,13 +99,21 @@ def check_report_paths(json_path: Path, checkpoint: Path) -> None:
     inputs = [("checkpoint", checkpoint), ("model card's results file", results_path(checkpoint))]
     for path in _report_paths(json_path):
         check_output_file(path, "--json", inputs, replaceable=lambda p: p.suffix in (
-            ".json", ".csv", ".md", ".png"), fix="choose another --json file")
+            ".json", ".csv", ".md", ".png", ".html"), fix="choose another --json file")
+    from ..utils.checks import InputError
+    from .report import gallery_dir
+
+    gallery = gallery_dir(json_path)
+    if gallery.exists() and not gallery.is_dir():
+        raise InputError("--json", str(json_path), f"the gallery folder {gallery} is a file",
+                         "choose another --json file, or move that file")
 
 
 def cmd_test(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint; print the table and write the JSON rows and reports."""
     from ..evaluation.evaluator import evaluate, load_for_evaluation
     from ..evaluation.reports import format_table, write_reports
+    from ..evaluation.tracking import check_loggers
     from ..inference.card import write_results_sidecar
     from ..utils.device import resolve_device
 
@@ -104,7 +121,12 @@ def cmd_test(args: argparse.Namespace) -> int:
     json_path = Path(args.json or checkpoint.with_name("results.json"))
     check_report_paths(json_path, checkpoint)  # before any work, as every other input
     warn_epsilon_units("--epsilon-test", args.epsilon_test)
+    loggers = check_loggers(args.logger or ())
     device = resolve_device(args.device or "auto")
+    if args.download:  # the original's --use_weight_prep / --use_data_prep
+        from .weights import prepare_test_download
+
+        prepare_test_download(args)
     target = load_for_evaluation(checkpoint, args.dataset, args.dataset_dir, args.class_name,
                                  device)
     if not any(record.label for record in target.test_set.records):
@@ -112,9 +134,11 @@ def cmd_test(args: argparse.Namespace) -> int:
             "the test set of %s has no anomalous test images: AUROC, AP and F1 are undefined "
             "and reported as n/a", target.class_name)
     epsilons = sorted({0.0, *args.epsilon_test})
+    started = time.perf_counter()
     rows = evaluate(target.model, target.test_set, epsilons, args.steps_test, args.batch_size,
                     target.device, args.workers, progress=not args.quiet, attacks=args.attack,
                     objective=args.objective, restarts=args.restarts)
+    seconds = time.perf_counter() - started
     print(format_table(rows))
     meta = {"dataset": target.dataset, "class_name": target.class_name,
             "checkpoint": str(args.checkpoint)}
@@ -123,7 +147,13 @@ def cmd_test(args: argparse.Namespace) -> int:
         notes = sanity_notes(args, target.model, target.test_set, target.device)
     rows = [{**row, **meta} for row in rows]
     written = write_reports(json_path, rows, notes)
+    from .report import test_gallery, write_test_report
+
+    written.append(write_test_report(json_path, rows, checkpoint, target.state,
+                                     test_gallery(args, target, json_path), notes))
     print(f"reports: {', '.join(str(p) for p in written[1:])}")
+    if loggers:
+        _log_test(args, loggers, json_path, target, rows, seconds)
     if not args.no_record:
         # The model card's results go into a small file beside the checkpoint: a test never
         # rewrites (and so never risks) the model itself.
@@ -131,6 +161,26 @@ def cmd_test(args: argparse.Namespace) -> int:
         print(f"model card results: {sidecar}")
     print(f"results: {json_path}")
     return 0
+
+
+def _log_test(args: argparse.Namespace, loggers: list[str], json_path: Path, target,
+              rows: list[dict], seconds: float) -> None:
+    """``test --logger``: the rows and the evaluation's images/s, at the checkpoint's epoch."""
+    from ..evaluation.tracking import open_trackers
+
+    log_dir = Path(args.log_dir) if args.log_dir else json_path.parent / "logs"
+    step = int((target.state or {}).get("epoch") or 0)
+    # images/s: one pass over the test set per row, over the wall time of all rows.
+    evaluated = sum(int(row.get("n_images") or 0) for row in rows)
+    with open_trackers(loggers, log_dir, "test") as trackers:
+        trackers.params({"checkpoint": str(args.checkpoint), "dataset": target.dataset,
+                         "class_name": target.class_name, "epsilons": args.epsilon_test,
+                         "steps": args.steps_test, "attacks": args.attack,
+                         "objective": args.objective, "restarts": args.restarts})
+        trackers.scalars({"test/images_per_s": evaluated / max(seconds, 1e-9),
+                          "test/seconds": seconds}, step)
+        trackers.results(rows, step)
+    print(f"logged: {', '.join(loggers)} in {log_dir}")
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:

@@ -90,16 +90,19 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(imp, "--dataset", default=None, help="default: from the file name, when known")
     flag(imp, "--class-name", default=None, help="default: from the file name")
 
-    export = verbs.add_parser("export", help="export a checkpoint to ONNX")
+    export = verbs.add_parser("export", help="export a checkpoint to ONNX or OpenVINO")
     flag(export, "--checkpoint", required=True)
-    flag(export, "--format", default="onnx", choices=["onnx"])
-    flag(export, "--output", default=None, help="default: the checkpoint's name with .onnx")
+    flag(export, "--format", default="onnx", choices=["onnx", "openvino"],
+         help="onnx (default) or openvino (IR: .xml plus .bin; optional extra 'openvino')")
+    flag(export, "--output", default=None,
+         help="default: the checkpoint's name with .onnx (openvino: .xml)")
     flag(export, "--overwrite", action="store_true", default=False,
-          help="replace an existing --output that is not an ONNX file")
+          help="replace an existing --output that is not an earlier export")
     flag(export, "--opset", type=int, default=17,
-          help="ONNX opset (default 17; the range the installed exporter supports)")
+          help="ONNX opset (default 17; the range the installed exporter supports; openvino "
+               "converts from this ONNX graph)")
     flag(export, "--no-verify", action="store_true", default=False,
-          help="skip the onnxruntime comparison with PyTorch")
+          help="skip the comparison with PyTorch (onnxruntime, or OpenVINO on the CPU)")
 
     info = verbs.add_parser("info", help="print a checkpoint's model card")
     flag(info, "--checkpoint", required=True)
@@ -313,17 +316,44 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_openvino_ir(path: Path) -> bool:
+    """An OpenVINO IR's .xml (its root element is ``<net``)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(512)
+    except OSError:
+        return False
+    return b"<net " in head
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a checkpoint to ONNX and verify it."""
-    from ..inference.export import check_opset, export_onnx
+    """Export a checkpoint to ONNX or OpenVINO IR and verify it."""
+    from ..inference.export import check_opset, export_onnx, export_openvino, openvino_weights
+    from ..utils.checks import InputError
     from ..utils.files import check_output_file
 
-    output = Path(args.output or Path(args.checkpoint).with_suffix(".onnx"))
+    checkpoint = Path(args.checkpoint)
+    if args.format == "openvino":
+        output = Path(args.output or checkpoint.with_suffix(".xml"))
+        if output.suffix != ".xml":
+            raise InputError("--output", str(output), "is not an .xml file",
+                             "OpenVINO IR is NAME.xml (its weights go to NAME.bin)")
+        # An earlier IR (.xml and its .bin) is replaced; a checkpoint never silently. A .bin
+        # may be PyTorch weights (pytorch_model.bin): replaced only beside an IR's .xml.
+        earlier = _is_openvino_ir(output)
+        check_output_file(output, "--output", [("checkpoint", checkpoint)],
+                          overwrite=args.overwrite, replaceable=lambda p: earlier)
+        check_output_file(openvino_weights(output), "--output's weights file",
+                          [("checkpoint", checkpoint)], overwrite=args.overwrite or earlier)
+        check_opset(args.opset)
+        export_openvino(checkpoint, output, opset=args.opset, verify=not args.no_verify)
+        return 0
+    output = Path(args.output or checkpoint.with_suffix(".onnx"))
     # An earlier ONNX export is replaced; a checkpoint (the input above all) never silently.
-    check_output_file(output, "--output", [("checkpoint", Path(args.checkpoint))],
+    check_output_file(output, "--output", [("checkpoint", checkpoint)],
                       overwrite=args.overwrite, replaceable=lambda p: p.suffix == ".onnx")
     check_opset(args.opset)
-    export_onnx(args.checkpoint, output, opset=args.opset, verify=not args.no_verify)
+    export_onnx(checkpoint, output, opset=args.opset, verify=not args.no_verify)
     return 0
 
 

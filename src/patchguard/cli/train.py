@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from .args import common_flags, data_flags, flag
+from .args import common_flags, data_flags, flag, logger_flags
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -62,6 +63,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(train, "--resume", nargs="?", const="auto", default=None,
          help="continue from a checkpoint (default OUTPUT_DIR/last.pt; a run folder means its "
               "last.pt)")
+    flag(train, "--download", action="store_true", default=None,
+         help="download the data set first when --dataset-dir (default datasets/DATASET) "
+              "lacks the class")
+    logger_flags(train, "OUTPUT_DIR/logs")
     flag(train, "--overwrite", action="store_true", default=False,
          help="replace a run already in OUTPUT_DIR: once every input is checked, its "
               "checkpoints, log and results are removed (without it such a folder is refused)")
@@ -73,7 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training.checkpoints import resume_config
     from ..training.trainer import train
 
-    skip = {"verb", "config", "quiet", "resume", "yaml_extra", "overwrite", "debug"}
+    skip = {"verb", "config", "quiet", "resume", "yaml_extra", "overwrite", "debug", "download",
+            "logger", "log_dir"}
     overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
     for key, value in getattr(args, "yaml_extra", {}).items():  # flags given now still win
         overrides.setdefault(key, value)
@@ -90,13 +96,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = resume_config(resume, overrides)
     else:
         config = build_config(overrides.get("preset") or "paper", None, overrides)
+        if args.download:  # the original's --use_data_prep
+            from .weights import ensure_data
+
+            config = dataclasses.replace(config, dataset_dir=ensure_data(
+                config.dataset, config.dataset_dir or None, config.class_name or None,
+                args.quiet))
         if not config.dataset_dir:
             raise ValueError(
                 "train needs --dataset-dir and --class-name (or a --config holding them; "
                 "single-class data sets need only --dataset-dir)"
             )
-    last = train(config, resume=resume, progress=not args.quiet, overwrite=args.overwrite)
+    last = train(config, resume=resume, progress=not args.quiet, overwrite=args.overwrite,
+                 loggers=args.logger or (), log_dir=args.log_dir)
     print(f"checkpoint: {last}")
+    if args.logger:
+        print(f"logged: {', '.join(args.logger)} in {args.log_dir or last.parent / 'logs'}")
     print(f"next: patchguard test --checkpoint {last}")
     return 0
 

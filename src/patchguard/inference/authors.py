@@ -1,7 +1,10 @@
-"""The original authors' per-class checkpoints: import a file into a patchguard checkpoint."""
+"""The original authors' per-class checkpoints: import a file into a patchguard checkpoint, or
+download it first (:func:`download_original_checkpoint`, locations in :mod:`.authors_index`).
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,8 @@ from ..models.original import (
     names_from_filename,
 )
 from ..utils.checkpoint import save_checkpoint
+
+logger = logging.getLogger(__name__)
 
 
 def import_original_checkpoint(
@@ -27,12 +32,97 @@ def import_original_checkpoint(
     Dataset and class default to those in the original's file name
     (``patchguard_<dataset>_<class>.pth``) when the dataset layout is known.
     """
+    return _save_import(load_original_state_dict(original), original, output, backbone,
+                        image_size, **kwargs)
+
+
+def _save_import(state: dict, original: str | Path, output: str | Path, backbone: str,
+                 image_size: int | None, **kwargs: Any) -> Path:
     dataset, class_name = names_from_filename(original)
     if dataset in LAYOUTS:
         kwargs.setdefault("dataset", dataset)
         kwargs.setdefault("class_name", class_name)
-    payload = convert_original_state_dict(
-        load_original_state_dict(original), backbone=backbone, image_size=image_size,
-        source=f"original PatchGuard checkpoint {Path(original).name}", **kwargs,
-    )
+    payload = convert_original_state_dict(state, backbone=backbone, image_size=image_size,
+                                          source=imported_source(original), **kwargs)
     return save_checkpoint(output, payload)
+
+
+def imported_source(original: str | Path) -> str:
+    """What an imported checkpoint records as its origin (``imported_from``)."""
+    return f"original PatchGuard checkpoint {Path(original).name}"
+
+
+def default_checkpoint(dataset: str, class_name: str, output_dir: str | Path | None = None
+                       ) -> Path:
+    """Where ``weights download`` puts a class's checkpoint: ``DIR/<class>/last.pt``.
+
+    ``DIR`` defaults to ``weights/<dataset>``; the folder per class keeps each class's
+    ``results.json`` apart and is the layout ``patchguard benchmark --checkpoint-dir`` reads.
+    """
+    root = Path(output_dir) if output_dir is not None else Path("weights") / dataset
+    return root / class_name / "last.pt"
+
+
+def download_original_checkpoint(
+    dataset: str,
+    class_name: str,
+    checkpoint: str | Path | None = None,
+    *,
+    drive_id: str | None = None,
+    url: str | None = None,
+    index: str | Path | None = None,
+    sha256: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    backbone: str = DEFAULT_BACKBONE,
+    image_size: int | None = 224,
+    **import_kwargs: Any,
+) -> Path:
+    """Fetch the authors' checkpoint of one class and import it; return the patchguard file.
+
+    The authors' ``patchguard_<dataset>_<class>.pth`` is downloaded (resumably, through
+    Google Drive's confirm page) beside ``checkpoint`` (default :func:`default_checkpoint`) and
+    kept there, then converted with :func:`import_original_checkpoint`. Run again, it does
+    nothing: a complete download is not fetched twice and a checkpoint imported from that file
+    is kept. Any other file at ``checkpoint`` is refused unless ``overwrite``. The import
+    settings (backbone, image size, ...) default to the authors' model (ViT-S/14, 224 px).
+    """
+    from ..data.download.transfer import download_file, drive_download
+    from ..utils.checkpoint import load_checkpoint
+    from ..utils.files import check_output_file
+    from .authors_index import resolve_weights
+
+    entry = resolve_weights(dataset, class_name, drive_id=drive_id, url=url, index=index,
+                            sha256=sha256)
+    target = Path(checkpoint) if checkpoint is not None else default_checkpoint(
+        entry.dataset, entry.class_name)
+    original = target.parent / entry.filename
+    check_output_file(target, "checkpoint", [("downloaded original", original)],
+                      overwrite=True)  # a folder or the original itself is refused here
+    if target.exists() and not overwrite:
+        try:
+            previous = load_checkpoint(target).get("imported_from")
+        except ValueError:
+            previous = None
+        if previous == imported_source(original) and original.is_file():
+            logger.info("%s is already imported from %s", target, original)
+            return target
+        check_output_file(target, "checkpoint", overwrite=False,
+                          fix="choose another --output-dir, or add --overwrite")
+    if entry.drive_id:
+        logger.info("downloading %s from Google Drive (file %s, %s)", entry.filename,
+                    entry.drive_id, entry.source)
+        drive_download(entry.drive_id, original, sha256=entry.sha256, progress=progress)
+    else:
+        logger.info("downloading %s from %s (%s)", entry.filename, entry.url, entry.source)
+        download_file(entry.url, original, sha256=entry.sha256, progress=progress)
+    try:
+        state = load_original_state_dict(original)
+    except ValueError as error:
+        # Our own download, not the user's file: remove it so that the next run fetches again.
+        original.unlink(missing_ok=True)
+        raise ValueError(f"the file downloaded for {entry.dataset} {entry.class_name} "
+                         f"({entry.source}) is not a PatchGuard checkpoint and was deleted: "
+                         f"{error}. Check the id or URL.") from None
+    return _save_import(state, original, target, backbone, image_size, dataset=entry.dataset,
+                        class_name=entry.class_name, **import_kwargs)

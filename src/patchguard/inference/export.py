@@ -1,7 +1,10 @@
-"""ONNX export: one graph from an image batch in [0, 1] to image scores and smoothed anomaly maps.
+"""ONNX and OpenVINO export: one graph from an image batch in [0, 1] to image scores and
+smoothed anomaly maps.
 
-``onnx`` (and, for the numerical check, ``onnxruntime``) are optional dependencies, imported
-only here, only when exporting.
+``onnx`` (and, for the numerical check, ``onnxruntime``) and ``openvino`` are optional
+dependencies, imported only here, only when exporting. The OpenVINO IR is converted from the
+ONNX graph (OpenVINO's ONNX front end keeps the input and output names and the dynamic batch),
+with fp32 weights.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ class ExportReport:
     """What :func:`export_onnx` wrote and how it was verified."""
 
     path: Path
-    verified_with: str  # "onnxruntime" or "onnx.checker"
-    max_abs_diff: float | None  # largest |ONNX - PyTorch| over scores and maps (onnxruntime)
+    verified_with: str  # "onnxruntime", "onnx.checker", "openvino" or "none"
+    max_abs_diff: float | None  # largest |export - PyTorch| over scores and maps
 
 
 def opset_range() -> tuple[int, int]:
@@ -136,17 +139,92 @@ def export_model(
         print(f"exported {output}; verified with onnx.checker (onnxruntime not installed)")
         return ExportReport(output, "onnx.checker", None)
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
-    generator = torch.Generator().manual_seed(0)
-    images = torch.rand(verify_batch, 3, size, size, generator=generator)
-    with torch.no_grad():
-        expected = wrapper(images)
-    got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.numpy()})
-    diff = max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
+    diff = _compare(wrapper, lambda images: session.run(list(OUTPUT_NAMES),
+                                                        {INPUT_NAME: images}), verify_batch)
     print(f"exported {output}; onnxruntime vs PyTorch on {verify_batch} random images: "
           f"max abs diff {diff:.3g}")
+    _check_tolerance(diff, tolerance)
+    return ExportReport(output, "onnxruntime", diff)
+
+
+def _compare(wrapper: ExportWrapper, run, batch: int) -> float:
+    """Largest |run(images) - PyTorch| over scores and maps, on seeded random images."""
+    size = wrapper.model.image_size
+    images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = wrapper(images)
+    got = run(images.numpy())
+    return max(float(np.abs(np.asarray(g) - e.numpy()).max()) for g, e in zip(got, expected))
+
+
+def _check_tolerance(diff: float, tolerance: float) -> None:
     if not diff <= tolerance:
         raise ValueError(f"the exported graph differs from PyTorch by {diff:.3g} (> {tolerance})")
-    return ExportReport(output, "onnxruntime", diff)
+
+
+def _require_openvino():
+    try:
+        import openvino
+    except ImportError as error:
+        raise ImportError(
+            "OpenVINO export needs the 'openvino' and 'onnx' packages: pip install "
+            "'patchguard[openvino]'"
+        ) from error
+    return openvino
+
+
+def openvino_weights(output: str | Path) -> Path:
+    """The weights file OpenVINO writes beside an IR's ``.xml``."""
+    return Path(output).with_suffix(".bin")
+
+
+def compile_openvino(path: str | Path, device: str = "CPU", fp32: bool = True):
+    """Compile an exported IR; ``fp32`` asks for fp32 arithmetic (on CPUs with bf16 support the
+    plugin's default is bf16: faster, about 1e-2 on the maps)."""
+    ov = _require_openvino()
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32"} if fp32 else {}
+    return core.compile_model(core.read_model(str(path)), device, config)
+
+
+def export_model_openvino(
+    model: PatchGuard,
+    output: str | Path,
+    opset: int = 17,
+    verify: bool = True,
+    tolerance: float = 1e-3,
+    verify_batch: int = 2,
+) -> ExportReport:
+    """Export an in-memory model to OpenVINO IR (see :func:`export_openvino`)."""
+    import tempfile
+
+    ov = _require_openvino()
+    _require_onnx()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model = model.float().cpu().eval()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path = Path(tmp) / "model.onnx"
+            export_model(model, onnx_path, opset=opset, verify=False)
+            converted = ov.convert_model(str(onnx_path))
+            # compress_to_fp16 defaults to True: the weights would no longer be the model's.
+            ov.save_model(converted, str(output), compress_to_fp16=False)
+    except BaseException:
+        output.unlink(missing_ok=True)
+        openvino_weights(output).unlink(missing_ok=True)
+        raise
+    if not verify:
+        print(f"exported {output} and {openvino_weights(output).name} (not verified)")
+        return ExportReport(output, "none", None)
+    compiled = compile_openvino(output)
+    wrapper = ExportWrapper(model).eval()
+    diff = _compare(wrapper, lambda images: [compiled([images])[i] for i in range(2)],
+                    verify_batch)
+    print(f"exported {output} and {openvino_weights(output).name}; OpenVINO (CPU, fp32) vs "
+          f"PyTorch on {verify_batch} random images: max abs diff {diff:.3g}")
+    _check_tolerance(diff, tolerance)
+    return ExportReport(output, "openvino", diff)
 
 
 def export_onnx(
@@ -165,3 +243,23 @@ def export_onnx(
     check_opset(opset)
     model, _ = load_model(checkpoint, "cpu")
     return export_model(model, output, opset=opset, verify=verify, tolerance=tolerance)
+
+
+def export_openvino(
+    checkpoint: str | Path,
+    output: str | Path,
+    opset: int = 17,
+    verify: bool = True,
+    tolerance: float = 1e-3,
+) -> ExportReport:
+    """Export a checkpoint to OpenVINO IR (``output`` .xml plus its .bin): ``images``
+    (B, 3, S, S) in [0, 1] -> ``scores``, ``maps``, dynamic batch, fp32 weights.
+
+    After export the IR is compiled for the CPU with fp32 arithmetic, run on random images and
+    compared with PyTorch (above ``tolerance`` raises). Compile it the same way
+    (:func:`compile_openvino`) to get these numbers; OpenVINO's CPU default may be bf16.
+    """
+    check_opset(opset)
+    _require_openvino()
+    model, _ = load_model(checkpoint, "cpu")
+    return export_model_openvino(model, output, opset=opset, verify=verify, tolerance=tolerance)

@@ -254,6 +254,8 @@ def train(
     resume: str | Path | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    loggers: Sequence[str] = (),
+    log_dir: str | Path | None = None,
 ) -> Path:
     """Train a PatchGuard model for one class; return the path of ``last.pt``.
 
@@ -265,7 +267,13 @@ def train(
         overwrite: replace a run already in ``config.output_dir`` (its checkpoints, log and
             results are removed once every input has been checked); without it such a folder
             is refused unless ``resume`` continues that run.
+        loggers: experiment trackers (``tensorboard``, ``mlflow``, ``csv``) that get every
+            epoch's losses, learning rate and images/s besides ``train_log.jsonl``.
+        log_dir: where they write (default ``OUTPUT_DIR/logs``).
     """
+    from ..evaluation.tracking import check_loggers
+
+    loggers = check_loggers(loggers)  # a missing package fails before any work
 
     state = None
     if resume is not None:
@@ -281,7 +289,8 @@ def train(
     ctx = init_distributed(config.device)
     try:
         with cuda_speed_settings(resolve_device(config.device), config.tf32):
-            return _train(config, state, resume, progress and ctx.is_main, ctx)
+            return _train(config, state, resume, progress and ctx.is_main, ctx, loggers,
+                          log_dir)
     finally:
         shutdown(ctx)
 
@@ -308,8 +317,11 @@ def cuda_speed_settings(device: torch.device, tf32: bool = True) -> Iterator[Non
 
 
 def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
-           ctx: DistContext) -> Path:
+           ctx: DistContext, loggers: Sequence[str] = (),
+           log_dir: str | Path | None = None) -> Path:
     from tqdm.auto import tqdm
+
+    from ..evaluation.tracking import Trackers, open_trackers
 
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -381,6 +393,12 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
     loader = make_loader(dataset, config, start_epoch, ctx)
     policy = CheckpointPolicy(last_path, config.checkpoint_every_min,
                               saved_epoch=start_epoch if state is not None else None)
+    trackers = Trackers()
+    if ctx.is_main and loggers:
+        # purge_step: a resumed run's trackers drop what they hold past the checkpoint's epoch.
+        trackers = open_trackers(loggers, log_dir or out_dir / "logs", "train",
+                                 purge_step=start_epoch + 1)
+        trackers.params(config.to_dict())
     restore_sigterm = _sigterm_as_interrupt()
     try:
         for epoch in range(start_epoch, config.epochs):
@@ -416,6 +434,8 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
             }
             with log_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+            trackers.scalars({f"train/{k}": v for k, v in record.items() if k != "epoch"},
+                             epoch + 1)
             if progress:
                 tqdm.write(
                     f"epoch {epoch + 1}/{config.epochs}  loss {record['loss']:.4f}  "
@@ -444,6 +464,7 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
         raise
     finally:
         restore_sigterm()
+        trackers.close()
         del loader  # its persistent worker processes end here
     if not ctx.is_main:
         return last_path

@@ -10,10 +10,17 @@ from .files import atomic_write_bytes
 
 
 def pyplot() -> Any:
-    """matplotlib.pyplot on the file-only Agg backend (works on headless servers)."""
+    """matplotlib.pyplot, on the file-only Agg backend (works on headless servers) unless the
+    caller already chose one."""
+    import os
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg")
+    # A notebook kernel sets MPLBACKEND to its inline backend, and a user who imported pyplot
+    # has a backend: switching either to Agg would stop their figures from showing.
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
