@@ -4,60 +4,58 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from fractions import Fraction
 
 import torch
-from torch import nn
 
-from .objectives import PerImageObjective
-from .problem import AttackProblem, AttackResult, update_best
+from .problem import AttackBudget, AttackProblem, AttackResult, update_best
 
 APGD_MOMENTUM = 0.75
 APGD_RHO = 0.75
+# Below this many steps APGD is not recommended: its step-size schedule has hardly started.
+# Measured on an adversarially trained demo gravel model (fast preset, 112 px, 16 test images,
+# score objective, 8/255): it stayed below the faithful PGD at 5 and 10 steps (so did
+# torchattacks' APGD) and was above it from 15 steps on; 20 leaves a margin.
+APGD_MIN_STEPS = 20
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
-    """APGD checkpoint iterations w_j = ceil(p_j * steps), distinct and ascending.
+    """APGD checkpoint iterations, the paper's schedule in whole steps as its authors count them.
 
-    p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), while p_j <= 1.
+    Paper: p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), checkpoints at
+    p_j * steps. In whole steps (each at least one): the first period is floor(0.22 N) steps,
+    each next one floor(0.03 N) shorter, down to floor(0.06 N). At 100 steps this is exactly
+    ceil(p_j * 100); at small budgets the periods shrink faster than the fractions would (from
+    the second checkpoint on one every step at N = 10), which measured stronger there.
     """
-    # Exact fractions: in floats e.g. 0.22 + 0.19 = 0.41000000000000003, whose ceil(* 100) is 42.
-    previous, current = Fraction(0), Fraction(22, 100)
-    points = [Fraction(0)]
-    while current <= 1:
-        points.append(current)
-        previous, current = current, current + max(
-            current - previous - Fraction(3, 100), Fraction(6, 100))
-    return sorted({math.ceil(p * steps) for p in points})
+    # Integer arithmetic: in floats 0.22 * 50 is 11.000000000000002 and similar.
+    first = max(22 * steps // 100, 1)
+    shrink = max(3 * steps // 100, 1)
+    shortest = max(6 * steps // 100, 1)
+    points, period, at = [0], first, first
+    while at <= steps:
+        points.append(at)
+        period = max(period - shrink, shortest)
+        at += period
+    return points
 
 
-def attack_apgd(
-    model: nn.Module,
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    labels: torch.Tensor | None,
-    epsilon: float,
-    steps: int,
-    *,
-    objective: str | PerImageObjective = "mask",
-    restarts: int = 1,
-    masks: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> AttackResult:
+def attack_apgd(problem: AttackProblem, budget: AttackBudget) -> AttackResult:
     """Auto-PGD (Croce & Hein 2020), L-infinity, per-image step sizes; best over restarts.
 
     Step size starts at 2 eps; momentum 0.75; at each checkpoint an image's step size is halved
-    and it restarts from its best point if fewer than 75 % of the steps since the last checkpoint
-    raised its loss, or if its step size was not reduced at the last checkpoint and its best loss
-    has not improved since. Every restart begins at a uniform random point of the ball.
+    and it continues from its best point (momentum from its previous iterate, as in the paper's
+    Algorithm 1) if fewer than 75 % of the steps since the last checkpoint raised its loss, or
+    if its step size was not reduced at the last checkpoint and its best loss has not improved
+    since. Every restart begins at a uniform random point of the ball. Not recommended below
+    :data:`APGD_MIN_STEPS` steps.
     """
-    problem = AttackProblem(model, images, targets, labels, epsilon, objective, masks)
-    if epsilon <= 0 or steps <= 0:
-        return problem.keep_best(None, None, problem.original.clone())
-    checkpoints = apgd_checkpoints(steps)
+    if budget.steps <= 0:
+        return problem.unchanged()
+    checkpoints = apgd_checkpoints(budget.steps)
     best_x = best_loss = None
-    for _ in range(max(1, restarts)):
-        run_x, _ = _apgd_run(problem, steps, checkpoints, problem.random_start(generator))
+    for _ in range(max(1, budget.restarts)):
+        start = problem.random_start(budget.generator)
+        run_x, _ = _apgd_run(problem, budget.steps, checkpoints, start)
         best_x, best_loss = problem.keep_best(best_x, best_loss, run_x)
     return best_x, best_loss
 
@@ -96,9 +94,10 @@ def _apgd_run(
             stalled = ~reduced_at_checkpoint & (best_loss <= best_at_checkpoint)
             reduce = too_few | stalled
             eta = torch.where(reduce, eta / 2.0, eta)
-            # Restart reduced images from their best point, without momentum.
+            # Restart reduced images from their best point. As in the paper's Algorithm 1 the
+            # previous iterate stays, so the momentum term points from it to the best point
+            # (zeroing it measured weaker: score objective 2.48 against 2.54 at 100 steps).
             x = torch.where(reduce.view(view), best_x, x)
-            x_previous = torch.where(reduce.view(view), best_x, x_previous)
             grad = torch.where(reduce.view(view), best_grad, grad)
             loss_previous = torch.where(reduce, best_loss, loss_previous)
             reduced_at_checkpoint = reduce

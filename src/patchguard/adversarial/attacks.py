@@ -1,129 +1,47 @@
-"""The evaluation attacks, L-infinity on input pixels, and their registry :data:`ATTACKS`.
+"""The evaluation attacks' registry :data:`ATTACKS`, the per-image worst case ``worst``, and
+:func:`run_attack` / :func:`run_attack_per_metric`, which every caller goes through.
 
-Every attack shares the signature (model, images, targets, labels, epsilon, steps, *, objective,
-restarts, masks, generator) -> (adversarial images, per-image final loss), takes a per-image
-objective (:data:`.objectives.OBJECTIVES`) so that the best point can be tracked per image, and
-reports the objective in eval mode so that results of different attacks compare.
+Every attack is a function ``(problem, budget) -> (adversarial images, per-image loss)`` of an
+:class:`.problem.AttackProblem` (detector, clean images, objective and its inputs, epsilon) and
+an :class:`.problem.AttackBudget` (steps, restarts, queries, generator). It reports the
+objective in eval mode, so that results of different attacks compare and the best point can be
+tracked per image. L-infinity on input pixels in [0, 1].
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import nn
 
 from .apgd import attack_apgd
+from .gradient import attack_fgsm, attack_pgd, attack_pgd_rs
+from .names import DEFAULT_QUERIES
 from .objectives import PerImageObjective
-from .pgd import pgd_attack
-from .problem import AttackProblem, AttackResult, update_best
+from .problem import AttackBudget, AttackProblem, AttackResult, update_best
+from .square import attack_square
+from .standard import (
+    IMAGE_OBJECTIVE,
+    MetricAdversarials,
+    attack_standard,
+    attack_standard_per_metric,
+)
 
-
-def attack_pgd(
-    model: nn.Module,
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    labels: torch.Tensor | None,
-    epsilon: float,
-    steps: int,
-    *,
-    objective: str | PerImageObjective = "mask",
-    restarts: int = 1,
-    masks: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> AttackResult:
-    """Faithful METHOD.md PGD (step 2.5 eps / steps, no random start, last iterate)."""
-    problem = AttackProblem(model, images, targets, labels, epsilon, objective, masks)
-
-    def summed(logits: torch.Tensor, batch_targets: torch.Tensor) -> torch.Tensor:
-        return problem.objective(model, logits, batch_targets, problem.labels, problem.masks).sum()
-
-    adversarial = pgd_attack(model, images, problem.targets, epsilon, steps, objective=summed)
-    return adversarial, problem.final_loss(adversarial)
-
-
-def attack_pgd_rs(
-    model: nn.Module,
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    labels: torch.Tensor | None,
-    epsilon: float,
-    steps: int,
-    *,
-    objective: str | PerImageObjective = "mask",
-    restarts: int = 1,
-    masks: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> AttackResult:
-    """PGD from uniform random starts with ``restarts`` runs; per image the best iterate of all."""
-    problem = AttackProblem(model, images, targets, labels, epsilon, objective, masks)
-    if epsilon <= 0 or steps <= 0:
-        return problem.keep_best(None, None, problem.original.clone())
-    alpha = 2.5 * epsilon / steps
-    best_x = best_loss = None
-    for _ in range(max(1, restarts)):
-        x = problem.random_start(generator)
-        run_x, run_loss = x, torch.full_like(problem.labels, -math.inf)
-        for _ in range(steps):
-            loss, grad = problem.loss_and_grad(x)
-            run_x, run_loss = update_best(run_x, run_loss, x, loss)
-            x = problem.project(x + alpha * grad.sign())
-        with torch.no_grad():  # the last iterate is a candidate too
-            run_x, run_loss = update_best(run_x, run_loss, x, problem.loss(x))
-        # Across restarts compare with the same eval-mode loss that is reported, so more
-        # restarts can never report a lower loss.
-        best_x, best_loss = problem.keep_best(best_x, best_loss, run_x)
-    return best_x, best_loss
-
-
-def attack_fgsm(
-    model: nn.Module,
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    labels: torch.Tensor | None,
-    epsilon: float,
-    steps: int,
-    *,
-    objective: str | PerImageObjective = "mask",
-    restarts: int = 1,
-    masks: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> AttackResult:
-    """FGSM: one signed-gradient step of size epsilon from the clean images (``steps`` unused)."""
-    problem = AttackProblem(model, images, targets, labels, epsilon, objective, masks)
-    if epsilon <= 0:
-        return problem.keep_best(None, None, problem.original.clone())
-    _, grad = problem.loss_and_grad(problem.original)
-    adversarial = problem.project(problem.original + epsilon * grad.sign())
-    return adversarial, problem.final_loss(adversarial)
-
+Attack = Callable[[AttackProblem, AttackBudget], AttackResult]
 
 DEFAULT_WORST_MEMBERS = ("pgd", "apgd", "pgd-rs")
 
 
-def attack_worst(
-    model: nn.Module,
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    labels: torch.Tensor | None,
-    epsilon: float,
-    steps: int,
-    *,
-    objective: str | PerImageObjective = "mask",
-    restarts: int = 1,
-    masks: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    members: Sequence[str] = DEFAULT_WORST_MEMBERS,
-) -> AttackResult:
-    """Run each member attack in turn; per image keep the result with the highest eval loss."""
-    if not members or "worst" in members:
-        raise ValueError(f"worst needs member attacks other than itself, got {list(members)}")
+def attack_worst(problem: AttackProblem, budget: AttackBudget) -> AttackResult:
+    """Run each member attack in turn (``budget.members``, default :data:`DEFAULT_WORST_MEMBERS`)
+    with the same objective and budget; per image keep the result with the highest eval loss."""
+    members = DEFAULT_WORST_MEMBERS if budget.members is None else budget.members
+    if not members or any(name in ("worst", "standard") for name in members):
+        raise ValueError(f"worst needs member attacks other than worst and standard, got "
+                         f"{list(members)}")
     best_x = best_loss = None
     for name in members:
-        x, loss = _lookup(name)(model, images, targets, labels, epsilon, steps,
-                                objective=objective, restarts=restarts, masks=masks,
-                                generator=generator)
+        x, loss = lookup(name)(problem, budget)
         if best_x is None or best_loss is None:
             best_x, best_loss = x, loss
         else:  # every member reports the same eval-mode objective, so losses compare directly
@@ -131,26 +49,46 @@ def attack_worst(
     return best_x, best_loss
 
 
-ATTACKS: dict[str, Callable[..., AttackResult]] = {
+ATTACKS: dict[str, Attack] = {
     "pgd": attack_pgd,
     "pgd-rs": attack_pgd_rs,
     "fgsm": attack_fgsm,
     "apgd": attack_apgd,
     "worst": attack_worst,
+    "square": attack_square,
+    "standard": attack_standard,
 }
 
 
-def _lookup(name: str) -> Callable[..., AttackResult]:
+def lookup(name: str) -> Attack:
+    """The attack called ``name`` (see :data:`ATTACKS`)."""
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}: choose from {sorted(ATTACKS)}")
     return ATTACKS[name]
 
 
+def _problem_and_budget(
+    name: str, detector: object, images: torch.Tensor, targets: torch.Tensor | None,
+    labels: torch.Tensor | None, epsilon: float, steps: int,
+    objective: str | PerImageObjective, restarts: int, masks: torch.Tensor | None,
+    generator: torch.Generator | None, members: Sequence[str] | None, queries: int | None,
+) -> tuple[AttackProblem, AttackBudget]:
+    lookup(name)
+    if members is not None and name != "worst":
+        raise ValueError(f"members only apply to the 'worst' attack, not {name!r}")
+    problem = AttackProblem(detector, images, targets, labels, epsilon, objective, masks)
+    budget = AttackBudget(steps=int(steps), restarts=int(restarts),
+                          queries=DEFAULT_QUERIES if queries is None else int(queries),
+                          generator=generator,
+                          members=None if members is None else tuple(members))
+    return problem, budget
+
+
 def run_attack(
     name: str,
-    model: nn.Module,
+    detector: object,
     images: torch.Tensor,
-    targets: torch.Tensor,
+    targets: torch.Tensor | None,
     labels: torch.Tensor | None,
     epsilon: float,
     steps: int,
@@ -159,18 +97,50 @@ def run_attack(
     masks: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     members: Sequence[str] | None = None,
+    queries: int | None = None,
 ) -> AttackResult:
     """Run attack ``name`` (see ``ATTACKS``); return adversarial images and per-image final loss.
 
-    ``epsilon`` is in [0, 1] pixel units; ``labels`` (B,) are 0 normal / 1 anomalous (None:
-    derived from ``targets``); ``masks`` are (B, [1,] H, W) ground-truth masks or None;
-    ``members`` only applies to ``worst``. The final loss is the objective in eval mode.
+    ``detector`` is a PatchGuard-like model or any detector (:mod:`.detector`); ``epsilon`` is
+    in [0, 1] pixel units; ``targets`` (B, N) are patch targets (None without patch logits);
+    ``labels`` (B,) are 0 normal / 1 anomalous (None: derived from ``targets``); ``masks`` are
+    (B, [1,] H, W) ground-truth masks or None; ``members`` only applies to ``worst``;
+    ``queries`` is the budget of the score-based ``square`` (default
+    :data:`.names.DEFAULT_QUERIES`; ``worst`` passes it on). The final loss is the objective in
+    eval mode.
     """
-    attack = _lookup(name)
-    kwargs = {}
-    if members is not None:
-        if name != "worst":
-            raise ValueError(f"members only apply to the 'worst' attack, not {name!r}")
-        kwargs["members"] = tuple(members)
-    return attack(model, images, targets, labels, epsilon, steps, objective=objective,
-                  restarts=restarts, masks=masks, generator=generator, **kwargs)
+    problem, budget = _problem_and_budget(name, detector, images, targets, labels, epsilon,
+                                          steps, objective, restarts, masks, generator,
+                                          members, queries)
+    if problem.epsilon <= 0:
+        return problem.unchanged()
+    return lookup(name)(problem, budget)
+
+
+def run_attack_per_metric(
+    name: str,
+    detector: object,
+    images: torch.Tensor,
+    targets: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    epsilon: float,
+    steps: int,
+    objective: str | PerImageObjective = "mask",
+    restarts: int = 1,
+    masks: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    members: Sequence[str] | None = None,
+    queries: int | None = None,
+) -> MetricAdversarials:
+    """Adversarial images for image- and pixel-level metrics (same arguments as
+    :func:`run_attack`): separate worst cases for ``standard``, one batch for any other attack.
+    """
+    if name == "standard" and epsilon > 0:
+        # The members bring their own objectives; the problem's is not used.
+        problem, budget = _problem_and_budget(name, detector, images, targets, labels, epsilon,
+                                              steps, IMAGE_OBJECTIVE, restarts, masks,
+                                              generator, members, queries)
+        return attack_standard_per_metric(problem, budget)
+    x, loss = run_attack(name, detector, images, targets, labels, epsilon, steps, objective,
+                         restarts, masks, generator, members, queries)
+    return MetricAdversarials(x, x, loss, loss)

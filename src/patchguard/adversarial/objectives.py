@@ -10,17 +10,19 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from .detector import DetectorOutput
 
 # Training-time objective: (logits, targets) -> scalar summed over the batch.
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-# Evaluation objective: (model, logits (B, N), targets (B, N), labels (B,), masks (B, H, W) or
-# None) -> per-image loss (B,) that the attacker ascends.
+# Evaluation objective: (detector output, patch targets (B, N) or None, labels (B,), pixel masks
+# (B, [1,] H, W) or None) -> per-image loss (B,) that the attacker ascends.
 PerImageObjective = Callable[
-    [nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor
+    [DetectorOutput, torch.Tensor | None, torch.Tensor, torch.Tensor | None], torch.Tensor
 ]
-
+# Objectives that need the detector's patch logits and patch targets.
+PATCH_OBJECTIVES = ("mask",)
 
 
 def mask_difference(values: torch.Tensor, anomalous: torch.Tensor) -> torch.Tensor:
@@ -38,47 +40,50 @@ def mask_objective(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def mask_loss(
-    model: nn.Module,
-    logits: torch.Tensor,
-    targets: torch.Tensor,
+    output: DetectorOutput,
+    targets: torch.Tensor | None,
     labels: torch.Tensor,
     masks: torch.Tensor | None,
 ) -> torch.Tensor:
     """METHOD.md objective per image: mean normal-patch logit minus mean anomalous-patch logit."""
-    return mask_difference(logits, targets)
+    if output.patch_logits is None or targets is None:
+        raise ValueError("the mask objective needs a detector with patch logits and patch "
+                         "targets; use the score or map objective")
+    return mask_difference(output.patch_logits, targets)
 
 
 def score_loss(
-    model: nn.Module,
-    logits: torch.Tensor,
-    targets: torch.Tensor,
+    output: DetectorOutput,
+    targets: torch.Tensor | None,
     labels: torch.Tensor,
     masks: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Attack the decision: + top-k image score for normal images, - for anomalous ones."""
-    sign = 1.0 - 2.0 * labels.to(logits.dtype)
-    return sign * model.image_score(logits)
+    """Attack the decision: + image score for normal images, - for anomalous ones."""
+    scores = output.scores
+    return (1.0 - 2.0 * labels.to(scores.dtype)) * scores
 
 
 def map_loss(
-    model: nn.Module,
-    logits: torch.Tensor,
-    targets: torch.Tensor,
+    output: DetectorOutput,
+    targets: torch.Tensor | None,
     labels: torch.Tensor,
     masks: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Attack localisation: mean smoothed map over normal pixels minus over anomalous pixels.
+    """Attack localisation: mean map over normal pixels minus mean over anomalous pixels.
 
     Anomalous pixels come from ``masks``; an image without mask (``masks`` None, or an empty
-    mask while its patch targets are not empty, e.g. an anomalous image without pixel mask)
-    uses its patch targets upsampled to pixels instead.
+    mask, e.g. an anomalous image without pixel mask) uses its patch targets upsampled to pixels
+    instead, or, without patch targets, its label (every pixel of an anomalous image).
     """
-    maps = model.anomaly_map(logits)
+    maps = output.maps
     size = maps.shape[-2:]
-    grid = int(math.isqrt(targets.shape[-1]))
-    from_targets = F.interpolate(
-        targets.to(maps.dtype).reshape(-1, 1, grid, grid), size=size, mode="nearest"
-    ).squeeze(1)
+    if targets is not None:
+        grid = int(math.isqrt(targets.shape[-1]))
+        from_targets = F.interpolate(
+            targets.to(maps.dtype).reshape(-1, 1, grid, grid), size=size, mode="nearest"
+        ).squeeze(1)
+    else:
+        from_targets = labels.to(maps.dtype).view(-1, 1, 1).expand(-1, *size)
     if masks is None:
         pixels = from_targets
     else:
@@ -103,6 +108,11 @@ OBJECTIVES: dict[str, PerImageObjective] = {
     "score": score_loss,
     "map": map_loss,
 }
+
+
+def needs_patch_logits(objective: str | PerImageObjective) -> bool:
+    """Whether ``objective`` is one that needs patch logits and patch targets (``mask``)."""
+    return objective in PATCH_OBJECTIVES or objective is mask_loss
 
 
 def resolve_objective(objective: str | PerImageObjective) -> PerImageObjective:

@@ -1,54 +1,90 @@
-"""Machinery shared by the evaluation attacks: one attack problem (model, clean images, objective
-inputs) with its losses, input gradients, projection, and per-image best-point tracking.
+"""Machinery shared by the evaluation attacks: one attack problem (detector, clean images,
+objective inputs) with its losses, input gradients, projection and per-image best-point tracking,
+and the budget every attack takes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from .objectives import PerImageObjective, resolve_objective
+from .detector import AttackableDetector, as_detector, eval_mode
+from .names import DEFAULT_QUERIES
+from .objectives import PerImageObjective, needs_patch_logits, resolve_objective
 from .pgd import input_gradients_only
 
 # An attack's result: adversarial images (B, C, H, W) and the per-image objective (B,) at them.
 AttackResult = tuple[torch.Tensor, torch.Tensor]
 
 
+@dataclass(frozen=True)
+class AttackBudget:
+    """How much an attack may do: gradient ``steps``, random ``restarts``, model ``queries``
+    (score-based attacks), the ``generator`` of its random numbers and, for ``worst``, the
+    ``members`` it takes the worst case over (None: its default members)."""
+
+    steps: int = 10
+    restarts: int = 1
+    queries: int = DEFAULT_QUERIES
+    generator: torch.Generator | None = None
+    members: tuple[str, ...] | None = None
+
+
 class AttackProblem:
-    """One attack problem: model, clean images, objective inputs; gives losses and gradients."""
+    """One attack problem: detector, clean images, objective inputs; gives losses and gradients.
+
+    ``detector`` is anything :func:`.detector.as_detector` accepts. ``targets`` (B, N) are patch
+    targets (1 = anomalous patch) or None for a detector without patch logits; ``labels`` (B,)
+    are 0 normal / 1 anomalous (None: derived from ``targets``).
+    """
 
     def __init__(
         self,
-        model: nn.Module,
+        detector: object,
         images: torch.Tensor,
-        targets: torch.Tensor,
+        targets: torch.Tensor | None,
         labels: torch.Tensor | None,
         epsilon: float,
         objective: str | PerImageObjective,
         masks: torch.Tensor | None,
     ) -> None:
-        self.model = model
+        self.detector: AttackableDetector = as_detector(detector)
         self.original = images.detach()
-        self.targets = targets.detach().to(images.device).float()
+        device = images.device
+        self.targets = None if targets is None else targets.detach().to(device).float()
         if labels is None:  # an image with any anomalous patch is anomalous
+            if self.targets is None:
+                raise ValueError("an attack needs image labels or patch targets")
             labels = self.targets.flatten(1).amax(dim=1)
-        self.labels = torch.as_tensor(labels, device=images.device).detach().float()
-        self.masks = None if masks is None else masks.detach().to(images.device)
+        self.labels = torch.as_tensor(labels, device=device).detach().float()
+        self.masks = None if masks is None else masks.detach().to(device)
         self.epsilon = float(epsilon)
+        self.objective_name = objective if isinstance(objective, str) else None
         self.objective = resolve_objective(objective)
+        if needs_patch_logits(objective) and not self.supports_patch_objectives:
+            raise ValueError("the mask objective needs a detector with patch logits and patch "
+                             "targets; use the score or map objective")
+
+    @property
+    def supports_patch_objectives(self) -> bool:
+        """Whether the ``mask`` objective can be computed (patch logits and patch targets)."""
+        return self.detector.has_patch_logits and self.targets is not None
+
+    def with_objective(self, objective: str | PerImageObjective) -> AttackProblem:
+        """The same problem (detector, images, targets, labels, masks) with another objective."""
+        return AttackProblem(self.detector, self.original, self.targets, self.labels,
+                             self.epsilon, objective, self.masks)
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         """Per-image objective at ``x`` (gradients flow if ``x`` requires them)."""
-        logits = self.model(x, with_attention=False).logits.float()
-        return self.objective(self.model, logits, self.targets, self.labels, self.masks)
+        return self.objective(self.detector(x), self.targets, self.labels, self.masks)
 
     def loss_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image loss and its input gradient; parameter ``.grad`` is never touched."""
         x = x.detach().requires_grad_(True)
-        with torch.enable_grad(), input_gradients_only(self.model):
+        with torch.enable_grad(), input_gradients_only(self.detector):
             loss = self.loss(x)
             # Images are independent, so the gradient of the sum is each image's own gradient.
             (grad,) = torch.autograd.grad(loss.sum(), x)
@@ -61,16 +97,27 @@ class AttackProblem:
 
     def random_start(self, generator: torch.Generator | None) -> torch.Tensor:
         """Uniform random point of the epsilon ball (clipped to [0, 1])."""
-        device = generator.device if generator is not None else self.original.device
-        noise = torch.rand(self.original.shape, generator=generator, device=device)
-        noise = noise.to(self.original.device, self.original.dtype)
+        noise = uniform(self.original.shape, generator, self.original)
         return self.project(self.original + (2.0 * noise - 1.0) * self.epsilon)
 
     @torch.no_grad()
     def final_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Per-image objective at ``x`` in eval mode, so results of different attacks compare."""
-        with eval_mode(self.model):
+        with eval_mode(self.detector):
             return self.loss(x).detach()
+
+    @torch.no_grad()
+    def values(self, x: torch.Tensor, objectives: Sequence[str | PerImageObjective]
+               ) -> list[torch.Tensor]:
+        """Per-image values (B,) of each objective at ``x``, in eval mode, from one pass."""
+        with eval_mode(self.detector):
+            output = self.detector(x)
+            return [resolve_objective(o)(output, self.targets, self.labels, self.masks)
+                    for o in objectives]
+
+    def unchanged(self) -> AttackResult:
+        """The clean images and their eval-mode loss: the result of a zero budget."""
+        return self.keep_best(None, None, self.original.clone())
 
     def keep_best(
         self, best_x: torch.Tensor | None, best_loss: torch.Tensor | None, x: torch.Tensor
@@ -79,21 +126,15 @@ class AttackProblem:
         loss = self.final_loss(x)
         if best_x is None or best_loss is None:
             return x.detach(), loss
-        better = loss > best_loss
-        return torch.where(better.view(-1, 1, 1, 1), x, best_x), torch.where(
-            better, loss, best_loss)
+        return update_best(best_x, best_loss, x, loss)
 
 
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Temporarily put every submodule in eval mode, restoring each one's own flag afterwards."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.train(flag)
+def uniform(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None,
+            like: torch.Tensor) -> torch.Tensor:
+    """Uniform [0, 1) numbers drawn by ``generator`` (on its own device), moved next to ``like``."""
+    device = generator.device if generator is not None else like.device
+    return torch.rand(tuple(shape), generator=generator, device=device).to(like.device,
+                                                                          like.dtype)
 
 
 def update_best(

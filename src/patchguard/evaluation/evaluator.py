@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,12 +16,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..adversarial.attacks import run_attack
+from ..adversarial import standard
+from ..adversarial.attacks import DEFAULT_WORST_MEMBERS, run_attack_per_metric
+from ..adversarial.detector import (
+    AttackableDetector,
+    CallableDetector,
+    PatchLogitDetector,
+    as_detector,
+)
+from ..adversarial.names import ATTACK_NAMES, DEFAULT_QUERIES, OBJECTIVE_NAMES, QUERY_ATTACKS
+from ..adversarial.objectives import PATCH_OBJECTIVES
 from ..config import TrainConfig
 from ..data.datasets import TestDataset, load_test_set
 from ..models.factory import load_model
 from ..models.patchguard import PatchGuard, patch_targets
-from ..utils.checks import InputError, attack_settings
+from ..utils.checks import InputError, attack_settings, choice
 from ..utils.device import resolve_device
 from .metrics import compute_all
 
@@ -40,14 +50,22 @@ class Predictions:
     masks: np.ndarray  # (n, H, W) bool
     paths: list[str]
     images: np.ndarray | None = None  # (n, H, W, 3) uint8, adversarial inputs when kept
+    # For ``standard``: per image, the index of the member that gave its image-level and its
+    # pixel-level worst case (see patchguard.adversarial.standard).
+    image_members: np.ndarray | None = None
+    pixel_members: np.ndarray | None = None
 
 
-def attack_targets(batch: dict[str, Any], patch_size: int, device: torch.device) -> torch.Tensor:
+def attack_targets(batch: dict[str, Any], patch_size: int | None, device: torch.device
+                   ) -> torch.Tensor | None:
     """Patch targets for the attack: from masks, or all ones for anomalous images without masks.
 
     All-zero targets for an anomalous image would make the attack *raise* its score (the
-    objective favours normal-patch scores), inflating the attacked AUROC.
+    objective favours normal-patch scores), inflating the attacked AUROC. None for a detector
+    without patch logits (``patch_size`` None): its objectives use masks and labels only.
     """
+    if patch_size is None:
+        return None
     masks = batch["mask"].to(device)
     targets = patch_targets(masks, patch_size)
     labels = torch.as_tensor(batch["label"], device=device).bool()
@@ -154,7 +172,7 @@ def decoded(dataset: Dataset, workers: int = 0) -> DecodedTestSet:
 
 
 def predict_dataset(
-    model: PatchGuard,
+    model: Any,
     dataset: TestDataset,
     epsilon: float = 0.0,
     steps: int = 10,
@@ -168,47 +186,87 @@ def predict_dataset(
     objective: str = "mask",
     restarts: int = 1,
     seed: int = 0,
+    queries: int | None = None,
 ) -> Predictions:
     """Score every test image, clean (epsilon 0) or attacked at ``epsilon`` (1/255 units).
 
+    ``model`` is PatchGuard or any detector (:func:`patchguard.adversarial.detector.as_detector`);
     ``attack`` is a name of :data:`patchguard.adversarial.attacks.ATTACKS`; the default is the
-    faithful PGD with the mask objective of METHOD.md.
+    faithful PGD with the mask objective of METHOD.md; ``queries`` is the budget of score-based
+    attacks. Scores come from the image-metric adversarials and maps from the pixel-metric ones;
+    they differ only for ``standard``, whose kept images are the pixel-metric ones.
     """
     device = torch.device(device)
-    if epsilon <= 0 and isinstance(dataset, DecodedTestSet):
+    detector = as_detector(model)
+    owner = _state_owner(detector)
+    if epsilon <= 0 and owner is not None and isinstance(dataset, DecodedTestSet):
         return dataset.clean_predictions(
-            model, (batch_size, str(device), keep_images),
-            lambda: _predict(model, dataset, 0.0, steps, batch_size, device, workers,
-                             keep_images, progress, desc, attack, objective, restarts, seed))
-    return _predict(model, dataset, epsilon, steps, batch_size, device, workers, keep_images,
-                    progress, desc, attack, objective, restarts, seed)
+            owner, (batch_size, str(device), keep_images, _function_key(detector)),
+            lambda: _predict(detector, dataset, 0.0, steps, batch_size, device, workers,
+                             keep_images, progress, desc, attack, objective, restarts, seed,
+                             queries))
+    return _predict(detector, dataset, epsilon, steps, batch_size, device, workers, keep_images,
+                    progress, desc, attack, objective, restarts, seed, queries)
 
 
-def _predict(model, dataset, epsilon, steps, batch_size, device, workers, keep_images, progress,
-             desc, attack, objective, restarts, seed) -> Predictions:
+def _state_owner(detector: AttackableDetector) -> nn.Module | None:
+    """The module whose weights decide the detector's outputs, when that is knowable.
+
+    Clean predictions are remembered per state of this module; a plain function with no module
+    behind it (its outputs may depend on anything) is scored again every time.
+    """
+    if isinstance(detector, PatchLogitDetector):
+        return detector.model
+    if isinstance(detector, CallableDetector):
+        function = detector.function
+        if isinstance(function, nn.Module):
+            return function
+        if isinstance(getattr(function, "__self__", None), nn.Module):
+            return function.__self__
+    return None
+
+
+def _function_key(detector: AttackableDetector) -> str:
+    """Which function of the state owner scores (a module may offer several)."""
+    function = getattr(detector, "function", None)
+    if function is None:
+        return type(detector).__name__
+    return getattr(getattr(function, "__func__", function), "__qualname__", type(function).__name__)
+
+
+def _predict(detector, dataset, epsilon, steps, batch_size, device, workers, keep_images,
+             progress, desc, attack, objective, restarts, seed, queries) -> Predictions:
     from tqdm.auto import tqdm
 
     generator = torch.Generator().manual_seed(seed)  # random starts, reproducible
-    model.eval()
+    detector.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
     scores, labels, maps, masks, paths, images = [], [], [], [], [], []
+    image_members, pixel_members = [], []
     for batch in tqdm(loader, desc=desc or "evaluating", disable=not progress, leave=False):
-        x = batch["image"].to(device)
+        x = x_pixel = batch["image"].to(device)
         if epsilon > 0:
-            targets = attack_targets(batch, model.patch_size, device)
+            targets = attack_targets(batch, detector.patch_size, device)
             batch_labels = torch.as_tensor(batch["label"], device=device)
-            x, _ = run_attack(attack, model, x, targets, batch_labels, epsilon / 255.0, steps,
-                              objective=objective, restarts=restarts,
-                              masks=batch["mask"].to(device), generator=generator)
-        score, pixel_map = model.predict(x)
+            result = run_attack_per_metric(
+                attack, detector, x, targets, batch_labels, epsilon / 255.0, steps,
+                objective=objective, restarts=restarts, masks=batch["mask"].to(device),
+                generator=generator, queries=queries)
+            x, x_pixel = result.image, result.pixel
+            if result.image_member is not None and result.pixel_member is not None:
+                image_members.append(result.image_member.cpu().numpy())
+                pixel_members.append(result.pixel_member.cpu().numpy())
+        score, pixel_map = detector.predict(x)
+        if x_pixel is not x:  # image and pixel metrics have separate worst cases
+            _, pixel_map = detector.predict(x_pixel)
         scores.append(score.cpu().numpy())
         maps.append(pixel_map.float().cpu().numpy())
         labels.append(np.asarray(batch["label"]))
         masks.append(batch["mask"][:, 0].numpy() > 0)
         paths.extend(batch["path"])
         if keep_images:
-            images.append((x.detach().cpu().permute(0, 2, 3, 1).numpy() * 255).round()
+            images.append((x_pixel.detach().cpu().permute(0, 2, 3, 1).numpy() * 255).round()
                           .astype(np.uint8))
     return Predictions(
         scores=np.concatenate(scores),
@@ -217,11 +275,13 @@ def _predict(model, dataset, epsilon, steps, batch_size, device, workers, keep_i
         masks=np.concatenate(masks),
         paths=paths,
         images=np.concatenate(images) if keep_images else None,
+        image_members=np.concatenate(image_members) if image_members else None,
+        pixel_members=np.concatenate(pixel_members) if pixel_members else None,
     )
 
 
 def evaluate(
-    model: PatchGuard,
+    model: Any,
     dataset: TestDataset,
     epsilons: Sequence[float] = (0, 8),
     steps: int = 10,
@@ -232,16 +292,21 @@ def evaluate(
     attacks: Sequence[str] = ("pgd",),
     objective: str = "mask",
     restarts: int = 1,
+    queries: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Metrics for clean inputs (eps 0) and each attack at each eps (in 1/255 units)."""
+    """Metrics for clean inputs (eps 0) and each attack at each eps (in 1/255 units).
+
+    ``model`` is PatchGuard or any detector (see :func:`predict_dataset`).
+    """
     rows, _ = evaluate_with_predictions(model, dataset, epsilons, steps, batch_size, device,
                                         workers, progress, attacks=attacks,
-                                        objective=objective, restarts=restarts)
+                                        objective=objective, restarts=restarts,
+                                        queries=queries)
     return rows
 
 
 def evaluate_with_predictions(
-    model: PatchGuard,
+    model: Any,
     dataset: TestDataset,
     epsilons: Sequence[float] = (0, 8),
     steps: int = 10,
@@ -253,9 +318,12 @@ def evaluate_with_predictions(
     attacks: Sequence[str] = ("pgd",),
     objective: str = "mask",
     restarts: int = 1,
+    queries: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[float, Predictions]]:
     """Like :func:`evaluate`, also returning predictions per epsilon (of the first attack)."""
-    epsilons = attack_settings(epsilons, steps, batch_size, restarts, workers)
+    epsilons = attack_settings(epsilons, steps, batch_size, restarts, workers, queries)
+    detector = as_detector(model)
+    check_attacks(attacks, objective, detector.has_patch_logits)
     pixel_ok = dataset.has_pixel_masks
     if not pixel_ok:
         logger.warning("the test set has no pixel masks for its anomalous images: pixel AUROC is "
@@ -267,11 +335,13 @@ def evaluate_with_predictions(
         dataset = decoded(dataset, workers)  # decode and resize once for every pass
     for attack, eps in settings:
         attacked = eps > 0
+        started = time.perf_counter()
         preds = predict_dataset(
-            model, dataset, eps, steps, batch_size, device, workers, keep_images=keep_images,
+            detector, dataset, eps, steps, batch_size, device, workers, keep_images=keep_images,
             progress=progress, attack=attack, objective=objective, restarts=restarts,
-            desc=f"{attack} ({steps} steps) eps {eps:g}/255" if attacked else "clean",
+            desc=_description(attack, steps, queries, eps), queries=queries,
         )
+        seconds = time.perf_counter() - started
         if attack in ("clean", attacks[0]):
             predictions[eps] = preds
         metrics = compute_all(preds.labels, preds.scores,
@@ -279,9 +349,8 @@ def evaluate_with_predictions(
         rows.append({
             "attack": attack,
             "epsilon": eps,
-            "steps": int(steps) if attacked else 0,
-            "objective": objective if attacked else None,
-            "restarts": int(restarts) if attacked else 0,
+            **attack_fields(attack, steps, objective, restarts, queries, attacked,
+                            detector.has_patch_logits),
             # compute_all takes every pixel metric from one sort of all pixels (its pixel AUROC
             # equals auroc() up to float rounding): no second sort for the AUROC.
             "image_auroc": metrics["image_auroc"],
@@ -290,8 +359,80 @@ def evaluate_with_predictions(
             "n_images": int(len(preds.scores)),
             "n_anomalous": int(preds.labels.sum()),
             "targets": (TARGETS_MASKS if pixel_ok else TARGETS_ALL_ONES) if attacked else None,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(len(preds.scores) / seconds, 4) if seconds > 0 else None,
+            **_worst_sources(preds, detector.has_patch_logits),
         })
+        if attack == "standard" and attacked:
+            logger.info("standard at eps %g/255: %.4g images/s (%d images, %.1f s)", eps,
+                        rows[-1]["images_per_s"], rows[-1]["n_images"], seconds)
     return rows, predictions
+
+
+STANDARD_OBJECTIVE = "score (image metrics) / map (pixel metrics)"
+
+
+def check_attacks(attacks: Sequence[str], objective: str, patch_logits: bool) -> None:
+    """Refuse unknown attacks or objectives, and ``mask`` for a detector without patch logits."""
+    if isinstance(attacks, str) or not attacks:
+        raise InputError("attacks (--attack)", attacks, "must be a non-empty list of attack "
+                         "names", f"choose from {', '.join(ATTACK_NAMES)}")
+    for name in attacks:
+        choice("attacks (--attack)", name, ATTACK_NAMES)
+    choice("objective (--objective)", objective, OBJECTIVE_NAMES)
+    uses_objective = [a for a in attacks if a != "standard"]
+    if objective in PATCH_OBJECTIVES and uses_objective and not patch_logits:
+        raise InputError("objective (--objective)", objective,
+                         "needs a detector with patch logits (PatchGuard's); this detector "
+                         "gives image scores and maps only", "use score or map")
+
+
+def _description(attack: str, steps: int, queries: int | None, eps: float) -> str:
+    """Progress-bar label of one evaluation setting."""
+    if eps <= 0:
+        return "clean"
+    if attack == "standard":
+        return f"standard eps {eps:g}/255"
+    budget = (f"{queries or DEFAULT_QUERIES} queries" if attack in QUERY_ATTACKS
+              else f"{steps} steps")
+    return f"{attack} ({budget}) eps {eps:g}/255"
+
+
+def attack_fields(attack: str, steps: int, objective: str, restarts: int,
+                  queries: int | None, attacked: bool, patch_logits: bool = True
+                  ) -> dict[str, Any]:
+    """The row fields that say how an attack was run (the fixed members for ``standard``)."""
+    if not attacked:
+        return {"steps": 0, "objective": None, "restarts": 0, "queries": None, "members": None}
+    if attack == "standard":
+        run, skipped = standard.standard_members(patch_logits)
+        fields = {"steps": max(m.steps for m in run), "objective": STANDARD_OBJECTIVE,
+                  "restarts": 1, "queries": max(m.queries or 0 for m in run) or None,
+                  "members": standard.describe_members(run)}
+        if skipped:
+            fields["members_skipped"] = (f"{standard.describe_members(skipped)} "
+                                         f"({standard.SKIPPED_NO_PATCH_LOGITS})")
+        return fields
+    return {
+        # Square takes no gradient steps, only queries.
+        "steps": 0 if attack in QUERY_ATTACKS else int(steps), "objective": objective,
+        "restarts": int(restarts),
+        "queries": int(queries or DEFAULT_QUERIES) if attack in QUERY_ATTACKS else None,
+        "members": ", ".join(DEFAULT_WORST_MEMBERS) if attack == "worst" else None,
+    }
+
+
+def _worst_sources(preds: Predictions, patch_logits: bool) -> dict[str, Any]:
+    """For ``standard`` rows: per member, how many images' worst case it gave, per metric."""
+    if preds.image_members is None or preds.pixel_members is None:
+        return {}
+    names = [m.describe() for m in standard.standard_members(patch_logits)[0]]
+
+    def counts(chosen: np.ndarray) -> str:
+        return ", ".join(f"{name} {int((chosen == i).sum())}" for i, name in enumerate(names))
+
+    return {"image_worst_from": counts(preds.image_members),
+            "pixel_worst_from": counts(preds.pixel_members)}
 
 
 @dataclass

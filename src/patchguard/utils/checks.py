@@ -228,11 +228,15 @@ WORKERS_ARG = arg(workers, int)
 
 
 def attack_settings(epsilons: Sequence[Any], steps: Any, batch_size: Any = 1, restarts: Any = 1,
-                    n_workers: Any = 0) -> list[float]:
-    """Evaluation arguments of the Python API, checked as their flags are; the epsilons."""
+                    n_workers: Any = 0, queries: Any = None) -> list[float]:
+    """Evaluation arguments of the Python API, checked as their flags are; the epsilons.
+
+    ``queries`` None means the attacks' default query budget.
+    """
     values = [epsilon("epsilons (--epsilon-test)", eps) for eps in epsilons]
     integer("steps (--steps-test)", steps, 1)
     integer("batch_size (--batch-size)", batch_size, 1)
     integer("restarts (--restarts)", restarts, 1)
     workers("workers (--workers)", n_workers)
+    optional(integer, "queries (--queries)", queries, 1)
     return values

@@ -1,0 +1,150 @@
+"""``standard``: one fixed, citable robustness evaluation, the worst case per image and metric.
+
+Per image it runs every member of :data:`STANDARD_MEMBERS` (fixed attack, objective and
+budget, whatever ``--objective`` / ``--steps-test`` / ``--queries`` / ``--restarts`` say) and
+keeps, separately for each metric family, the member result that hurts that metric most:
+
+- image-level metrics (image AUROC, AP, F1-max) use the result with the highest ``score``
+  objective: per image the highest score of a normal image and the lowest of an anomalous
+  one, so the standard image AUROC is at most every member's;
+- pixel-level metrics (pixel AUROC, AP, F1-max, AUPRO) use the result with the highest ``map``
+  objective (mean map over normal pixels minus over anomalous pixels, per image).
+
+In one line: *"standard (patchguard): per image and metric family the worst of APGD-100 on the
+image score, APGD-100 on the anomaly map, the paper's PGD-10 on its mask objective and
+Square-1000 on the image score, L-infinity."*
+
+A detector without patch logits (any detector other than PatchGuard, e.g. PatchCore) has no
+``mask`` objective: its standard evaluation skips the PGD member, and its rows say so. No
+substitute is run: the ``mask`` objective is the mean normal minus mean anomalous patch logit,
+and the ``map`` member already attacks that same difference on the anomaly map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+from .apgd import attack_apgd
+from .gradient import attack_pgd
+from .objectives import needs_patch_logits
+from .problem import AttackBudget, AttackProblem, AttackResult
+from .square import attack_square
+
+STANDARD_APGD_STEPS = 100  # well above APGD_MIN_STEPS; the budget APGD was designed for
+STANDARD_PGD_STEPS = 10  # the paper's own evaluation attack, as it reports it
+STANDARD_SQUARE_QUERIES = 1000
+
+IMAGE_OBJECTIVE = "score"  # decides the worst case for image-level metrics
+PIXEL_OBJECTIVE = "map"  # decides it for pixel-level metrics
+
+# The member attacks by name (the registry's functions; imported directly, not through the
+# registry, which itself lists ``standard``).
+MEMBER_ATTACKS: dict[str, Callable[[AttackProblem, AttackBudget], AttackResult]] = {
+    "apgd": attack_apgd, "pgd": attack_pgd, "square": attack_square,
+}
+
+
+@dataclass(frozen=True)
+class Member:
+    """One fixed member of an ensemble: attack name, objective and budget."""
+
+    attack: str
+    objective: str
+    steps: int = 0
+    queries: int | None = None
+
+    def describe(self) -> str:
+        """Short label, e.g. ``apgd/score/100 steps`` or ``square/score/1000 queries``."""
+        budget = f"{self.queries} queries" if self.queries is not None else f"{self.steps} steps"
+        return f"{self.attack}/{self.objective}/{budget}"
+
+
+STANDARD_MEMBERS: tuple[Member, ...] = (
+    Member("apgd", "score", steps=STANDARD_APGD_STEPS),
+    Member("apgd", "map", steps=STANDARD_APGD_STEPS),
+    Member("pgd", "mask", steps=STANDARD_PGD_STEPS),
+    Member("square", "score", queries=STANDARD_SQUARE_QUERIES),
+)
+
+SKIPPED_NO_PATCH_LOGITS = "needs patch logits"
+
+
+def standard_members(patch_logits: bool, members: Sequence[Member] | None = None
+                     ) -> tuple[list[Member], list[Member]]:
+    """The members run for a detector with or without patch logits, and the ones skipped."""
+    members = list(STANDARD_MEMBERS if members is None else members)
+    run = [m for m in members if patch_logits or not needs_patch_logits(m.objective)]
+    return run, [m for m in members if m not in run]
+
+
+def describe_members(members: Sequence[Member]) -> str:
+    """The members as one line, e.g. for a results row."""
+    return ", ".join(m.describe() for m in members)
+
+
+@dataclass
+class MetricAdversarials:
+    """Adversarial images per metric family, the deciding objective at each, and its source.
+
+    Image-level metrics are computed on ``image``, pixel-level ones on ``pixel``; for a single
+    attack both are the same tensor (and both losses its own objective). ``image_member`` /
+    ``pixel_member`` (B,) index the ensemble member each image's worst case came from.
+    """
+
+    image: torch.Tensor
+    pixel: torch.Tensor
+    image_loss: torch.Tensor
+    pixel_loss: torch.Tensor
+    image_member: torch.Tensor | None = None
+    pixel_member: torch.Tensor | None = None
+
+
+def member_candidates(problem: AttackProblem, budget: AttackBudget,
+                      members: Sequence[Member]) -> list[torch.Tensor]:
+    """Each member's adversarial images, in order, drawing from one generator."""
+    candidates = []
+    for member in members:
+        own = replace(budget, steps=member.steps, restarts=1,
+                      queries=member.queries or budget.queries, members=None)
+        attack = MEMBER_ATTACKS[member.attack]
+        candidates.append(attack(problem.with_objective(member.objective), own)[0])
+    return candidates
+
+
+def _worst(candidates: Sequence[torch.Tensor], values: torch.Tensor
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image the candidate with the highest value ((M, B) values; ties: the first)."""
+    index = values.argmax(dim=0)  # argmax returns the first maximum
+    stacked = torch.stack(list(candidates))
+    picked = stacked.gather(0, index.view(1, -1, 1, 1, 1).expand(1, *stacked.shape[1:]))[0]
+    return picked, values.gather(0, index.view(1, -1))[0], index
+
+
+def attack_standard_per_metric(problem: AttackProblem, budget: AttackBudget,
+                               members: Sequence[Member] | None = None) -> MetricAdversarials:
+    """Run the members (default: the standard ones the detector supports); per image keep each
+    metric family's worst case. ``budget`` gives only the generator: members have their own.
+    """
+    run, _ = standard_members(problem.supports_patch_objectives, members)
+    candidates = member_candidates(problem, budget, run)
+    values = [problem.values(x, (IMAGE_OBJECTIVE, PIXEL_OBJECTIVE)) for x in candidates]
+    image_x, image_loss, image_member = _worst(candidates, torch.stack([v[0] for v in values]))
+    pixel_x, pixel_loss, pixel_member = _worst(candidates, torch.stack([v[1] for v in values]))
+    return MetricAdversarials(image_x, pixel_x, image_loss, pixel_loss, image_member,
+                              pixel_member)
+
+
+def attack_standard(problem: AttackProblem, budget: AttackBudget) -> AttackResult:
+    """The standard members; per image the result with the highest objective of ``problem``.
+
+    The members' budgets are fixed (``budget`` only gives the generator). Evaluation uses
+    :func:`attack_standard_per_metric`, which picks per metric family instead.
+    """
+    run, _ = standard_members(problem.supports_patch_objectives)
+    candidates = member_candidates(problem, budget, run)
+    values = torch.stack([problem.final_loss(x) for x in candidates])
+    picked, loss, _ = _worst(candidates, values)
+    return picked, loss
