@@ -5,6 +5,7 @@ import torch
 
 from patchguard.adversarial.apgd import apgd_checkpoints
 from patchguard.adversarial.attacks import ATTACKS, run_attack
+from patchguard.adversarial.detector import DetectorOutput, as_detector
 from patchguard.adversarial.objectives import (
     OBJECTIVES,
     map_loss,
@@ -104,14 +105,19 @@ def _batch(seed: int = 1, n: int = 4):
 
 def _objective_value(model, objective, x, targets, labels, masks):
     with torch.no_grad():
-        logits = model(x, with_attention=False).logits
-        return OBJECTIVES[objective](model, logits, targets, labels, masks)
+        return OBJECTIVES[objective](as_detector(model)(x), targets, labels, masks)
+
+
+def _output(model, logits):
+    """The detector output of PatchGuard-like ``model`` for given patch logits."""
+    return DetectorOutput(lambda: model.image_score(logits), lambda: model.anomaly_map(logits),
+                          logits)
 
 
 def test_mask_loss_is_the_training_objective_per_image():
     logits = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 1.0, -1.0]])
     targets = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]])
-    per_image = mask_loss(None, logits, targets, torch.tensor([1, 0]), None)
+    per_image = mask_loss(DetectorOutput(None, None, logits), targets, torch.tensor([1, 0]), None)
     torch.testing.assert_close(per_image, torch.tensor([1.5 - 3.5, 0.0]))
     assert per_image.sum().item() == pytest.approx(mask_objective(logits, targets).item())
 
@@ -119,7 +125,7 @@ def test_mask_loss_is_the_training_objective_per_image():
 def test_score_loss_raises_normal_and_lowers_anomalous_scores():
     model = tiny_model(top_k=2)
     logits = torch.tensor([[1.0, 5.0, 3.0, 0.0], [1.0, 5.0, 3.0, 0.0]])
-    loss = score_loss(model, logits, torch.zeros(2, 4), torch.tensor([0, 1]), None)
+    loss = score_loss(_output(model, logits), torch.zeros(2, 4), torch.tensor([0, 1]), None)
     torch.testing.assert_close(loss, torch.tensor([4.0, -4.0]))  # top-2 mean is (5 + 3) / 2
 
 
@@ -131,7 +137,7 @@ def test_map_loss_uses_masks_and_falls_back_to_upsampled_targets():
     targets[:, 0] = 1  # top-left 16 x 16 pixels
     masks = torch.zeros(2, 1, TINY_SIZE, TINY_SIZE)
     masks[0, :, 40:, 40:] = 1  # image 0 has a mask (differs from its targets), image 1 none
-    loss = map_loss(model, logits, targets, torch.ones(2), masks)
+    loss = map_loss(_output(model, logits), targets, torch.ones(2), masks)
     region0 = torch.zeros(TINY_SIZE, TINY_SIZE, dtype=torch.bool)
     region0[40:, 40:] = True
     region1 = torch.zeros(TINY_SIZE, TINY_SIZE, dtype=torch.bool)
@@ -139,7 +145,7 @@ def test_map_loss_uses_masks_and_falls_back_to_upsampled_targets():
     expected = torch.stack([maps[0][~region0].mean() - maps[0][region0].mean(),
                             maps[1][~region1].mean() - maps[1][region1].mean()])
     torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
-    without_masks = map_loss(model, logits, targets, torch.ones(2), None)
+    without_masks = map_loss(_output(model, logits), targets, torch.ones(2), None)
     torch.testing.assert_close(without_masks[1], expected[1], rtol=1e-4, atol=1e-5)
 
 
@@ -244,8 +250,11 @@ def test_apgd_checkpoints_for_100_steps():
     # +0.19 -> 0.41, +0.16 -> 0.57, +0.13 -> 0.70, +0.10 -> 0.80, +0.07 -> 0.87,
     # +0.06 -> 0.93, +0.06 -> 0.99, (+0.06 -> 1.05 > 1 stops). Times 100, ceil: exact integers.
     assert apgd_checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
-    # N = 10: ceil of 0, 2.2, 4.1, 5.7, 7, 8, 8.7, 9.3, 9.9 -> duplicates merged.
-    assert apgd_checkpoints(10) == [0, 3, 5, 6, 7, 8, 9, 10]
+    # N = 10 in whole periods as the authors' code counts them: first floor(2.2) = 2 steps,
+    # then periods floor(1.9)... each at least floor(0.6) -> 1 step: a checkpoint every step.
+    assert apgd_checkpoints(10) == [0, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    # N = 50: periods 11, 11 - 1 = 10, 9, 8, ... down to 3: 0, 11, 21, 30, 38, 45, 51 > 50.
+    assert apgd_checkpoints(50) == [0, 11, 21, 30, 38, 45]
 
 
 def test_apgd_starts_randomly_and_first_steps_two_epsilon():

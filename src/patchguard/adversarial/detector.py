@@ -19,12 +19,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-Lazy = Union[torch.Tensor, Callable[[], torch.Tensor]]
+Lazy = torch.Tensor | Callable[[], torch.Tensor]
 
 
 class DetectorOutput:
