@@ -4,31 +4,7 @@ from patchguard.data.datasets import TestDataset
 from patchguard.data.layouts import load_records
 from patchguard.evaluation.sanity import sanity_check
 
-from conftest import make_mvtec_class, tiny_model
-
-
-class QuantisedInput(torch.nn.Module):
-    """A model whose input is rounded first: zero gradients, the classic masking trap."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.patch_size = model.patch_size
-        self.image_size = model.image_size
-
-    def forward(self, x, with_attention=True):
-        return self.model(torch.round(x * 4) / 4, with_attention=with_attention)
-
-    def predict(self, x):
-        with torch.no_grad():
-            logits = self.forward(x, with_attention=False).logits
-        return self.model.image_score(logits), self.model.anomaly_map(logits)
-
-    def image_score(self, logits):
-        return self.model.image_score(logits)
-
-    def anomaly_map(self, logits):
-        return self.model.anomaly_map(logits)
+from conftest import QuantisedInput, make_mvtec_class, tiny_model
 
 
 def _data(tmp_path):
