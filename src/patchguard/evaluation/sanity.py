@@ -1,8 +1,8 @@
 """Sanity checks against gradient masking (Carlini et al., "On Evaluating Adversarial Robustness").
 
 A robustness number is only credible if the attack behaves like an attack: more budget must
-never help the model, and an absurd budget must break it. Violations are reported as warnings,
-never hidden.
+never help the model, an absurd budget must break it, and a gradient-free attack (Square) must
+not beat the gradient attack. Violations are reported as warnings, never hidden.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ from typing import Any
 
 import torch
 
+from ..adversarial.names import DEFAULT_QUERIES, QUERY_ATTACKS
 from ..data.datasets import TestDataset
-from ..models.patchguard import PatchGuard
 from .evaluator import evaluate
+
+# Attacks the Square comparison does not apply to: Square itself, and standard, which holds it.
+_HOLDS_SQUARE = (*QUERY_ATTACKS, "standard")
 
 
 @dataclass
@@ -33,7 +36,7 @@ class SanityReport:
 
 
 def sanity_check(
-    model: PatchGuard,
+    model: Any,
     dataset: TestDataset,
     attack: str = "pgd",
     objective: str = "mask",
@@ -46,13 +49,18 @@ def sanity_check(
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    square_queries: int = DEFAULT_QUERIES,
 ) -> SanityReport:
-    """Epsilon sweep, more steps, huge epsilon: flag any sign of gradient masking.
+    """Epsilon sweep, more steps, huge epsilon, Square: flag any sign of gradient masking.
 
+    ``model`` is PatchGuard or any detector (:func:`patchguard.adversarial.detector.as_detector`).
     Checks, on the AUROCs the objective targets (image for ``score``, pixel for ``map``, both
     for ``mask``; pixel only with masks), with ``tolerance`` for noise:
     the attacked AUROC does not increase with epsilon; ``more_steps_factor`` times the steps
-    does not raise it; at ``large_epsilon`` it falls to at most ``near_zero``.
+    does not raise it; at the largest swept epsilon the gradient-free Square Attack
+    (``square_queries`` queries, same objective) does not get it clearly lower than the better
+    of the two gradient runs (skipped when ``attack`` is ``square`` or ``standard``, or
+    ``square_queries`` is 0); at ``large_epsilon`` it falls to at most ``near_zero``.
     """
     sweep = sorted({0.0, *map(float, epsilons)})
     rows = evaluate(model, dataset, sweep, steps, batch_size, device, progress=progress,
@@ -83,6 +91,22 @@ def sanity_check(
                 f"{metric} at eps {eps_ref:g} rose from {reference[metric]:.3f} "
                 f"({steps} steps) to {longer[metric]:.3f} ({longer['steps']} steps): more "
                 "attack steps helped the model")
+    if attack not in _HOLDS_SQUARE and square_queries > 0:
+        square = evaluate(model, dataset, (eps_ref,), steps, batch_size, device,
+                          progress=progress, attacks=("square",), objective=objective,
+                          queries=square_queries)[0]
+        report.rows.append(square)
+        for metric in metrics:
+            # The best gradient result at this epsilon: with the base or the longer budget.
+            gradient = min(reference[metric], longer[metric])
+            report.checks.append(
+                f"{metric} at eps {eps_ref:g}: Square ({square_queries} queries) >= {attack}")
+            if square[metric] is not None and square[metric] < gradient - tolerance:
+                report.warnings.append(
+                    f"{metric} at eps {eps_ref:g}: the gradient-free Square Attack "
+                    f"({square_queries} queries) got it to {square[metric]:.3f}, clearly "
+                    f"stronger than {attack} ({gradient:.3f}): a sign of gradient masking; "
+                    "report the Square (or standard) number, not the gradient attack's")
     huge = evaluate(model, dataset, (large_epsilon,), steps, batch_size, device,
                     progress=progress, attacks=(attack,), objective=objective)[0]
     report.rows.append(huge)
