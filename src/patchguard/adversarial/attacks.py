@@ -22,6 +22,7 @@ from .problem import AttackBudget, AttackProblem, AttackResult, update_best
 from .square import attack_square
 from .standard import (
     IMAGE_OBJECTIVE,
+    Member,
     MetricAdversarials,
     attack_standard,
     attack_standard_per_metric,
@@ -71,11 +72,16 @@ def _problem_and_budget(
     name: str, detector: object, images: torch.Tensor, targets: torch.Tensor | None,
     labels: torch.Tensor | None, epsilon: float, steps: int,
     objective: str | PerImageObjective, restarts: int, masks: torch.Tensor | None,
-    generator: torch.Generator | None, members: Sequence[str] | None, queries: int | None,
+    generator: torch.Generator | None, members: Sequence[str | Member] | None,
+    queries: int | None,
 ) -> tuple[AttackProblem, AttackBudget]:
     lookup(name)
-    if members is not None and name != "worst":
-        raise ValueError(f"members only apply to the 'worst' attack, not {name!r}")
+    if members is not None and name not in ("worst", "standard"):
+        raise ValueError(f"members only apply to the 'worst' and 'standard' attacks, not "
+                         f"{name!r}")
+    if members is not None and name == "standard" and not all(
+            isinstance(m, Member) for m in members):
+        raise ValueError("standard's members are Member(attack, objective, steps, queries)")
     problem = AttackProblem(detector, images, targets, labels, epsilon, objective, masks)
     budget = AttackBudget(steps=int(steps), restarts=int(restarts),
                           queries=DEFAULT_QUERIES if queries is None else int(queries),
@@ -96,7 +102,7 @@ def run_attack(
     restarts: int = 1,
     masks: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    members: Sequence[str] | None = None,
+    members: Sequence[str | Member] | None = None,
     queries: int | None = None,
 ) -> AttackResult:
     """Run attack ``name`` (see ``ATTACKS``); return adversarial images and per-image final loss.
@@ -104,7 +110,8 @@ def run_attack(
     ``detector`` is a PatchGuard-like model or any detector (:mod:`.detector`); ``epsilon`` is
     in [0, 1] pixel units; ``targets`` (B, N) are patch targets (None without patch logits);
     ``labels`` (B,) are 0 normal / 1 anomalous (None: derived from ``targets``); ``masks`` are
-    (B, [1,] H, W) ground-truth masks or None; ``members`` only applies to ``worst``;
+    (B, [1,] H, W) ground-truth masks or None; ``members`` only applies to ``worst`` (attack
+    names) and ``standard`` (:class:`.standard.Member` budgets instead of the fixed ones);
     ``queries`` is the budget of the score-based ``square`` (default
     :data:`.names.DEFAULT_QUERIES`; ``worst`` passes it on). The final loss is the objective in
     eval mode.
@@ -129,7 +136,7 @@ def run_attack_per_metric(
     restarts: int = 1,
     masks: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    members: Sequence[str] | None = None,
+    members: Sequence[str | Member] | None = None,
     queries: int | None = None,
 ) -> MetricAdversarials:
     """Adversarial images for image- and pixel-level metrics (same arguments as
@@ -140,7 +147,7 @@ def run_attack_per_metric(
         problem, budget = _problem_and_budget(name, detector, images, targets, labels, epsilon,
                                               steps, IMAGE_OBJECTIVE, restarts, masks,
                                               generator, members, queries)
-        return attack_standard_per_metric(problem, budget)
+        return attack_standard_per_metric(problem, budget, budget.members)
     x, loss = run_attack(name, detector, images, targets, labels, epsilon, steps, objective,
                          restarts, masks, generator, members, queries)
     return MetricAdversarials(x, x, loss, loss)

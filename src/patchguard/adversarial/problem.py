@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -22,14 +23,15 @@ AttackResult = tuple[torch.Tensor, torch.Tensor]
 @dataclass(frozen=True)
 class AttackBudget:
     """How much an attack may do: gradient ``steps``, random ``restarts``, model ``queries``
-    (score-based attacks), the ``generator`` of its random numbers and, for ``worst``, the
-    ``members`` it takes the worst case over (None: its default members)."""
+    (score-based attacks), the ``generator`` of its random numbers and, for ``worst`` and
+    ``standard``, the ``members`` it takes the worst case over (attack names for ``worst``,
+    ``standard.Member`` budgets for ``standard``; None: the default members)."""
 
     steps: int = 10
     restarts: int = 1
     queries: int = DEFAULT_QUERIES
     generator: torch.Generator | None = None
-    members: tuple[str, ...] | None = None
+    members: tuple[Any, ...] | None = None
 
 
 class AttackProblem:

@@ -140,10 +140,11 @@ def attack_standard_per_metric(problem: AttackProblem, budget: AttackBudget,
 def attack_standard(problem: AttackProblem, budget: AttackBudget) -> AttackResult:
     """The standard members; per image the result with the highest objective of ``problem``.
 
-    The members' budgets are fixed (``budget`` only gives the generator). Evaluation uses
-    :func:`attack_standard_per_metric`, which picks per metric family instead.
+    The members' budgets are fixed (``budget`` gives the generator, and ``budget.members``
+    other :class:`Member` budgets when set). Evaluation uses :func:`attack_standard_per_metric`,
+    which picks per metric family instead.
     """
-    run, _ = standard_members(problem.supports_patch_objectives)
+    run, _ = standard_members(problem.supports_patch_objectives, budget.members)
     candidates = member_candidates(problem, budget, run)
     values = torch.stack([problem.final_loss(x) for x in candidates])
     picked, loss, _ = _worst(candidates, values)

@@ -26,6 +26,7 @@ from ..adversarial.detector import (
 )
 from ..adversarial.names import ATTACK_NAMES, DEFAULT_QUERIES, OBJECTIVE_NAMES, QUERY_ATTACKS
 from ..adversarial.objectives import PATCH_OBJECTIVES
+from ..adversarial.standard import Member
 from ..config import TrainConfig
 from ..data.datasets import TestDataset, load_test_set
 from ..models.factory import load_model
@@ -187,14 +188,17 @@ def predict_dataset(
     restarts: int = 1,
     seed: int = 0,
     queries: int | None = None,
+    standard_members: Sequence[Member] | None = None,
 ) -> Predictions:
     """Score every test image, clean (epsilon 0) or attacked at ``epsilon`` (1/255 units).
 
     ``model`` is PatchGuard or any detector (:func:`patchguard.adversarial.detector.as_detector`);
     ``attack`` is a name of :data:`patchguard.adversarial.attacks.ATTACKS`; the default is the
     faithful PGD with the mask objective of METHOD.md; ``queries`` is the budget of score-based
-    attacks. Scores come from the image-metric adversarials and maps from the pixel-metric ones;
-    they differ only for ``standard``, whose kept images are the pixel-metric ones.
+    attacks; ``standard_members`` replaces the fixed members of ``standard`` (e.g. the demo's
+    smaller budgets). Scores come from the image-metric adversarials and maps from the
+    pixel-metric ones; they differ only for ``standard``, whose kept images are the pixel-metric
+    ones.
     """
     device = torch.device(device)
     detector = as_detector(model)
@@ -204,9 +208,9 @@ def predict_dataset(
             owner, (batch_size, str(device), keep_images, _function_key(detector)),
             lambda: _predict(detector, dataset, 0.0, steps, batch_size, device, workers,
                              keep_images, progress, desc, attack, objective, restarts, seed,
-                             queries))
+                             queries, None))
     return _predict(detector, dataset, epsilon, steps, batch_size, device, workers, keep_images,
-                    progress, desc, attack, objective, restarts, seed, queries)
+                    progress, desc, attack, objective, restarts, seed, queries, standard_members)
 
 
 def _state_owner(detector: AttackableDetector) -> nn.Module | None:
@@ -235,7 +239,8 @@ def _function_key(detector: AttackableDetector) -> str:
 
 
 def _predict(detector, dataset, epsilon, steps, batch_size, device, workers, keep_images,
-             progress, desc, attack, objective, restarts, seed, queries) -> Predictions:
+             progress, desc, attack, objective, restarts, seed, queries, standard_members
+             ) -> Predictions:
     from tqdm.auto import tqdm
 
     generator = torch.Generator().manual_seed(seed)  # random starts, reproducible
@@ -252,7 +257,8 @@ def _predict(detector, dataset, epsilon, steps, batch_size, device, workers, kee
             result = run_attack_per_metric(
                 attack, detector, x, targets, batch_labels, epsilon / 255.0, steps,
                 objective=objective, restarts=restarts, masks=batch["mask"].to(device),
-                generator=generator, queries=queries)
+                generator=generator, queries=queries,
+                members=standard_members if attack == "standard" else None)
             x, x_pixel = result.image, result.pixel
             if result.image_member is not None and result.pixel_member is not None:
                 image_members.append(result.image_member.cpu().numpy())
@@ -293,6 +299,7 @@ def evaluate(
     objective: str = "mask",
     restarts: int = 1,
     queries: int | None = None,
+    standard_members: Sequence[Member] | None = None,
 ) -> list[dict[str, Any]]:
     """Metrics for clean inputs (eps 0) and each attack at each eps (in 1/255 units).
 
@@ -301,7 +308,7 @@ def evaluate(
     rows, _ = evaluate_with_predictions(model, dataset, epsilons, steps, batch_size, device,
                                         workers, progress, attacks=attacks,
                                         objective=objective, restarts=restarts,
-                                        queries=queries)
+                                        queries=queries, standard_members=standard_members)
     return rows
 
 
@@ -319,6 +326,7 @@ def evaluate_with_predictions(
     objective: str = "mask",
     restarts: int = 1,
     queries: int | None = None,
+    standard_members: Sequence[Member] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[float, Predictions]]:
     """Like :func:`evaluate`, also returning predictions per epsilon (of the first attack)."""
     epsilons = attack_settings(epsilons, steps, batch_size, restarts, workers, queries)
@@ -340,6 +348,7 @@ def evaluate_with_predictions(
             detector, dataset, eps, steps, batch_size, device, workers, keep_images=keep_images,
             progress=progress, attack=attack, objective=objective, restarts=restarts,
             desc=_description(attack, steps, queries, eps), queries=queries,
+            standard_members=standard_members,
         )
         seconds = time.perf_counter() - started
         if attack in ("clean", attacks[0]):
@@ -350,7 +359,7 @@ def evaluate_with_predictions(
             "attack": attack,
             "epsilon": eps,
             **attack_fields(attack, steps, objective, restarts, queries, attacked,
-                            detector.has_patch_logits),
+                            detector.has_patch_logits, standard_members),
             # compute_all takes every pixel metric from one sort of all pixels (its pixel AUROC
             # equals auroc() up to float rounding): no second sort for the AUROC.
             "image_auroc": metrics["image_auroc"],
@@ -361,7 +370,7 @@ def evaluate_with_predictions(
             "targets": (TARGETS_MASKS if pixel_ok else TARGETS_ALL_ONES) if attacked else None,
             "seconds": round(seconds, 3),
             "images_per_s": round(len(preds.scores) / seconds, 4) if seconds > 0 else None,
-            **_worst_sources(preds, detector.has_patch_logits),
+            **_worst_sources(preds, detector.has_patch_logits, standard_members),
         })
         if attack == "standard" and attacked:
             logger.info("standard at eps %g/255: %.4g images/s (%d images, %.1f s)", eps,
@@ -370,6 +379,7 @@ def evaluate_with_predictions(
 
 
 STANDARD_OBJECTIVE = "score (image metrics) / map (pixel metrics)"
+CUSTOM_STANDARD = "custom members: not the citable standard budgets"
 
 
 def check_attacks(attacks: Sequence[str], objective: str, patch_logits: bool) -> None:
@@ -399,16 +409,20 @@ def _description(attack: str, steps: int, queries: int | None, eps: float) -> st
 
 
 def attack_fields(attack: str, steps: int, objective: str, restarts: int,
-                  queries: int | None, attacked: bool, patch_logits: bool = True
-                  ) -> dict[str, Any]:
+                  queries: int | None, attacked: bool, patch_logits: bool = True,
+                  standard_members: Sequence[Member] | None = None) -> dict[str, Any]:
     """The row fields that say how an attack was run (the fixed members for ``standard``)."""
     if not attacked:
         return {"steps": 0, "objective": None, "restarts": 0, "queries": None, "members": None}
     if attack == "standard":
-        run, skipped = standard.standard_members(patch_logits)
+        run, skipped = standard.standard_members(patch_logits, standard_members)
         fields = {"steps": max(m.steps for m in run), "objective": STANDARD_OBJECTIVE,
                   "restarts": 1, "queries": max(m.queries or 0 for m in run) or None,
-                  "members": standard.describe_members(run)}
+                  "members": standard.describe_members(run),
+                  # Only the fixed members make the citable number.
+                  "standard_budget": ("fixed" if standard_members is None
+                                      or tuple(standard_members) == standard.STANDARD_MEMBERS
+                                      else CUSTOM_STANDARD)}
         if skipped:
             fields["members_skipped"] = (f"{standard.describe_members(skipped)} "
                                          f"({standard.SKIPPED_NO_PATCH_LOGITS})")
@@ -422,11 +436,12 @@ def attack_fields(attack: str, steps: int, objective: str, restarts: int,
     }
 
 
-def _worst_sources(preds: Predictions, patch_logits: bool) -> dict[str, Any]:
+def _worst_sources(preds: Predictions, patch_logits: bool,
+                   standard_members: Sequence[Member] | None = None) -> dict[str, Any]:
     """For ``standard`` rows: per member, how many images' worst case it gave, per metric."""
     if preds.image_members is None or preds.pixel_members is None:
         return {}
-    names = [m.describe() for m in standard.standard_members(patch_logits)[0]]
+    names = [m.describe() for m in standard.standard_members(patch_logits, standard_members)[0]]
 
     def counts(chosen: np.ndarray) -> str:
         return ", ".join(f"{name} {int((chosen == i).sum())}" for i, name in enumerate(names))
