@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from test_attacks import _batch, _objective_value
 
 from patchguard.adversarial.attacks import run_attack
 from patchguard.adversarial.objectives import OBJECTIVES
 from patchguard.adversarial.square import DEFAULT_P_INIT, square_fraction, square_side
 from patchguard.evaluation.metrics import auroc
-from test_attacks import _batch, _objective_value
 
 from conftest import TINY_SIZE, QuantisedInput, tiny_model
 

@@ -1,9 +1,9 @@
 """The ``standard`` evaluation: fixed members, per-image worst case per metric family."""
 
 import numpy as np
-import pytest
 import torch
 from sklearn.metrics import roc_auc_score
+from test_attacks import _batch, _objective_value
 
 from patchguard.adversarial import standard
 from patchguard.adversarial.apgd import APGD_MIN_STEPS
@@ -14,7 +14,6 @@ from patchguard.adversarial.standard import (
     Member,
     attack_standard_per_metric,
 )
-from test_attacks import _batch, _objective_value
 
 from conftest import tiny_model
 

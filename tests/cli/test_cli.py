@@ -165,15 +165,43 @@ def test_test_writes_csv_markdown_plot_and_sanity_notes(trained, capsys):
     out_json = trained / "sane" / "rows.json"
     code = main(["test", "--checkpoint", str(trained / "run" / "last.pt"), "--steps-test", "2",
                  "--attack", "pgd", "fgsm", "--sanity", "--json", str(out_json), "--quiet",
-                 "--no-record"])
+                 "--no-record", "--queries", "50"])
     assert code == 0
-    assert "Sanity checks" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Sanity checks" in out and "Square (50 queries)" in out
     csv_lines = out_json.with_suffix(".csv").read_text().splitlines()
     assert csv_lines[0].startswith("class_name,attack,objective,epsilon")
     assert len(csv_lines) == 1 + 3  # clean, pgd 8, fgsm 8
     markdown = out_json.with_suffix(".md").read_text()
     assert "| fgsm |" in markdown.replace("| widget ", "") and "Sanity checks" in markdown
+    assert "Square (50 queries)" in markdown
     assert (trained / "sane" / "rows_vs_epsilon.png").exists()
+
+
+def _cheap_standard(monkeypatch):
+    """Standard with tiny budgets: what is checked is the wiring, not the strength."""
+    from patchguard.adversarial import standard
+
+    cheap = (standard.Member("apgd", "score", steps=2),
+             standard.Member("square", "score", queries=10))
+    monkeypatch.setattr(standard, "STANDARD_MEMBERS", cheap)
+
+
+def test_test_runs_square_and_standard_and_lists_the_members(trained, capsys, monkeypatch):
+    _cheap_standard(monkeypatch)
+    out_json = trained / "std" / "rows.json"
+    code = main(["test", "--checkpoint", str(trained / "run" / "last.pt"), "--epsilon-test", "8",
+                 "--attack", "square", "standard", "--queries", "15", "--json", str(out_json),
+                 "--quiet", "--no-record"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "standard: apgd/score/2 steps, square/score/10 queries" in out
+    assert "15 queries" in out and "img/s" in out
+    rows = json.loads(out_json.read_text())
+    assert [(r["attack"], r["queries"]) for r in rows] == [
+        ("clean", None), ("square", 15), ("standard", 10)]
+    assert all(r["images_per_s"] > 0 for r in rows)
+    assert "apgd/score/2 steps" in out_json.with_suffix(".md").read_text()
 
 
 def test_benchmark_writes_paper_style_table(trained, tmp_path):
@@ -183,7 +211,7 @@ def test_benchmark_writes_paper_style_table(trained, tmp_path):
         (tmp_path / "ckpts" / name).mkdir(parents=True)
         shutil.copy(trained / "run" / "last.pt", tmp_path / "ckpts" / name / "last.pt")
     code = main(["benchmark", "--classes", "all", "--checkpoint-dir", str(tmp_path / "ckpts"),
-                 "--steps-test", "1", "--quiet"])
+                 "--steps-test", "1", "--quiet", "--attack", "pgd"])
     assert code == 0
     table = (tmp_path / "ckpts" / "benchmark.md").read_text()
     assert "| widget |" in table and "| **mean** |" in table
@@ -191,6 +219,21 @@ def test_benchmark_writes_paper_style_table(trained, tmp_path):
     assert {r["class_name"] for r in rows} == {"widget"}
     assert main(["benchmark", "--classes", "nothere", "--checkpoint-dir",
                  str(tmp_path / "ckpts"), "--quiet"]) == 2
+
+
+def test_benchmark_reports_standard_beside_pgd_by_default(trained, tmp_path, monkeypatch):
+    import shutil
+
+    _cheap_standard(monkeypatch)
+    (tmp_path / "ckpts" / "widget").mkdir(parents=True)
+    shutil.copy(trained / "run" / "last.pt", tmp_path / "ckpts" / "widget" / "last.pt")
+    assert main(["benchmark", "--classes", "widget", "--checkpoint-dir",
+                 str(tmp_path / "ckpts"), "--steps-test", "1", "--quiet"]) == 0
+    table = (tmp_path / "ckpts" / "benchmark.md").read_text()
+    assert "| class | clean image | pgd image | standard image |" in table
+    assert "standard (apgd/score/2 steps, square/score/10 queries)" in table
+    rows = json.loads((tmp_path / "ckpts" / "benchmark.json").read_text())
+    assert [r["attack"] for r in rows] == ["clean", "pgd", "standard"]
 
 
 def test_module_entry_point():
@@ -226,7 +269,8 @@ def test_benchmark_train_sweep_skips_finished_classes_and_resumes(tmp_path):
         "steps_train: 1\nworkers: 0\ndevice: cpu\n")
     sweep = ["benchmark", "--train", "--config", str(config), "--dataset-dir",
              str(tmp_path / "data"), "--classes", "all", "--checkpoint-dir",
-             str(tmp_path / "runs"), "--epochs", "1", "--steps-test", "1", "--quiet"]
+             str(tmp_path / "runs"), "--epochs", "1", "--steps-test", "1", "--quiet",
+             "--attack", "pgd"]
     assert main(sweep) == 0
     a_ckpt = tmp_path / "runs" / "a" / "last.pt"
     stamp = a_ckpt.stat().st_mtime_ns

@@ -1,4 +1,3 @@
-import torch
 
 from patchguard.data.datasets import TestDataset
 from patchguard.data.layouts import load_records

@@ -56,26 +56,37 @@ def logger_flags(parser: argparse.ArgumentParser, default_dir: str) -> None:
 
 
 def attack_names() -> list[str]:
-    """The evaluation attacks, from the registry."""
-    from ..adversarial.attacks import ATTACKS
+    """The evaluation attacks (:mod:`patchguard.adversarial.names`, equal to the registry's keys
+    and importable without torch, so that ``--help`` stays fast)."""
+    from ..adversarial.names import ATTACK_NAMES
 
-    return list(ATTACKS)
+    return list(ATTACK_NAMES)
 
 
 def objective_names() -> list[str]:
-    """The per-image attack objectives, from the registry."""
-    from ..adversarial.objectives import OBJECTIVES
+    """The per-image attack objectives (see :func:`attack_names`)."""
+    from ..adversarial.names import OBJECTIVE_NAMES
 
-    return list(OBJECTIVES)
+    return list(OBJECTIVE_NAMES)
 
 
-def attack_flags(parser: argparse.ArgumentParser, several: bool = True) -> None:
-    """--attack (one or several), --objective and --restarts."""
+def attack_flags(parser: argparse.ArgumentParser, several: bool = True,
+                 default: tuple[str, ...] = ("pgd",)) -> None:
+    """--attack (one or several), --objective, --restarts and --queries."""
+    from ..adversarial.names import DEFAULT_QUERIES
+
     if several:
-        flag(parser, "--attack", nargs="+", default=["pgd"], choices=attack_names(),
-             help="attacks to run (pgd = the paper's, the default; worst = per-image strongest)")
+        flag(parser, "--attack", nargs="+", default=list(default), choices=attack_names(),
+             help="attacks to run (pgd = the paper's; worst = per-image strongest; square = "
+             "gradient-free; standard = the fixed citable ensemble, per image and metric the "
+             f"worst; default: {' '.join(default)})")
     else:
-        flag(parser, "--attack", default="pgd", choices=attack_names())
+        flag(parser, "--attack", default=default[0], choices=attack_names())
     flag(parser, "--objective", default="mask", choices=objective_names(),
-         help="what the attack maximises: mask (paper), score (the image decision), map")
-    flag(parser, "--restarts", type=POSITIVE, default=1, help="random restarts (pgd-rs, apgd)")
+         help="what the attack maximises: mask (paper), score (the image decision), map "
+         "(standard has its own)")
+    flag(parser, "--restarts", type=POSITIVE, default=1,
+         help="random restarts (pgd-rs, apgd, square)")
+    flag(parser, "--queries", type=POSITIVE, default=DEFAULT_QUERIES,
+         help=f"model queries of the Square Attack (square, and the --sanity Square check; "
+         f"default {DEFAULT_QUERIES}; standard has its own)")

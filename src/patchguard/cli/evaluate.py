@@ -38,7 +38,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(test, "--no-record", action="store_true", default=None,
          help="do not record the results for the model card (CHECKPOINT_STEM.results.json)")
     flag(test, "--sanity", action="store_true", default=None,
-         help="also check for gradient masking: epsilon sweep, more steps, eps 128/255")
+         help="also check for gradient masking: epsilon sweep, more steps, Square Attack, "
+         "eps 128/255")
     flag(test, "--gallery", type=NON_NEGATIVE, default=6,
          help="test images shown clean and attacked in results.html (default 6; 0: none)")
     logger_flags(test, "the --json folder/logs")
@@ -62,11 +63,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 def sanity_notes(args: argparse.Namespace, model, test_set, device) -> str:
     """Run the gradient-masking checks, print them, return them as Markdown notes."""
+    from ..adversarial.names import QUERY_ATTACKS
     from ..evaluation.sanity import sanity_check
 
-    report = sanity_check(model, test_set, attack=args.attack[0], objective=args.objective,
+    # The checks probe a gradient attack: the first one asked for, else APGD on the image score
+    # (the standard evaluation's strongest gradient member).
+    gradient = [a for a in args.attack if a not in (*QUERY_ATTACKS, "standard")]
+    attack, objective = (gradient[0], args.objective) if gradient else ("apgd", "score")
+    report = sanity_check(model, test_set, attack=attack, objective=objective,
                           steps=args.steps_test, batch_size=args.batch_size, device=device,
-                          progress=not args.quiet)
+                          progress=not args.quiet, square_queries=args.queries)
     lines = ["Sanity checks against gradient masking:"]
     lines += [f"- checked: {check}" for check in report.checks]
     lines += [f"- WARNING: {warning}" for warning in report.warnings] or ["- all passed"]
@@ -137,7 +143,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     rows = evaluate(target.model, target.test_set, epsilons, args.steps_test, args.batch_size,
                     target.device, args.workers, progress=not args.quiet, attacks=args.attack,
-                    objective=args.objective, restarts=args.restarts)
+                    objective=args.objective, restarts=args.restarts, queries=args.queries)
     seconds = time.perf_counter() - started
     print(format_table(rows))
     meta = {"dataset": target.dataset, "class_name": target.class_name,
@@ -211,7 +217,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         adv = predict_dataset(model, test_set, args.epsilon, args.steps, args.batch_size, device,
                               keep_images=True, progress=progress, attack=args.attack,
                               objective=args.objective, restarts=args.restarts,
-                              desc=f"{args.attack} eps {args.epsilon:g}/255")
+                              queries=args.queries, desc=f"{args.attack} eps {args.epsilon:g}/255")
     # A rerun with fewer images must not leave the previous run's panels beside the new ones.
     remove_own_outputs(out_dir, r"\d{4}_.+\.png|contact_sheet\.png")
     written = save_panels(

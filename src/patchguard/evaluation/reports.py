@@ -14,9 +14,9 @@ from typing import Any
 from ..utils.files import atomic_write_text
 
 COLUMNS = (
-    "class_name", "attack", "objective", "epsilon", "steps", "restarts", "image_auroc",
-    "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1_max", "pixel_f1_max", "n_images",
-    "targets",
+    "class_name", "attack", "objective", "epsilon", "steps", "restarts", "queries", "members",
+    "image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1_max", "pixel_f1_max",
+    "n_images", "images_per_s", "targets",
 )
 NO_PIXEL_MASKS_NOTE = "pixel AUROC n/a: the test set has no pixel masks (image-level labels only)"
 
@@ -51,15 +51,37 @@ def render_table(header: Sequence[str], body: Sequence[Sequence[Any]], markdown:
     return "\n".join([line(header), *(line(row) for row in cells)])
 
 
+def budget(row: dict[str, Any]) -> str:
+    """An attack row's budget in words: steps, queries, or ``standard``'s members."""
+    if row.get("attack") == "standard":
+        return "members below"
+    if row.get("queries") and not row.get("steps"):
+        return f"{row['queries']} queries"
+    return f"{row.get('steps', 0)} steps" if row.get("attack") != "clean" else "-"
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Terminal table of evaluation rows: attack, epsilon, steps, image/pixel AUROC, AUPRO."""
-    header = ["attack", "eps/255", "steps", "image AUROC", "pixel AUROC", "AUPRO", "images"]
-    body = [[r["attack"], r["epsilon"], r["steps"], r["image_auroc"], r["pixel_auroc"],
-             r.get("aupro"), r["n_images"]] for r in rows]
+    """Terminal table of evaluation rows: attack, epsilon, budget, image/pixel AUROC, AUPRO,
+    images and images/s; then the members of any ``standard`` row."""
+    header = ["attack", "eps/255", "budget", "image AUROC", "pixel AUROC", "AUPRO", "images",
+              "img/s"]
+    body = [[r["attack"], r["epsilon"], budget(r), r["image_auroc"], r["pixel_auroc"],
+             r.get("aupro"), r["n_images"], _rate(r.get("images_per_s"))] for r in rows]
     text = render_table(header, body)
+    for members in dict.fromkeys(r["members"] for r in rows
+                                 if r["attack"] == "standard" and r.get("members")):
+        text += f"\nstandard: {members}"
+        if any(r.get("standard_budget", "fixed") != "fixed" for r in rows
+               if r.get("members") == members):
+            text += " (custom budgets, not the citable standard)"
     if any(row["pixel_auroc"] is None for row in rows):
         text += "\n" + NO_PIXEL_MASKS_NOTE
     return text
+
+
+def _rate(value: float | None) -> str:
+    """Images/s with three significant digits (n/a when unknown)."""
+    return "n/a" if value is None else f"{value:.3g}"
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -117,22 +139,32 @@ def _mean(values: Sequence[float | None]) -> float | None:
 def class_table(results: dict[str, list[dict[str, Any]]], epsilon: float | None = None) -> str:
     """Paper-style Markdown table: per class clean / attacked image and pixel AUROC, then mean.
 
-    ``results`` maps a class name to its evaluation rows; the attacked columns use the first
-    attack at ``epsilon`` (default: the largest epsilon evaluated; n/a when only clean rows).
+    ``results`` maps a class name to its evaluation rows; the attacked columns are one pair per
+    attack at ``epsilon`` (default: the largest epsilon evaluated; n/a when only clean rows), so
+    ``standard`` stands beside the paper's PGD. With one attack the columns say "attacked".
     """
-    header = ["class", "clean image", "attacked image", "clean pixel", "attacked pixel"]
+    attacks = list(dict.fromkeys(r["attack"] for rows in results.values() for r in rows
+                                 if r["attack"] != "clean"))
+    eps = epsilon
+    if eps is None and attacks:
+        eps = max(r["epsilon"] for rows in results.values() for r in rows
+                  if r["attack"] != "clean")
+    names = ["attacked"] if len(attacks) == 1 else attacks
+    header = ["class", "clean image", *(f"{a} image" for a in names), "clean pixel",
+              *(f"{a} pixel" for a in names)]
     body: list[list[Any]] = []
-    label = "none (clean rows only)"
+    labels: dict[str, str] = {}
     for name, rows in results.items():
         clean = next(r for r in rows if r["attack"] == "clean")
-        attacked_rows = [r for r in rows if r["attack"] != "clean"]
-        attacked: dict[str, Any] = {}
-        if attacked_rows:
-            eps = epsilon if epsilon is not None else max(r["epsilon"] for r in attacked_rows)
-            attacked = next(r for r in attacked_rows if r["epsilon"] == eps)
-            label = f"{attacked['attack']} {eps:g}/255, {attacked['steps']} steps"
-        body.append([name, clean["image_auroc"], attacked.get("image_auroc"),
-                     clean["pixel_auroc"], attacked.get("pixel_auroc")])
+        attacked = {a: next((r for r in rows if r["attack"] == a and r["epsilon"] == eps), {})
+                    for a in attacks}
+        for attack, row in attacked.items():
+            if row:
+                labels.setdefault(attack, f"{attack} ({row.get('members') or budget(row)})")
+        body.append([name, clean["image_auroc"],
+                     *(attacked[a].get("image_auroc") for a in attacks), clean["pixel_auroc"],
+                     *(attacked[a].get("pixel_auroc") for a in attacks)])
     means = [_mean(column) for column in zip(*[row[1:] for row in body])] if body else []
     body.append(["**mean**", *means])
+    label = (f"{eps:g}/255, " + "; ".join(labels.values())) if labels else "none (clean rows only)"
     return f"Attack: {label}\n\n" + render_table(header, body, markdown=True) + "\n"
