@@ -18,6 +18,7 @@ _EXPORTS = {
     "train": "patchguard.api",
     "evaluate_checkpoint": "patchguard.api",
     "evaluate": "patchguard.evaluation.evaluator",
+    "evaluate_detector": "patchguard.robustness",
     "load_model": "patchguard.models.factory",
     "load": "patchguard.inference.detector",
 }

@@ -153,3 +153,50 @@ class TestDataset(Dataset):
 def load_test_set(dataset: str, root: str | Path, class_name: str, image_size: int) -> TestDataset:
     """The validated test split of one class as a :class:`TestDataset` at ``image_size``."""
     return TestDataset(load_records(dataset, root, class_name, "test"), image_size)
+
+
+class TensorTestSet(Dataset):
+    """A test set from tensors in memory: images (n, 3, H, W) in [0, 1], labels (n,) 0 normal /
+    1 anomalous, and optional masks (n, [1,] H, W), non-zero = anomalous pixel.
+
+    For evaluating a detector on images that are not in a data set folder
+    (:func:`patchguard.robustness.evaluate_detector`); without masks pixel metrics are n/a.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, images: torch.Tensor, labels: Sequence[int] | torch.Tensor,
+                 masks: torch.Tensor | None = None, names: Sequence[str] | None = None) -> None:
+        images = torch.as_tensor(images, dtype=torch.float32)
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must have shape (n, 3, H, W), got {tuple(images.shape)}")
+        if float(images.min()) < 0 or float(images.max()) > 1:
+            raise ValueError("images must be in [0, 1]")
+        labels = torch.as_tensor(labels).long().reshape(-1)
+        if len(labels) != len(images) or not set(labels.tolist()) <= {0, 1}:
+            raise ValueError(f"labels must be {len(images)} values of 0 or 1")
+        if masks is not None:
+            masks = torch.as_tensor(masks).float()
+            masks = masks[:, None] if masks.dim() == 3 else masks
+            if masks.shape != (len(images), 1, *images.shape[-2:]):
+                raise ValueError(f"masks must have shape (n, [1,] H, W) like the images, got "
+                                 f"{tuple(masks.shape)}")
+            masks = (masks > 0).float()
+        self.images, self.labels, self.masks = images, labels, masks
+        self.names = list(names) if names is not None else [f"image_{i:05d}"
+                                                            for i in range(len(images))]
+
+    @property
+    def has_pixel_masks(self) -> bool:
+        """True when masks were given and the set has anomalous images."""
+        return self.masks is not None and bool(self.labels.any())
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> TestSample:
+        mask = (self.masks[index] if self.masks is not None
+                else torch.zeros(1, *self.images.shape[-2:]))
+        return TestSample(image=self.images[index], label=int(self.labels[index]), mask=mask,
+                          has_mask=self.masks is not None, path=self.names[index],
+                          defect_type="good" if int(self.labels[index]) == 0 else "anomalous")

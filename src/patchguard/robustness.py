@@ -1,0 +1,110 @@
+"""Any anomaly detector under patchguard's attacks: :func:`evaluate_detector`.
+
+A *detector* is any differentiable callable ``images -> (image scores, anomaly maps)``: images
+(B, 3, H, W) in [0, 1], scores (B,) and maps (B, H, W), higher = more anomalous. It may also
+return patch logits (B, N) as a third value (give ``patch_size``), which the paper's ``mask``
+objective needs; without them the attacks use the ``score`` and ``map`` objectives. Every
+attack (``pgd``, ``pgd-rs``, ``fgsm``, ``apgd``, ``worst``, ``square``, ``standard``), every
+metric of the evaluation rows and the gradient-masking sanity checks run on it through the very
+code that evaluates PatchGuard (``patchguard test`` wraps its model the same way), so numbers of
+different detectors compare. Example::
+
+    from patchguard.robustness import evaluate_detector
+
+    def detector(images):                      # e.g. an adapter around another library
+        scores, maps = my_model(normalise(images))
+        return scores, maps
+
+    result = evaluate_detector(detector, test_set, epsilons=(0, 2, 8),
+                               attacks=("pgd", "standard"), module=my_model)
+    print(result.table())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .adversarial.detector import DetectorOutput, as_detector
+from .adversarial.names import DEFAULT_QUERIES
+from .adversarial.standard import STANDARD_MEMBERS, Member
+from .data.datasets import TensorTestSet
+from .evaluation.evaluator import evaluate
+from .evaluation.reports import format_table
+from .evaluation.sanity import SanityReport, sanity_check
+
+__all__ = ["DetectorEvaluation", "DetectorOutput", "Member", "STANDARD_MEMBERS",
+           "TensorTestSet", "evaluate_detector"]
+
+
+@dataclass
+class DetectorEvaluation:
+    """The rows of :func:`evaluate_detector` (one per attack and epsilon, clean first) and,
+    when asked for, the sanity report."""
+
+    rows: list[dict[str, Any]]
+    sanity: SanityReport | None = None
+
+    def table(self) -> str:
+        """The terminal table of ``patchguard test``, with sanity warnings when checked."""
+        text = format_table(self.rows)
+        if self.sanity is not None:
+            lines = [f"- checked: {check}" for check in self.sanity.checks]
+            lines += [f"- WARNING: {w}" for w in self.sanity.warnings] or ["- all passed"]
+            text += "\nSanity checks against gradient masking:\n" + "\n".join(lines)
+        return text
+
+
+def evaluate_detector(
+    detector: Callable[[torch.Tensor], Any] | nn.Module,
+    test_set: Dataset,
+    epsilons: Sequence[float] = (0, 8),
+    attacks: Sequence[str] = ("pgd",),
+    *,
+    objective: str | None = None,
+    steps: int = 10,
+    restarts: int = 1,
+    queries: int = DEFAULT_QUERIES,
+    patch_size: int | None = None,
+    module: nn.Module | None = None,
+    sanity: bool = False,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    workers: int = 0,
+    progress: bool = False,
+    standard_members: Sequence[Member] | None = None,
+) -> DetectorEvaluation:
+    """Evaluate ``detector`` clean and under ``attacks`` at ``epsilons`` (1/255 units).
+
+    ``test_set`` is a patchguard test set (``patchguard.data.datasets.load_test_set``), a
+    :class:`~patchguard.data.datasets.TensorTestSet` of in-memory images, labels and masks, or
+    any data set of the same samples (``image`` (3, H, W) in [0, 1], ``mask`` (1, H, W),
+    ``label``, ``has_mask``, ``path``, and a ``has_pixel_masks`` attribute). ``objective``
+    defaults to ``mask`` for a detector with patch logits and ``score`` otherwise; ``standard``
+    uses its own fixed members (``standard_members`` replaces them, and its rows then say
+    ``custom``). ``module`` is the ``nn.Module`` behind a plain function, so that scoring runs
+    in eval mode and its parameters stay frozen while the attacks take input gradients (found by
+    itself when ``detector`` is a module or a bound method of one). ``sanity`` also runs the
+    gradient-masking checks (epsilon sweep, more steps, Square, eps 128/255) with the first
+    gradient attack, as ``patchguard test --sanity`` does. Rows are those of ``patchguard
+    test``: image and pixel AUROC, AP, F1-max, AUPRO, budgets, ``images_per_s``.
+    """
+    wrapped = as_detector(detector, patch_size=patch_size, module=module)
+    if objective is None:
+        objective = "mask" if wrapped.has_patch_logits else "score"
+    rows = evaluate(wrapped, test_set, epsilons, steps, batch_size, device, workers, progress,
+                    attacks=attacks, objective=objective, restarts=restarts, queries=queries,
+                    standard_members=standard_members)
+    report = None
+    if sanity:
+        gradient = [a for a in attacks if a not in ("square", "standard")]
+        attack, probe = (gradient[0], objective) if gradient else ("apgd", "score")
+        report = sanity_check(wrapped, test_set, attack=attack, objective=probe, steps=steps,
+                              batch_size=batch_size, device=device, progress=progress,
+                              square_queries=queries)
+    return DetectorEvaluation(rows, report)
