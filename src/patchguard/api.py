@@ -52,11 +52,15 @@ def evaluate_checkpoint(
     device: str = "auto",
     json_path: str | Path | None = None,
     progress: bool = True,
+    attacks: Sequence[str] = ("pgd",),
+    objective: str = "mask",
+    queries: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate a checkpoint clean and under PGD (data set and class default to the training's).
+    """Evaluate a checkpoint clean and under ``attacks`` (default the paper's PGD; e.g.
+    ``("pgd", "standard")``); data set and class default to the training's.
 
     Epsilons are in 1/255 units (0..255, 0 is the clean row); every argument is checked before
-    the checkpoint is loaded.
+    the checkpoint is loaded. Any other detector: :func:`patchguard.robustness.evaluate_detector`.
     """
     epsilons = [checks.epsilon("epsilons", eps) for eps in epsilons]
     checks.integer("steps", steps, 1)
@@ -64,7 +68,7 @@ def evaluate_checkpoint(
     target = load_for_evaluation(checkpoint, dataset, dataset_dir, class_name,
                                  resolve_device(device))
     rows = evaluate(target.model, target.test_set, epsilons, steps, batch_size, target.device,
-                    progress=progress)
+                    progress=progress, attacks=attacks, objective=objective, queries=queries)
     if json_path is not None:
         write_results(json_path, rows, {"dataset": target.dataset,
                                         "class_name": target.class_name,
