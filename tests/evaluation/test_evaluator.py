@@ -90,7 +90,10 @@ def test_evaluation_decodes_once_scores_clean_once_and_keeps_the_rows(tmp_path, 
     assert sorted(reads) == list(range(len(dataset)))  # decoded once for three passes
     again = evaluate(model, dataset, epsilons=(0, 2), steps=2, batch_size=4, progress=False)
     assert sorted(reads) == list(range(len(dataset)))  # and not again for the second call
-    assert clean_passes.count(True) == 1 and again[0] == rows[0]
+    timing = ("seconds", "images_per_s")  # a stored clean pass is quicker, nothing else differs
+    assert clean_passes.count(True) == 1
+    assert ({k: v for k, v in again[0].items() if k not in timing}
+            == {k: v for k, v in rows[0].items() if k not in timing})
     # A new model state, even behind autograd's back (.data), is scored again.
     bias = model.discriminator.output_layer[0].bias
     saved = bias.detach().clone()
