@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .adversarial.detector import DetectorOutput, as_detector
-from .adversarial.names import DEFAULT_QUERIES
+from .adversarial.names import DEFAULT_QUERIES, QUERY_ATTACKS
 from .adversarial.standard import STANDARD_MEMBERS, Member
 from .data.datasets import TensorTestSet
 from .evaluation.evaluator import evaluate
@@ -102,7 +102,7 @@ def evaluate_detector(
                     standard_members=standard_members)
     report = None
     if sanity:
-        gradient = [a for a in attacks if a not in ("square", "standard")]
+        gradient = [a for a in attacks if a not in (*QUERY_ATTACKS, "standard")]
         attack, probe = (gradient[0], objective) if gradient else ("apgd", "score")
         report = sanity_check(wrapped, test_set, attack=attack, objective=probe, steps=steps,
                               batch_size=batch_size, device=device, progress=progress,

@@ -74,3 +74,27 @@ def test_custom_standard_members_are_labelled_and_used(tmp_path):
                     progress=False, attacks=("standard",), standard_members=members)
     assert rows[0]["members"] == "apgd/score/2 steps, square/score/5 queries"
     assert rows[0]["standard_budget"].startswith("custom")
+
+
+def test_standard_is_per_image_the_worst_of_its_members_run_alone(tmp_path, monkeypatch):
+    """What a user can check from outside: run each member as its own attack (same seed and
+    budget); per image, standard's score is at least every member's for a normal image and at
+    most for an anomalous one, so its image AUROC is at most the minimum of theirs (sklearn)."""
+    from sklearn.metrics import roc_auc_score
+
+    monkeypatch.setattr(standard, "STANDARD_MEMBERS", CHEAP)
+    make_mvtec_class(tmp_path, n_good=3, n_bad=3)
+    dataset = TestDataset(load_records("mvtec", tmp_path, "widget", "test"), 64)
+    model = tiny_model().eval()
+    kwargs = dict(batch_size=4, progress=False)  # two batches: generators carry across them
+    std = predict_dataset(model, dataset, 8, attack="standard", **kwargs)
+    alone = [predict_dataset(model, dataset, 8, m.steps, attack=m.attack, objective=m.objective,
+                             queries=m.queries, **kwargs) for m in CHEAP]
+    wrong_way = 1 - 2 * std.labels  # +1 normal, -1 anomalous: higher = worse for the model
+    for member in alone:
+        assert (wrong_way * std.scores >= wrong_way * member.scores - 1e-5).all()
+    assert roc_auc_score(std.labels, std.scores) <= min(
+        roc_auc_score(std.labels, m.scores) for m in alone) + 1e-9
+    # Each image's worst case came from the member with the highest score objective there.
+    best = np.stack([wrong_way * m.scores for m in alone]).argmax(axis=0)
+    np.testing.assert_array_equal(std.image_members, best)

@@ -11,6 +11,7 @@ tracked per image. L-infinity on input pixels in [0, 1].
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 
@@ -138,15 +139,19 @@ def run_attack_per_metric(
     generator: torch.Generator | None = None,
     members: Sequence[str | Member] | None = None,
     queries: int | None = None,
+    member_generators: dict[Member, torch.Generator] | None = None,
 ) -> MetricAdversarials:
     """Adversarial images for image- and pixel-level metrics (same arguments as
     :func:`run_attack`): separate worst cases for ``standard``, one batch for any other attack.
+    ``member_generators`` (standard only) gives each member its own random numbers
+    (:func:`.standard.member_generators`).
     """
     if name == "standard" and epsilon > 0:
         # The members bring their own objectives; the problem's is not used.
         problem, budget = _problem_and_budget(name, detector, images, targets, labels, epsilon,
                                               steps, IMAGE_OBJECTIVE, restarts, masks,
                                               generator, members, queries)
+        budget = replace(budget, member_generators=member_generators)
         return attack_standard_per_metric(problem, budget, budget.members)
     x, loss = run_attack(name, detector, images, targets, labels, epsilon, steps, objective,
                          restarts, masks, generator, members, queries)

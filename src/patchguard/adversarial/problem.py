@@ -32,6 +32,8 @@ class AttackBudget:
     queries: int = DEFAULT_QUERIES
     generator: torch.Generator | None = None
     members: tuple[Any, ...] | None = None
+    # standard only: one generator per member (see standard.member_generators).
+    member_generators: dict[Any, torch.Generator] | None = None
 
 
 class AttackProblem:

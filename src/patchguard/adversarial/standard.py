@@ -102,13 +102,30 @@ class MetricAdversarials:
     pixel_member: torch.Tensor | None = None
 
 
+def member_generators(members: Sequence[Member] | None, seed: int
+                      ) -> dict[Member, torch.Generator]:
+    """One generator per member, each seeded with ``seed``.
+
+    Given to :func:`attack_standard_per_metric` (``budget.member_generators``) for a whole
+    evaluation, each member draws exactly the random numbers it would draw run alone with the
+    same seed, so per image standard is the worst of the very results of the members run alone
+    (``patchguard test --attack apgd --objective score --steps-test 100`` and so on).
+    """
+    return {m: torch.Generator().manual_seed(seed)
+            for m in (STANDARD_MEMBERS if members is None else members)}
+
+
 def member_candidates(problem: AttackProblem, budget: AttackBudget,
                       members: Sequence[Member]) -> list[torch.Tensor]:
-    """Each member's adversarial images, in order, drawing from one generator."""
+    """Each member's adversarial images, in order: member ``m`` draws from
+    ``budget.member_generators[m]`` when given, else all draw from ``budget.generator``."""
     candidates = []
+    own_generators = budget.member_generators or {}
     for member in members:
         own = replace(budget, steps=member.steps, restarts=1,
-                      queries=member.queries or budget.queries, members=None)
+                      queries=member.queries or budget.queries, members=None,
+                      generator=own_generators.get(member, budget.generator),
+                      member_generators=None)
         attack = MEMBER_ATTACKS[member.attack]
         candidates.append(attack(problem.with_objective(member.objective), own)[0])
     return candidates

@@ -244,6 +244,9 @@ def _predict(detector, dataset, epsilon, steps, batch_size, device, workers, kee
     from tqdm.auto import tqdm
 
     generator = torch.Generator().manual_seed(seed)  # random starts, reproducible
+    # standard: each member draws the numbers it would draw run alone with this seed.
+    own_generators = (standard.member_generators(standard_members, seed)
+                      if attack == "standard" else None)
     detector.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
@@ -258,7 +261,8 @@ def _predict(detector, dataset, epsilon, steps, batch_size, device, workers, kee
                 attack, detector, x, targets, batch_labels, epsilon / 255.0, steps,
                 objective=objective, restarts=restarts, masks=batch["mask"].to(device),
                 generator=generator, queries=queries,
-                members=standard_members if attack == "standard" else None)
+                members=standard_members if attack == "standard" else None,
+                member_generators=own_generators)
             x, x_pixel = result.image, result.pixel
             if result.image_member is not None and result.pixel_member is not None:
                 image_members.append(result.image_member.cpu().numpy())
