@@ -254,3 +254,18 @@ def test_efficient_ad_one_step_equals_anomalib_and_has_an_input_gradient(tmp_pat
     assert (grad.flatten(1).abs().sum(1) > 0).all()
     assert not detector.model(detector.model_input(images.requires_grad_(True))) \
         .pred_score.requires_grad
+
+
+def test_evaluate_detector_attacks_a_baseline_with_the_suite(patchcore, faint):
+    """The baseline through patchguard.robustness.evaluate_detector: patchguard's own PGD and
+    Square (not the stand-ins above) lower an undefended PatchCore's AUROC."""
+    from patchguard.robustness import evaluate_detector
+
+    test_set = load_test_set("mvtec", faint.parent, faint.name, SIZE)
+    rows = evaluate_detector(patchcore, test_set, (0, 8), ("pgd", "square"), queries=300,
+                             batch_size=8).rows
+    clean, pgd, square = rows
+    assert pgd["objective"] == "score" and square["queries"] == 300  # no patch logits
+    assert pgd["image_auroc"] < clean["image_auroc"] - 0.3
+    assert square["image_auroc"] < clean["image_auroc"] - 0.1
+    assert all(p.grad is None for p in patchcore.parameters())
