@@ -97,7 +97,7 @@ def _requested_settings(name: str, image_size: int, options: dict[str, Any]) -> 
     if known.get("layers") is not None:
         known["layers"] = tuple(known["layers"])
     rest = {k: v for k, v in options.items() if k not in _TRAIN_FIELDS
-            and k not in ("work_dir", "imagenet_dir")}
+            and k not in ("work_dir", "imagenet_dir", "progress")}
     return BaselineSettings(name=name, image_size=image_size, options=rest, **known)
 
 

@@ -1,5 +1,6 @@
 """The ``benchmark`` verb: evaluate one checkpoint per class (training them first with
-``--train``, one class per GPU at a time, resumable) and write the paper-style table.
+``--train``, one class per GPU at a time, resumable) and write the paper-style table; with
+``--baselines``, anomalib's detectors are trained on each class and attacked beside PatchGuard.
 """
 
 from __future__ import annotations
@@ -12,8 +13,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .args import EPSILON_ARG, NON_NEGATIVE, POSITIVE, attack_flags, common_flags, flag
+
+# The names of patchguard.baselines.BASELINES, here so that --help imports no torch (a test
+# keeps the two equal).
+BASELINE_CHOICES = ("patchcore", "padim", "efficient_ad")
+OFFLINE_BACKBONE = "resnet18"  # random-init default of PatchCore and PaDiM: downloads nothing
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -46,6 +53,20 @@ def register(verbs: argparse._SubParsersAction) -> None:
          help="test images per class shown clean and attacked in benchmark.html (default 4)")
     flag(bench, "--jobs", type=POSITIVE, default=None,
          help="classes trained at once, one per GPU (default: the number of GPUs, or 1)")
+    flag(bench, "--baselines", nargs="+", default=None, choices=BASELINE_CHOICES,
+         help="also train these anomalib detectors on each class and attack them the same way "
+              "(needs pip install 'patchguard[anomalib]'); kept in CHECKPOINT_DIR/<class>/"
+              "baselines/")
+    flag(bench, "--baseline-backbone", default=None,
+         help=f"timm backbone of PatchCore and PaDiM (default {OFFLINE_BACKBONE}, or anomalib's "
+              "default with --baseline-pretrained; EfficientAd has its own networks)")
+    bench.add_argument("--baseline-pretrained", "--baseline_pretrained",
+                       action=argparse.BooleanOptionalAction, default=False,
+                       help="ImageNet weights for the baselines (a download; default: random "
+                            "initialisation, which works offline but is not the papers' "
+                            "baselines)")
+    flag(bench, "--efficient-ad-steps", type=POSITIVE, default=None,
+         help="EfficientAd's training steps (default 70000, the paper's: hours on a CPU)")
 
 
 def _class_results_path(root: Path, name: str) -> Path:
@@ -139,9 +160,9 @@ def _resolve_classes(args: argparse.Namespace, root: Path) -> list[str]:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    """Evaluate (and with --train first train) one checkpoint per class; paper-style table."""
-    from ..evaluation.evaluator import evaluate, load_for_evaluation
-    from ..evaluation.reports import class_table, format_table, write_csv, write_results
+    """Evaluate (and with --train first train) one checkpoint per class, and with --baselines
+    anomalib's detectors beside it; paper-style table, JSON, CSV, plot and HTML page."""
+    from ..evaluation.reports import PATCHGUARD, class_means, class_table, write_csv, write_results
     from ..utils.files import atomic_write_text
 
     root = Path(args.checkpoint_dir)
@@ -159,49 +180,166 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     warn_epsilon_units("--epsilon-test", args.epsilon_test)
     epsilons = sorted({0.0, *args.epsilon_test})
+    if args.baselines:
+        from ..baselines import require_anomalib
+
+        require_anomalib()  # before any class is evaluated, not after hours of them
     results, all_rows = {}, []
     for name in classes:
         done = _class_results_path(root, name)
         if args.train and done.exists():
             # An interrupted sweep resumes here: finished classes are read back, not redone.
-            rows = json.loads(done.read_text())
-            results[name] = rows
-            all_rows.extend(rows)
-            continue
-        if args.train:
-            _train_class(args, name, root)
-        checkpoint = next((p for p in (root / name / "last.pt", root / f"{name}.pt")
-                           if p.exists()), None)
-        if checkpoint is None:
-            raise FileNotFoundError(f"no checkpoint for class {name!r}: expected "
-                                    f"{root / name / 'last.pt'} or {root / (name + '.pt')}")
-        target = load_for_evaluation(checkpoint, args.dataset, args.dataset_dir, name,
-                                     args.device or "auto")
-        rows = evaluate(target.model, target.test_set, epsilons, args.steps_test,
-                        args.batch_size, target.device, progress=not args.quiet,
-                        attacks=args.attack, objective=args.objective, restarts=args.restarts,
-                        queries=args.queries)
-        print(f"{name}:\n{format_table(rows)}")
-        if args.gallery:
-            from .report import benchmark_gallery
-
-            benchmark_gallery(args, target, out / "benchmark_gallery" / name, epsilons)
-        rows = [{**r, "dataset": target.dataset, "class_name": name,
-                 "checkpoint": str(checkpoint)} for r in rows]
-        if args.train:
-            write_results(done, rows)
+            rows = [{"method": PATCHGUARD, **r} for r in json.loads(done.read_text())]
+        else:
+            rows = _patchguard_rows(args, name, root, out, epsilons, done)
+        for baseline in args.baselines or ():
+            rows += _baseline_rows(args, name, baseline, rows[0], root, epsilons)
         results[name] = rows
         all_rows.extend(rows)
     table = class_table(results)
     atomic_write_text(out / "benchmark.md", table)
     write_results(out / "benchmark.json", all_rows)
     write_csv(all_rows, out / "benchmark.csv")
+    written = ["benchmark.json", "benchmark.csv"]
+    if any(r["attack"] != "clean" for r in all_rows):
+        from ..evaluation.plots import plot_auroc_vs_epsilon
+
+        title = (f"mean over {len(results)} classes" if len(results) > 1
+                 else f"class {next(iter(results))}")
+        plot_auroc_vs_epsilon(class_means(all_rows), out / "benchmark_vs_epsilon.png", title)
+        written.append("benchmark_vs_epsilon.png")
     from .report import write_benchmark_report
 
     write_benchmark_report(out, all_rows, table)
     print(table)
-    print(f"written: {out / 'benchmark.md'}, benchmark.json, benchmark.csv, benchmark.html")
+    print(f"written: {out / 'benchmark.md'}, {', '.join(written)}, benchmark.html")
     return 0
+
+
+def _patchguard_rows(args: argparse.Namespace, name: str, root: Path, out: Path,
+                     epsilons: list[float], done: Path) -> list[dict[str, Any]]:
+    """One class's PatchGuard rows: train it first with --train, evaluate, keep the gallery."""
+    from ..evaluation.evaluator import evaluate, load_for_evaluation
+    from ..evaluation.reports import PATCHGUARD, format_table, write_results
+
+    if args.train:
+        _train_class(args, name, root)
+    checkpoint = next((p for p in (root / name / "last.pt", root / f"{name}.pt")
+                       if p.exists()), None)
+    if checkpoint is None:
+        raise FileNotFoundError(f"no checkpoint for class {name!r}: expected "
+                                f"{root / name / 'last.pt'} or {root / (name + '.pt')}")
+    target = load_for_evaluation(checkpoint, args.dataset, args.dataset_dir, name,
+                                 args.device or "auto")
+    rows = evaluate(target.model, target.test_set, epsilons, args.steps_test,
+                    args.batch_size, target.device, progress=not args.quiet,
+                    attacks=args.attack, objective=args.objective, restarts=args.restarts,
+                    queries=args.queries)
+    print(f"{name}:\n{format_table(rows)}")
+    if args.gallery:
+        from .report import benchmark_gallery
+
+        benchmark_gallery(args, target, out / "benchmark_gallery" / name, epsilons)
+    rows = [{"method": PATCHGUARD, **r, "dataset": target.dataset, "class_name": name,
+             "checkpoint": str(checkpoint), "dataset_dir": target.dataset_dir,
+             "test_image_size": target.test_set.image_size} for r in rows]
+    if args.train:
+        write_results(done, rows)
+    return rows
+
+
+def baseline_rows_path(root: Path, class_name: str, baseline: str) -> Path:
+    """Where a class's baseline rows are kept: ``<root>/<class>/baselines/<name>_rows.json``."""
+    return root / class_name / "baselines" / f"{baseline}_rows.json"
+
+
+def baseline_objective(objective: str) -> str:
+    """The objective a baseline's attacks use: ``score`` where the requested one needs patch
+    logits (the paper's ``mask``), which no anomalib detector has."""
+    from ..adversarial.objectives import PATCH_OBJECTIVES
+
+    return "score" if objective in PATCH_OBJECTIVES else objective
+
+
+def _baseline_rows(args: argparse.Namespace, name: str, baseline: str,
+                   patchguard_row: dict[str, Any], root: Path, epsilons: list[float]
+                   ) -> list[dict[str, Any]]:
+    """One class's rows of one baseline: trained once, evaluated once, read back on a rerun.
+
+    The baseline is attacked on PatchGuard's test set of the class (same data set, folder and
+    image size, read from PatchGuard's row) with the same attacks, epsilons and budgets.
+    """
+    from ..baselines import prepare_baseline
+    from ..evaluation.reports import format_table, write_results
+    from ..robustness import evaluate_detector
+    from ..utils.device import resolve_device
+
+    device = resolve_device(args.device or "auto")
+    dataset = patchguard_row.get("dataset") or args.dataset or "mvtec"
+    dataset_dir = patchguard_row.get("dataset_dir") or args.dataset_dir
+    test_size = patchguard_row.get("test_image_size")
+    if not dataset_dir or not test_size:  # rows of an earlier build: from the checkpoint
+        from ..evaluation.evaluator import load_for_evaluation
+
+        target = load_for_evaluation(patchguard_row["checkpoint"], args.dataset,
+                                     args.dataset_dir, name, "cpu")
+        dataset, dataset_dir = target.dataset, target.dataset_dir
+        test_size = target.test_set.image_size
+    pretrained = bool(args.baseline_pretrained)
+    options: dict[str, Any] = {"pretrained": pretrained}
+    if baseline == "efficient_ad":
+        options["max_steps"] = args.efficient_ad_steps
+    else:
+        options["backbone"] = args.baseline_backbone or (None if pretrained
+                                                         else OFFLINE_BACKBONE)
+    under_test = prepare_baseline(baseline, dataset, dataset_dir, name, root,
+                                  test_image_size=int(test_size), device=str(device),
+                                  progress=not args.quiet, **options)
+    label = under_test.fields["method"]
+    objective = baseline_objective(args.objective)
+    path = baseline_rows_path(root, name, baseline)
+    meta = {**under_test.fields, "dataset": dataset, "class_name": name}
+    if path.exists() and not under_test.trained_now:
+        rows = json.loads(path.read_text())
+        if _same_evaluation(rows, args, objective, epsilons, len(under_test.test_set), meta):
+            print(f"{name}: {label} rows read back from {path}")
+            return rows
+    print(f"{name}: {label} ({'trained now' if under_test.trained_now else 'checkpoint read back'}"
+          f", {under_test.checkpoint})")
+    result = evaluate_detector(under_test.detector, under_test.test_set, epsilons, args.attack,
+                               objective=objective, steps=args.steps_test,
+                               restarts=args.restarts, queries=args.queries,
+                               batch_size=args.batch_size, device=device,
+                               progress=not args.quiet)
+    print(f"{name}, {label}:\n{format_table(result.rows)}")
+    note = (f"{args.objective} needs patch logits (PatchGuard's); {label} is attacked on "
+            f"{objective}") if objective != args.objective else None
+    rows = [{**r, **meta, **({"objective_note": note} if note and r["attack"] not in
+                             ("clean", "standard") else {})} for r in result.rows]
+    write_results(path, rows)
+    return rows
+
+
+_EVALUATION_FIELDS = ("steps", "objective", "restarts", "queries", "members")
+
+
+def _same_evaluation(rows: list[dict[str, Any]], args: argparse.Namespace, objective: str,
+                     epsilons: list[float], n_images: int, meta: dict[str, Any]) -> bool:
+    """Whether stored baseline rows are this sweep's: same settings, model and test images."""
+    from ..evaluation.evaluator import attack_fields
+
+    settings = [("clean", 0.0)] if 0 in epsilons else []
+    settings += [(a, float(e)) for a in args.attack for e in epsilons if e > 0]
+    if [(r.get("attack"), r.get("epsilon")) for r in rows] != settings:
+        return False
+    for row, (attack, eps) in zip(rows, settings):
+        expected = attack_fields(attack, args.steps_test, objective, args.restarts,
+                                 args.queries, eps > 0, patch_logits=False)
+        if any(row.get(k) != expected[k] for k in _EVALUATION_FIELDS):
+            return False
+        if row.get("n_images") != n_images or any(row.get(k) != v for k, v in meta.items()):
+            return False
+    return True
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"benchmark": cmd_benchmark}

@@ -36,6 +36,7 @@ TILES = (("image", "test image (ground truth in green)"), ("clean_map", "clean h
          ("attacked_map", "attacked heatmap"))
 TABLE_COLUMNS = [c for c in COLUMNS if c not in ("targets", "class_name")]
 PERTURBATION_GAIN = 10.0
+_TEXT_COLUMNS = ("class_name", "method", "attack", "objective")
 _COUNTS = {"epsilon", "steps", "restarts", "n_images", "n_anomalous"}
 
 
@@ -223,7 +224,7 @@ def _results_table(rows: Sequence[dict[str, Any]]) -> str:
     several = len({row.get("class_name") for row in rows}) > 1
     if several:
         fields = ["class_name", *fields]
-    head = "".join(f'<th class="{"text" if c in ("class_name", "attack", "objective") else ""}">'
+    head = "".join(f'<th class="{"text" if c in _TEXT_COLUMNS else ""}">'
                    f"{html.escape(c.replace('_', ' '))}</th>" for c in fields)
     body = []
     for row in rows:

@@ -10,26 +10,36 @@ from typing import Any
 from ..utils.plotting import pyplot, save_figure
 
 
-def plot_auroc_vs_epsilon(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Image and pixel AUROC against epsilon, one line per attack (clean = epsilon 0)."""
+def plot_auroc_vs_epsilon(rows: Sequence[dict[str, Any]], path: str | Path,
+                          title: str | None = None) -> Path:
+    """Image and pixel AUROC against epsilon, one line per attack (clean = epsilon 0).
+
+    Rows of several methods (``benchmark --baselines``) give one line per method and attack,
+    each starting from its own method's clean row.
+    """
     plt = pyplot()
-    clean = [r for r in rows if r["attack"] == "clean"]
-    attacks = list(dict.fromkeys(r["attack"] for r in rows if r["attack"] != "clean"))
+    methods = list(dict.fromkeys(str(r.get("method") or "PatchGuard") for r in rows))
+    several = len(methods) > 1
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for ax, metric in zip(axes, ("image_auroc", "pixel_auroc")):
-        for attack in attacks:
-            points = sorted((r["epsilon"], r[metric]) for r in [*clean, *[
-                r for r in rows if r["attack"] == attack]] if r.get(metric) is not None)
-            if points:
-                ax.plot(*zip(*points), marker="o", label=attack)
+        for method in methods:
+            own = [r for r in rows if str(r.get("method") or "PatchGuard") == method]
+            clean = [r for r in own if r["attack"] == "clean"]
+            for attack in dict.fromkeys(r["attack"] for r in own if r["attack"] != "clean"):
+                points = sorted((r["epsilon"], r[metric]) for r in [*clean, *[
+                    r for r in own if r["attack"] == attack]] if r.get(metric) is not None)
+                if points:
+                    ax.plot(*zip(*points), marker="o",
+                            label=f"{method} {attack}" if several else attack)
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set(xlabel="epsilon (1/255)", title=metric.replace("_", " "), ylim=(0, 1))
     axes[0].set_ylabel("AUROC (0.5 = chance)")
     if axes[0].get_legend_handles_labels()[0]:  # no lines when every AUROC is undefined
         axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
-
 
 
 def plot_training_log(log_path: str | Path, output_path: str | Path) -> Path:

@@ -14,9 +14,9 @@ from typing import Any
 from ..utils.files import atomic_write_text
 
 COLUMNS = (
-    "class_name", "attack", "objective", "epsilon", "steps", "restarts", "queries", "members",
-    "image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1_max", "pixel_f1_max",
-    "n_images", "images_per_s", "targets",
+    "class_name", "method", "attack", "objective", "epsilon", "steps", "restarts", "queries",
+    "members", "image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1_max",
+    "pixel_f1_max", "n_images", "images_per_s", "targets",
 )
 NO_PIXEL_MASKS_NOTE = "pixel AUROC n/a: the test set has no pixel masks (image-level labels only)"
 
@@ -136,12 +136,23 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
+PATCHGUARD = "PatchGuard"  # the method label of PatchGuard's own rows
+
+
+def method_of(row: dict[str, Any]) -> str:
+    """The method a row belongs to (rows written before baselines existed are PatchGuard's)."""
+    return str(row.get("method") or PATCHGUARD)
+
+
 def class_table(results: dict[str, list[dict[str, Any]]], epsilon: float | None = None) -> str:
     """Paper-style Markdown table: per class clean / attacked image and pixel AUROC, then mean.
 
     ``results`` maps a class name to its evaluation rows; the attacked columns are one pair per
     attack at ``epsilon`` (default: the largest epsilon evaluated; n/a when only clean rows), so
     ``standard`` stands beside the paper's PGD. With one attack the columns say "attacked".
+    When the rows hold several methods (``benchmark --baselines``: PatchGuard and anomalib's
+    detectors), a method column follows the class, every method has its own mean row, and the
+    notes under the table say where the methods were attacked differently (objective, members).
     """
     attacks = list(dict.fromkeys(r["attack"] for rows in results.values() for r in rows
                                  if r["attack"] != "clean"))
@@ -149,22 +160,76 @@ def class_table(results: dict[str, list[dict[str, Any]]], epsilon: float | None 
     if eps is None and attacks:
         eps = max(r["epsilon"] for rows in results.values() for r in rows
                   if r["attack"] != "clean")
+    methods = list(dict.fromkeys(method_of(r) for rows in results.values() for r in rows))
+    several = len(methods) > 1
     names = ["attacked"] if len(attacks) == 1 else attacks
-    header = ["class", "clean image", *(f"{a} image" for a in names), "clean pixel",
-              *(f"{a} pixel" for a in names)]
-    body: list[list[Any]] = []
+    header = ["class", *(["method"] if several else []), "clean image",
+              *(f"{a} image" for a in names), "clean pixel", *(f"{a} pixel" for a in names)]
+    body: dict[str, list[list[Any]]] = {method: [] for method in methods}
     labels: dict[str, str] = {}
-    for name, rows in results.items():
-        clean = next(r for r in rows if r["attack"] == "clean")
-        attacked = {a: next((r for r in rows if r["attack"] == a and r["epsilon"] == eps), {})
-                    for a in attacks}
-        for attack, row in attacked.items():
-            if row:
-                labels.setdefault(attack, f"{attack} ({row.get('members') or budget(row)})")
-        body.append([name, clean["image_auroc"],
-                     *(attacked[a].get("image_auroc") for a in attacks), clean["pixel_auroc"],
-                     *(attacked[a].get("pixel_auroc") for a in attacks)])
-    means = [_mean(column) for column in zip(*[row[1:] for row in body])] if body else []
-    body.append(["**mean**", *means])
+    for name, class_rows in results.items():
+        for method in methods:
+            rows = [r for r in class_rows if method_of(r) == method]
+            clean = next((r for r in rows if r["attack"] == "clean"), None)
+            if clean is None:
+                continue
+            attacked = {a: next((r for r in rows if r["attack"] == a and r["epsilon"] == eps),
+                                {}) for a in attacks}
+            for attack, row in attacked.items():
+                if row:
+                    labels.setdefault(attack, f"{attack} ({row.get('members') or budget(row)})")
+            body[method].append([name, clean["image_auroc"],
+                                 *(attacked[a].get("image_auroc") for a in attacks),
+                                 clean["pixel_auroc"],
+                                 *(attacked[a].get("pixel_auroc") for a in attacks)])
+    lines: list[list[Any]] = []
+    for method, method_body in body.items():
+        means = ([_mean(column) for column in zip(*[row[1:] for row in method_body])]
+                 if method_body else [])
+        method_body = [*method_body, ["**mean**", *means]]
+        lines += [[row[0], method, *row[1:]] if several else row for row in method_body]
     label = (f"{eps:g}/255, " + "; ".join(labels.values())) if labels else "none (clean rows only)"
-    return f"Attack: {label}\n\n" + render_table(header, body, markdown=True) + "\n"
+    notes = _method_notes(results, eps) if several else []
+    text = f"Attack: {label}\n\n" + render_table(header, lines, markdown=True) + "\n"
+    return text + "".join(f"\n{note}\n" for note in notes)
+
+
+def _method_notes(results: dict[str, list[dict[str, Any]]], eps: float | None) -> list[str]:
+    """Where methods were attacked differently: the objective per attack, skipped members."""
+    rows = [r for class_rows in results.values() for r in class_rows
+            if r["attack"] != "clean" and r["epsilon"] == eps]
+    notes = []
+    for attack in dict.fromkeys(r["attack"] for r in rows if r["attack"] != "standard"):
+        by_objective: dict[str, list[str]] = {}
+        for row in rows:
+            if row["attack"] == attack:
+                methods = by_objective.setdefault(str(row.get("objective")), [])
+                if method_of(row) not in methods:
+                    methods.append(method_of(row))
+        if len(by_objective) > 1:
+            notes.append(f"{attack} objective: " + "; ".join(
+                f"{', '.join(methods)}: {objective}" for objective, methods in
+                by_objective.items()) + " (the baselines have no patch logits, so the paper's "
+                "mask objective does not apply to them; they are attacked on their image score)")
+    skipped: dict[str, list[str]] = {}
+    for row in rows:
+        if row["attack"] == "standard" and row.get("members_skipped"):
+            methods = skipped.setdefault(str(row["members_skipped"]), [])
+            if method_of(row) not in methods:
+                methods.append(method_of(row))
+    for members, methods in skipped.items():
+        notes.append(f"standard for {', '.join(methods)}: without {members}; the map member "
+                     "attacks the same normal-minus-anomalous difference on the anomaly map")
+    return notes
+
+
+def class_means(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Image and pixel AUROC per method, attack and epsilon, averaged over the classes."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((method_of(row), row["attack"], row["epsilon"]), []).append(row)
+    return [{"method": method, "attack": attack, "epsilon": eps,
+             "image_auroc": _mean([r.get("image_auroc") for r in group]),
+             "pixel_auroc": _mean([r.get("pixel_auroc") for r in group]),
+             "n_classes": len({r.get("class_name") for r in group})}
+            for (method, attack, eps), group in groups.items()]
