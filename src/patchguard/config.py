@@ -16,6 +16,9 @@ from .utils.checks import InputError
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2.lvd142m"
+# Training attacks (issue 12): pgd is METHOD.md's; the others are cheaper alternatives.
+TRAIN_ATTACKS = ("pgd", "fgsm-rs", "n-fgsm", "free")
+TRAIN_OBJECTIVES = ("mask", "score")
 
 # Keys the network is built from: a checkpoint's stored config must hold valid ones.
 MODEL_KEYS = ("backbone", "image_size", "feature_layers", "reg_layers", "dsc_layers",
@@ -59,6 +62,18 @@ class TrainConfig:
     epsilon_train: float = 8.0  # in 1/255 units
     steps_train: int = 10
     reg: bool = True
+    # beyond the paper (training/robust.py, README "Robustness training"); the defaults are the
+    # paper's training attack
+    train_attack: str = "pgd"  # pgd | fgsm-rs | n-fgsm | free
+    train_objective: str = "mask"  # what pgd / fgsm-rs / n-fgsm ascend: mask | score
+    free_replays: int = 4  # free: optimiser steps per batch, each also updating the perturbation
+    carry_perturbations: bool = False  # clean views start from their last epoch's perturbation
+    eps_ramp: float = 0.0  # share of the optimiser steps over which epsilon ramps up from 0
+    late_steps_train: int = 0  # attack steps in the last late_fraction of training (0: none)
+    late_fraction: float = 0.25
+    trades_weight: float = 0.0  # weight of KL(view || attacked view) of the patch logits
+    frozen_blocks: int = 0  # patch embedding and the first N backbone blocks stay frozen
+    probe_every: int = 0  # every N epochs, the catastrophic-overfitting probe (0: never)
     # pseudo anomalies
     pseudo_size_scale: float = 1.0
     # classes without foreground masks: generate them (patchguard data foreground, method auto)
@@ -104,6 +119,15 @@ class TrainConfig:
                 f"{len(self.reg_layers)} regularised layers {list(self.reg_layers)} need as "
                 f"many coefficients, not {len(self.reg_coefficients)}",
                 "give --reg-coefficients with one value per --reg-layers entry")
+        if self.train_attack == "free" and self.train_objective != "mask":
+            raise InputError(_key_label("train_objective"), self.train_objective,
+                             "does not apply to --train-attack free, whose perturbation comes "
+                             "from the training loss's own backward pass",
+                             "leave --train-objective at mask with free")
+        if self.carry_perturbations and self.train_attack == "n-fgsm":
+            raise InputError(_key_label("carry_perturbations"), True,
+                             "does not apply to n-fgsm, which starts from fresh noise each step",
+                             "use pgd, fgsm-rs or free with --carry-perturbations")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, as stored in checkpoints and YAML."""
@@ -231,6 +255,16 @@ FIELD_CHECKS: dict[str, Any] = {
     "epsilon_train": checks.epsilon,
     "steps_train": _ints(1, fix="--no-adv-train switches adversarial training off"),
     "reg": _BOOL,
+    "train_attack": lambda name, value: checks.choice(name, value, TRAIN_ATTACKS),
+    "train_objective": lambda name, value: checks.choice(name, value, TRAIN_OBJECTIVES),
+    "free_replays": _ints(1, 64),
+    "carry_perturbations": _BOOL,
+    "eps_ramp": _numbers(0.0, 1.0, max_open=True, fix="0 trains at full epsilon throughout"),
+    "late_steps_train": _ints(0, fix="0 keeps --steps-train throughout"),
+    "late_fraction": _numbers(0.0, 1.0, min_open=True),
+    "trades_weight": _numbers(0.0),
+    "frozen_blocks": _ints(0, fix="0 trains every block"),
+    "probe_every": _ints(0, fix="0 switches the probe off"),
     "pseudo_size_scale": _numbers(0.0, 1.0, min_open=True),
     "auto_foreground": _BOOL,
     "val_fraction": _numbers(0.0, 1.0, max_open=True),
@@ -250,11 +284,12 @@ FIELD_CHECKS: dict[str, Any] = {
 # the flag's argparse type would convert it.
 _NUMERIC_KEYS = {key: int for key in (
     "image_size", "dsc_layers", "dsc_hidden", "dsc_heads", "top_k", "map_radius", "epochs",
-    "batch_size", "warmup_epochs", "steps_train", "seed", "workers", "save_every")}
+    "batch_size", "warmup_epochs", "steps_train", "seed", "workers", "save_every",
+    "free_replays", "late_steps_train", "frozen_blocks", "probe_every")}
 _NUMERIC_KEYS.update({key: float for key in (
     "dsc_dropout", "map_sigma", "lr", "backbone_lr", "weight_decay", "min_lr_ratio",
     "epsilon_train", "pseudo_size_scale", "val_fraction", "target_fpr",
-    "checkpoint_every_min")})
+    "checkpoint_every_min", "eps_ramp", "late_fraction", "trades_weight")})
 _NUMERIC_LISTS = {"feature_layers": int, "reg_layers": int, "reg_coefficients": float}
 
 

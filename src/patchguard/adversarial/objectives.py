@@ -39,6 +39,26 @@ def mask_objective(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return mask_difference(logits, targets).sum()
 
 
+def training_score_objective(model: nn.Module) -> Objective:
+    """Training-time ``score`` objective: summed + top-k image score of views without anomalous
+    patches, - of views with some (the decision an attacker moves, as :func:`score_loss`)."""
+
+    def objective(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        anomalous = (targets.flatten(1).amax(dim=1) > 0).to(logits.dtype)
+        return ((1.0 - 2.0 * anomalous) * model.image_score(logits)).sum()
+
+    return objective
+
+
+def training_objective(name: str, model: nn.Module) -> Objective:
+    """The objective a training attack ascends: ``mask`` (METHOD.md) or ``score``."""
+    if name == "mask":
+        return mask_objective
+    if name == "score":
+        return training_score_objective(model)
+    raise ValueError(f"unknown training objective {name!r}: choose mask or score")
+
+
 def mask_loss(
     output: DetectorOutput,
     targets: torch.Tensor | None,

@@ -24,12 +24,15 @@ def pgd_attack(
     alpha: float | None = None,
     objective: Objective = mask_objective,
     autocast_dtype: torch.dtype | None = None,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return PGD-perturbed images within ``epsilon`` (pixel units in [0, 1]) of ``images``.
 
     Faithful to the original: step size 2.5 * eps / steps, no random start, signed gradient
     ascent on the objective. Only the input gradient is computed, so the model's parameter
     gradients stay untouched. The model's train/eval mode is left as the caller set it.
+    ``start`` (a perturbation, e.g. carried over from an earlier epoch) replaces the clean
+    starting point; without it the run is the faithful one.
     """
     if epsilon <= 0 or steps <= 0:
         return images.detach().clone()
@@ -37,6 +40,8 @@ def pgd_attack(
         alpha = 2.5 * epsilon / steps
     original = images.detach()
     adversarial = original.clone()
+    if start is not None:
+        adversarial = (original + start.to(original).clamp(-epsilon, epsilon)).clamp(0.0, 1.0)
     device_type = images.device.type
     with input_gradients_only(model):
         for _ in range(steps):
@@ -71,3 +76,78 @@ def input_gradients_only(model: nn.Module) -> Iterator[None]:
     finally:
         for parameter in frozen:
             parameter.requires_grad_(True)
+
+
+def input_gradient(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    objective: Objective = mask_objective,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Gradient of the summed ``objective`` with respect to ``images`` (parameters frozen)."""
+    x = images.detach().requires_grad_(True)
+    with input_gradients_only(model):
+        with torch.autocast(x.device.type, dtype=autocast_dtype or torch.bfloat16,
+                            enabled=autocast_dtype is not None):
+            logits = model(x, with_attention=False).logits
+        (grad,) = torch.autograd.grad(objective(logits.float(), targets), x)
+    return grad.detach()
+
+
+def uniform_noise(images: torch.Tensor, radius: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform noise in [-radius, radius] of the images' shape (drawn on the CPU when a CPU
+    generator is given, so draws do not depend on the device)."""
+    device = generator.device if generator is not None else images.device
+    noise = torch.rand(images.shape, generator=generator, device=device)
+    return (2.0 * noise.to(images.device, images.dtype) - 1.0) * radius
+
+
+def fgsm_rs_attack(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    epsilon: float,
+    objective: Objective = mask_objective,
+    alpha: float | None = None,
+    start: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """FGSM with a random start (Wong et al. 2020): delta ~ U(-eps, eps) (or ``start``), one
+    signed step of ``alpha`` (1.25 eps), projected back to the eps ball and to [0, 1]."""
+    original = images.detach()
+    if epsilon <= 0:
+        return original.clone()
+    alpha = 1.25 * epsilon if alpha is None else alpha
+    delta = (uniform_noise(original, epsilon, generator) if start is None
+             else start.to(original).clamp(-epsilon, epsilon))
+    grad = input_gradient(model, (original + delta).clamp(0.0, 1.0), targets, objective,
+                          autocast_dtype)
+    delta = (delta + alpha * grad.sign()).clamp(-epsilon, epsilon)
+    return (original + delta).clamp(0.0, 1.0)
+
+
+def nfgsm_attack(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    epsilon: float,
+    objective: Objective = mask_objective,
+    noise: float | None = None,
+    alpha: float | None = None,
+    generator: torch.Generator | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """N-FGSM (de Jorge et al. 2022): noise U(-2 eps, 2 eps), one signed step of eps, and no
+    projection back to the eps ball (so ||delta||_inf <= 3 eps); only [0, 1] is enforced."""
+    original = images.detach()
+    if epsilon <= 0:
+        return original.clone()
+    noise = 2.0 * epsilon if noise is None else noise
+    alpha = epsilon if alpha is None else alpha
+    delta = uniform_noise(original, noise, generator)
+    grad = input_gradient(model, (original + delta).clamp(0.0, 1.0), targets, objective,
+                          autocast_dtype)
+    return (original + delta + alpha * grad.sign()).clamp(0.0, 1.0)

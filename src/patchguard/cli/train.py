@@ -12,7 +12,7 @@ from .args import common_flags, data_flags, flag, logger_flags
 
 def register(verbs: argparse._SubParsersAction) -> None:
     """Add ``train`` to the ``patchguard`` parser."""
-    from ..config import PRESETS
+    from ..config import PRESETS, TRAIN_ATTACKS, TRAIN_OBJECTIVES
 
     train = verbs.add_parser("train", help="train one class (writes OUTPUT_DIR/last.pt)")
     data_flags(train, required=False)
@@ -40,6 +40,26 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(train, "--steps-train", type=int, default=None)
     flag(train, "--no-adv-train", dest="adv_train", action="store_const", const=False,
          default=None)
+    flag(train, "--train-attack", default=None, choices=list(TRAIN_ATTACKS),
+         help="training attack: pgd (METHOD.md, default), fgsm-rs (random start, step 1.25 "
+              "eps), n-fgsm (noise 2 eps, step eps, no projection), free (--free-replays)")
+    flag(train, "--train-objective", default=None, choices=list(TRAIN_OBJECTIVES),
+         help="what pgd/fgsm-rs/n-fgsm ascend: mask (METHOD.md) or score (top-k image score)")
+    flag(train, "--free-replays", type=int, default=None,
+         help="free: optimiser steps per batch, each updating the perturbation (4)")
+    flag(train, "--carry-perturbations", action="store_const", const=True, default=None,
+         help="clean views start from their perturbation of the previous epoch")
+    flag(train, "--eps-ramp", type=float, default=None,
+         help="share of training over which the training epsilon ramps up from 0 (0: none)")
+    flag(train, "--late-steps-train", type=int, default=None,
+         help="attack steps for the last --late-fraction of training (0: --steps-train)")
+    flag(train, "--late-fraction", type=float, default=None)
+    flag(train, "--trades-weight", type=float, default=None,
+         help="weight of the KL between each view's patch logits and its attacked twin's")
+    flag(train, "--frozen-blocks", type=int, default=None,
+         help="freeze the patch embedding and the first N backbone blocks")
+    flag(train, "--probe-every", type=int, default=None,
+         help="every N epochs, robust AUROC on held-out images (catastrophic overfitting)")
     flag(train, "--no-reg", dest="reg", action="store_const", const=False, default=None)
     flag(train, "--bf16", action="store_const", const=True, default=None,
          help="bf16 autocast (for GPUs; runs slower on CPUs)")

@@ -36,3 +36,13 @@ def attention_kl_regularizer(
         kl = uniform * (math.log(uniform) - torch.log(attention.float() + 1e-8))
         total = total + coefficient * kl.mean()
     return total
+
+
+def binary_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """KL(Bernoulli(sigmoid(p)) || Bernoulli(sigmoid(q))) per patch, summed over patches and
+    averaged over images (the TRADES-like term between a view and its attacked twin)."""
+    p_logits, q_logits = logits_p.float(), logits_q.float()
+    p = torch.sigmoid(p_logits)
+    kl = (p * (F.logsigmoid(p_logits) - F.logsigmoid(q_logits))
+          + (1.0 - p) * (F.logsigmoid(-p_logits) - F.logsigmoid(-q_logits)))
+    return kl.sum(dim=1).mean()

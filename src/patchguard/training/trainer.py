@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..adversarial.pgd import pgd_attack
+from ..adversarial.objectives import training_objective
+from ..adversarial.pgd import fgsm_rs_attack, nfgsm_attack, pgd_attack
 from ..config import TrainConfig
 from ..data.datasets import TestDataset, TrainDataset
 from ..data.layouts import load_records
@@ -47,8 +48,10 @@ from .distributed import (
     shutdown,
     sum_over_ranks,
 )
-from .losses import attention_kl_regularizer, patch_bce_loss
+from .losses import attention_kl_regularizer, binary_kl, patch_bce_loss
 from .optim import build_optimizer, build_scheduler
+from .probe import OverfittingProbe
+from .robust import AdvSchedule, PerturbationBank, adv_schedule, freeze_blocks
 from .runs import prepare_run
 
 logger = logging.getLogger(__name__)
@@ -100,12 +103,18 @@ def training_step(
     config: TrainConfig,
     device: torch.device,
     ctx: DistContext | None = None,
+    schedule: AdvSchedule | None = None,
+    bank: PerturbationBank | None = None,
 ) -> StepResult:
     """One optimisation step over the clean, pseudo and (optionally) attacked views.
 
-    Nothing here waits for the device: the losses stay on it (see :class:`StepResult`), and a
+    ``schedule`` is this step's attack budget (default: ``epsilon_train`` and ``steps_train``);
+    ``bank`` holds the clean views' carried perturbations (``carry_perturbations``). Nothing
+    here waits for the device: the losses stay on it (see :class:`StepResult`), and a
     non-finite loss is caught where the loop reads them, before anything is checkpointed.
     """
+    if config.adv_train and config.train_attack == "free":
+        return free_training_step(model, batch, optimizer, config, device, ctx, schedule, bank)
     clean = batch["image"].to(device, non_blocking=True)
     pseudo = batch["pseudo_image"].to(device, non_blocking=True)
     pseudo_targets = patch_targets(batch["pseudo_mask"].to(device, non_blocking=True),
@@ -117,22 +126,84 @@ def training_step(
 
     views = {"clean": (clean, clean_targets), "pseudo": (pseudo, pseudo_targets)}
     if config.adv_train:
-        eps = config.epsilon_train / 255.0
-        # One PGD run over clean and pseudo images together (2B): the objective is a sum of
-        # per-image terms and the model treats images independently, so each image gets the
-        # perturbation a run of its own would give (dropout masks aside, drawn from the same
-        # distribution), with half the passes and larger matrix products.
-        # The model stays in train mode, so the attack sees the discriminator's dropout (faithful).
-        adversarial = pgd_attack(model, torch.cat([clean, pseudo]),
-                                 torch.cat([clean_targets, pseudo_targets]), eps,
-                                 config.steps_train, autocast_dtype=autocast_dtype)
+        schedule = schedule or AdvSchedule(config.epsilon_train / 255.0, config.steps_train)
+        index = batch["index"] if bank is not None else None
+        start = None
+        if bank is not None:
+            # Carried perturbations for the clean half, none for the fresh pseudo anomalies.
+            start = torch.cat([bank.get(index), torch.zeros_like(pseudo)])
+        adversarial = training_attack(model, torch.cat([clean, pseudo]),
+                                      torch.cat([clean_targets, pseudo_targets]), config,
+                                      schedule, autocast_dtype, start)
         views["adv_clean"] = (adversarial[:batch_size], clean_targets)
         views["adv_pseudo"] = (adversarial[batch_size:], pseudo_targets)
+        if bank is not None:
+            bank.put(index, views["adv_clean"][0], clean)
     names = [name for name in VIEW_NAMES if name in views]
     images = torch.cat([views[name][0] for name in names])
     targets = torch.cat([views[name][1] for name in names])
-    # One forward over all views: the per-view losses below are exactly the per-view formula
-    # (each view is sliced out again), at the cost of one larger batch instead of four.
+    total, values = views_loss(model, images, targets, names, batch_size, config, device,
+                               autocast_dtype)
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if ctx is not None:
+        average_gradients([p for g in optimizer.param_groups for p in g["params"]], ctx)
+    optimizer.step()
+    return StepResult(values, _logged_names(names, config))
+
+
+def _logged_names(names: Sequence[str], config: TrainConfig) -> list[str]:
+    return [*names, "trades"] if config.trades_weight > 0 else list(names)
+
+
+def training_attack(
+    model: PatchGuard,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    config: TrainConfig,
+    schedule: AdvSchedule,
+    autocast_dtype: torch.dtype | None,
+    start: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attacked images for training with ``config.train_attack`` (pgd, fgsm-rs, n-fgsm).
+
+    One run over clean and pseudo images together (2B): the objective is a sum of per-image
+    terms and the model treats images independently, so each image gets the perturbation a
+    run of its own would give (dropout masks aside, drawn from the same distribution), with
+    half the passes and larger matrix products. The model stays in train mode, so the attack
+    sees the discriminator's dropout (faithful). The pgd default with the mask objective and
+    no ``start`` is METHOD.md's attack, call for call.
+    """
+    objective = training_objective(config.train_objective, model)
+    if config.train_attack == "pgd":
+        return pgd_attack(model, images, targets, schedule.epsilon, schedule.steps,
+                          objective=objective, autocast_dtype=autocast_dtype, start=start)
+    if config.train_attack == "fgsm-rs":
+        return fgsm_rs_attack(model, images, targets, schedule.epsilon, objective, start=start,
+                              autocast_dtype=autocast_dtype)
+    if config.train_attack == "n-fgsm":
+        return nfgsm_attack(model, images, targets, schedule.epsilon, objective,
+                            autocast_dtype=autocast_dtype)
+    raise ValueError(f"train_attack {config.train_attack!r} has no separate attack step")
+
+
+def views_loss(
+    model: PatchGuard,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    names: Sequence[str],
+    batch_size: int,
+    config: TrainConfig,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's total loss and its logged values (total, regulariser, each view's loss).
+
+    One forward over all views: the per-view losses are exactly the per-view formula (each
+    view is sliced out again), at the cost of one larger batch instead of four. With
+    ``trades_weight`` the KL between each view's patch logits and its attacked twin's is added
+    to the total (logged as its own value, after the views).
+    """
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_dtype is not None):
         output = model(images, with_attention=config.reg)
     total = torch.zeros((), device=device)
@@ -149,14 +220,64 @@ def training_step(
             loss = loss + reg
         losses.append(loss.detach())
         total = total + loss
+    if config.trades_weight > 0:
+        logits = dict(zip(names, output.logits.split(batch_size)))
+        trades = torch.zeros((), device=device)
+        for plain, attacked in (("clean", "adv_clean"), ("pseudo", "adv_pseudo")):
+            if plain in logits and attacked in logits:
+                trades = trades + binary_kl(logits[plain], logits[attacked])
+        total = total + config.trades_weight * trades
+        losses.append(trades.detach())
     reg_total = torch.stack(regs).sum() if regs else torch.zeros((), device=device)
-    values = torch.stack([total.detach(), reg_total, *losses])
-    optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    if ctx is not None:
-        average_gradients([p for g in optimizer.param_groups for p in g["params"]], ctx)
-    optimizer.step()
-    return StepResult(values, names)
+    return total, torch.stack([total.detach(), reg_total, *losses])
+
+
+def free_training_step(
+    model: PatchGuard,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    device: torch.device,
+    ctx: DistContext | None = None,
+    schedule: AdvSchedule | None = None,
+    bank: PerturbationBank | None = None,
+) -> StepResult:
+    """Free adversarial training (Shafahi et al. 2019): the batch is replayed ``free_replays``
+    times; each replay's single backward pass gives both the weight gradients (one optimiser
+    step) and the input gradient of the attacked views, from which their perturbations take a
+    signed step of epsilon (projected to the ball). The perturbation of the clean views starts
+    from the bank when perturbations are carried, else at zero, as the pseudo anomalies'."""
+    clean = batch["image"].to(device, non_blocking=True)
+    pseudo = batch["pseudo_image"].to(device, non_blocking=True)
+    pseudo_targets = patch_targets(batch["pseudo_mask"].to(device, non_blocking=True),
+                                   model.patch_size)
+    clean_targets = torch.zeros_like(pseudo_targets)
+    autocast_dtype = torch.bfloat16 if config.bf16 else None
+    batch_size = clean.shape[0]
+    eps = (schedule or AdvSchedule(config.epsilon_train / 255.0, config.steps_train)).epsilon
+    originals = torch.cat([clean, pseudo])
+    delta = torch.zeros_like(originals)
+    if bank is not None:
+        delta[:batch_size] = bank.get(batch["index"]).clamp(-eps, eps)
+    names = list(VIEW_NAMES)
+    targets = torch.cat([clean_targets, clean_targets, pseudo_targets, pseudo_targets])
+    sums: torch.Tensor | None = None
+    for _ in range(config.free_replays):
+        attacked = (originals + delta).clamp(0.0, 1.0).requires_grad_(True)
+        images = torch.cat([clean, attacked[:batch_size], pseudo, attacked[batch_size:]])
+        total, values = views_loss(model, images, targets, names, batch_size, config, device,
+                                   autocast_dtype)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()  # the one backward: weight gradients and attacked.grad together
+        if ctx is not None:
+            average_gradients([p for g in optimizer.param_groups for p in g["params"]], ctx)
+        optimizer.step()
+        with torch.no_grad():
+            delta = (delta + eps * attacked.grad.sign()).clamp(-eps, eps)
+        sums = values if sums is None else sums + values
+    if bank is not None:
+        bank.put(batch["index"], (clean + delta[:batch_size]).clamp(0.0, 1.0), clean)
+    return StepResult(sums / config.free_replays, _logged_names(names, config))
 
 
 class LossMeter:
@@ -350,6 +471,7 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
                     " (generate masks with --auto-foreground or 'patchguard data foreground')")
     model, weight_source = build_model(config, load_weights=state is None)
     model.to(device)
+    freeze_blocks(model, config.frozen_blocks)
     if config.compile:
         blocks = model.compile_backbone()
         model.compile_attack()
@@ -388,6 +510,13 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
                     config.dataset, config.class_name, device,
                     f" x {ctx.world_size} processes" if ctx.enabled else "", len(dataset),
                     config.epochs, weight_source)
+    total_steps = config.epochs * steps_per_epoch
+    bank = None
+    if config.carry_perturbations and config.adv_train:
+        bank = PerturbationBank(len(dataset), (3, config.image_size, config.image_size), device)
+    probe = None
+    if config.probe_every and ctx.is_main:
+        probe = probe_images(records, val_records, config, generator, model.patch_size, device)
     model.train()
     epoch = start_epoch
     loader = make_loader(dataset, config, start_epoch, ctx)
@@ -403,13 +532,16 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
     try:
         for epoch in range(start_epoch, config.epochs):
             started = last_read = time.perf_counter()
+            cpu_started = time.process_time()
             meter = LossMeter()
             loader.sampler.set_epoch(epoch)
             bar = tqdm(loader, disable=not progress,
                        leave=False, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
             lr = optimizer.param_groups[-1]["lr"]
-            for batch in bar:
-                result = training_step(model, batch, optimizer, config, device, ctx)
+            for i, batch in enumerate(bar):
+                schedule = adv_schedule(config, epoch * steps_per_epoch + i, total_steps)
+                result = training_step(model, batch, optimizer, config, device, ctx, schedule,
+                                       bank)
                 scheduler.step()
                 meter.add(result, batch["image"].shape[0])
                 now = time.perf_counter()
@@ -419,6 +551,7 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
                     bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{meter.seen / (now - started):.1f}")
             totals, seen = meter.totals(), meter.seen
             seconds = time.perf_counter() - started
+            cpu_seconds = time.process_time() - cpu_started
             if ctx.enabled:  # every rank's images and losses count in the log
                 keys = sorted(totals)
                 summed = sum_over_ranks([seen, *(totals[k] for k in keys)], ctx)
@@ -431,7 +564,14 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
                 "lr": lr,
                 "images_per_s": seen / seconds,
                 "seconds": seconds,
+                "cpu_seconds": cpu_seconds,  # of this process, all threads (not the probe's)
             }
+            if config.adv_train:
+                record.update(epsilon_train=schedule.epsilon * 255.0, steps_train=schedule.steps)
+            done = epoch + 1
+            if probe is not None and (done % config.probe_every == 0 or done == config.epochs):
+                record.update(probe.check(model, done, record["loss"]))
+                model.train()
             with log_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
             trackers.scalars({f"train/{k}": v for k, v in record.items() if k != "epoch"},
@@ -442,7 +582,6 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
                     f"{record['images_per_s']:.1f} img/s"
                 )
             payload = checkpoint_payload(model, optimizer, scheduler, config, epoch + 1, extra)
-            done = epoch + 1
             periodic = None
             if done > config.epochs / 2 and config.save_every and done % config.save_every == 0:
                 periodic = out_dir / f"epoch_{done:04d}.pt"
@@ -514,6 +653,27 @@ def _foreground_records(records: list, config: TrainConfig, device: torch.device
                         "%.0f%%) from %s", info.get("method"), 100 * info.get("mean_coverage", 1),
                         with_masks[0].parent)
     return records
+
+
+def probe_images(
+    records: list, val_records: list, config: TrainConfig, generator: PseudoAnomalyGenerator,
+    patch_size: int, device: torch.device,
+) -> OverfittingProbe:
+    """The overfitting probe on fixed images: the held-out normal images (else the first 8
+    training images, then not held out) and two pseudo anomalies of each, drawn with a seed of
+    their own."""
+    chosen = val_records or records[:8]
+    if not val_records:
+        logger.warning("--probe-every without held-out images (--val-fraction 0): the probe "
+                       "uses %d training images", len(chosen))
+    probe_set = TrainDataset(chosen, config.image_size, generator, config.seed + 7919,
+                             progress=False)
+    samples = [probe_set[(epoch, i)] for epoch in (0, 1) for i in range(len(probe_set))]
+    normal = torch.stack([s["image"] for s in samples[: len(probe_set)]]).to(device)
+    pseudo = torch.stack([s["pseudo_image"] for s in samples]).to(device)
+    masks = torch.stack([s["pseudo_mask"] for s in samples]).to(device)
+    return OverfittingProbe(normal, pseudo, patch_targets(masks, patch_size),
+                            config.epsilon_train / 255.0)
 
 
 def split_validation(

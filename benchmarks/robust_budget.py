@@ -1,0 +1,239 @@
+"""What each training budget buys in robustness: train recipes on one demo class, checkpoint
+along the way, evaluate every checkpoint clean, under the faithful PGD-10 (mask objective) and
+under the strongest attack available, at 2/255 and 8/255; JSON lines plus a plot of AUROC
+against training CPU minutes.
+
+Example (one core, one thread; the README's "Robustness training" lists the runs made):
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/robust_budget.py \\
+        --dataset-dir /tmp/demo112 --class-name gravel --recipe fast --epochs 16 \\
+        --eval-at 0.5 1 --n-eval 12 --out /tmp/budget
+    python benchmarks/robust_budget.py --out /tmp/budget --plot-only
+
+Budgets: ``--epochs`` sets the run's length (its cosine schedule spans it); checkpoints are kept
+at the ``--eval-at`` fractions of it, so an intermediate point is part of a longer schedule
+(learning rate not yet annealed), not a run of that length. The x axis is the training
+process's CPU time (``cpu_seconds`` of train_log.jsonl, the probe excluded), at one thread
+about its wall time on an idle core. Without --dataset-dir the demo data are built at 112 px.
+
+The strong attack (``--attack``): ``standard`` when :data:`patchguard.adversarial.attacks.ATTACKS`
+has it, else APGD with the ``score`` objective (the image decision), 50 steps, one restart.
+Every row records the attack, objective and steps used. Evaluation runs on a fixed subset of
+``--n-eval`` test images (half normal, half anomalous, chosen with seed 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from patchguard.adversarial.attacks import ATTACKS
+from patchguard.config import build_config
+from patchguard.data.datasets import TestDataset
+from patchguard.data.layouts import load_records
+from patchguard.evaluation.evaluator import predict_dataset
+from patchguard.evaluation.metrics import compute_all
+from patchguard.models.factory import load_model
+from patchguard.training import checkpoints, trainer
+
+# name -> (preset, overrides); image size 112 for all (the demo data's size here).
+RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
+    # METHOD.md at 112 px (PGD-10 mask objective, lr 8e-4 everywhere, feature layer 12)
+    "paper": ("paper", {"image_size": 112}),
+    "paper-random": ("paper", {"image_size": 112, "pretrained": False}),
+    "fast": ("fast", {"image_size": 112}),
+    "fast-noadv": ("fast", {"image_size": 112, "adv_train": False}),
+    # new options (issue 12), on top of fast
+    "score-fz2-ramp": ("fast", {"image_size": 112, "train_objective": "score",
+                                "backbone_lr": 1e-4, "frozen_blocks": 2, "eps_ramp": 0.3}),
+    "nfgsm-score": ("fast", {"image_size": 112, "train_attack": "n-fgsm",
+                             "train_objective": "score", "backbone_lr": 1e-4,
+                             "frozen_blocks": 2, "eps_ramp": 0.3}),
+    "free4": ("fast", {"image_size": 112, "train_attack": "free", "free_replays": 4,
+                       "backbone_lr": 1e-4, "frozen_blocks": 2, "eps_ramp": 0.3,
+                       "carry_perturbations": True}),
+    "score-trades": ("fast", {"image_size": 112, "train_objective": "score",
+                              "backbone_lr": 1e-4, "frozen_blocks": 2, "eps_ramp": 0.3,
+                              "trades_weight": 1.0}),
+}
+STRONG_STEPS = 50
+
+
+def strong_attack(requested: str) -> tuple[str, str, int]:
+    """(attack, objective, steps) of the strongest evaluation attack present."""
+    if requested == "auto":
+        requested = "standard" if "standard" in ATTACKS else "apgd"
+    if requested not in ATTACKS:
+        raise SystemExit(f"--attack {requested}: not in this tree's attacks {sorted(ATTACKS)}")
+    return requested, "score", STRONG_STEPS
+
+
+def eval_subset(root: str, class_name: str, image_size: int, n: int) -> TestDataset:
+    """A fixed subset of the test split: n // 2 normal and n - n // 2 anomalous images."""
+    records = load_records("mvtec", root, class_name, "test")
+    rng = np.random.default_rng(0)
+    normal = [r for r in records if r.label == 0]
+    anomalous = [r for r in records if r.label == 1]
+    chosen = ([normal[i] for i in sorted(rng.permutation(len(normal))[: n // 2])]
+              + [anomalous[i] for i in sorted(rng.permutation(len(anomalous))[: n - n // 2])])
+    return TestDataset(chosen, image_size)
+
+
+def evaluate_checkpoint(path: Path, data: TestDataset, attack: tuple[str, str, int],
+                        epsilons: list[float]) -> dict[str, Any]:
+    """Image and pixel AUROC clean, under PGD-10 (mask) and the strong attack at each eps."""
+    model, _ = load_model(path, torch.device("cpu"))
+    settings = [("clean", 0.0, "pgd", "mask", 0)]
+    for eps in epsilons:
+        settings.append((f"pgd10_mask_{eps:g}", eps, "pgd", "mask", 10))
+        settings.append((f"strong_{eps:g}", eps, *attack))
+    row: dict[str, Any] = {"strong_attack": attack[0], "strong_objective": attack[1],
+                           "strong_steps": attack[2], "eval_seconds": {}}
+    for key, eps, name, objective, steps in settings:
+        started = time.perf_counter()
+        preds = predict_dataset(model, data, eps, steps, batch_size=len(data), progress=False,
+                                attack=name, objective=objective, seed=0)
+        metrics = compute_all(preds.labels, preds.scores, preds.masks, preds.maps)
+        row[f"{key}_img"] = round(float(metrics["image_auroc"]), 4)
+        row[f"{key}_pix"] = round(float(metrics["pixel_auroc"]), 4)
+        row["eval_seconds"][key] = round(time.perf_counter() - started, 1)
+    row["n_eval"] = len(data)
+    row["n_eval_anomalous"] = int(preds.labels.sum())
+    return row
+
+
+def train_recipe(name: str, args: argparse.Namespace, run_dir: Path) -> tuple[list[int], int]:
+    """Train ``name`` for ``args.epochs``, keeping checkpoints at the --eval-at epochs."""
+    preset, overrides = RECIPES[name]
+    values = {**overrides, "dataset": "mvtec", "dataset_dir": args.dataset_dir,
+              "class_name": args.class_name, "output_dir": str(run_dir), "epochs": args.epochs,
+              "workers": 0, "device": "cpu", "seed": args.seed, "save_every": 0,
+              "checkpoint_every_min": 0}
+    values.update(json.loads(args.set))
+    config = build_config(preset, None, values)
+    wanted = sorted({max(1, round(f * args.epochs)) for f in args.eval_at})
+
+    class KeepEpochs(checkpoints.CheckpointPolicy):
+        """The trainer's policy, plus an epoch file at each wanted epoch (also in the first
+        half, where the trainer's own --save-every files start later)."""
+
+        def epoch_done(self, payload, final=False, periodic=None):
+            if periodic is None and payload["epoch"] in wanted:
+                periodic = run_dir / f"epoch_{payload['epoch']:04d}.pt"
+            return super().epoch_done(payload, final=final, periodic=periodic)
+
+    original = trainer.CheckpointPolicy
+    trainer.CheckpointPolicy = KeepEpochs
+    try:
+        trainer.train(config, progress=False, overwrite=True)
+    finally:
+        trainer.CheckpointPolicy = original
+    return wanted, config.image_size
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """AUROC against training CPU minutes: clean, and under attack at 2/255 and 8/255."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("clean_img", "clean image AUROC"), ("2", "image AUROC at 2/255"),
+              ("8", "image AUROC at 8/255")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
+    recipes = list(dict.fromkeys(r["recipe"] for r in rows))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (key, title) in zip(axes, panels):
+        for i, recipe in enumerate(recipes):
+            points = sorted((r for r in rows if r["recipe"] == recipe),
+                            key=lambda r: r["train_cpu_min"])
+            x = [r["train_cpu_min"] for r in points]
+            color = colors[i % len(colors)]
+            if key == "clean_img":
+                ax.plot(x, [r[key] for r in points], "o-", color=color, label=recipe)
+            else:
+                ax.plot(x, [r[f"strong_{key}_img"] for r in points], "o-", color=color,
+                        label=recipe)
+                ax.plot(x, [r[f"pgd10_mask_{key}_img"] for r in points], "x:", color=color)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training CPU minutes (1 thread)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    strong = rows[0]["strong_attack"] if rows else "?"
+    axes[1].text(0.02, 0.98, f"solid: {strong} score-{rows[0]['strong_steps'] if rows else ''}"
+                 "\ndotted: faithful PGD-10 mask", transform=axes[1].transAxes, va="top",
+                 fontsize=8)
+    axes[0].set_ylabel("image AUROC")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main() -> None:
+    """Train and evaluate the recipes named by --recipe; append rows; redraw the plot."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset-dir", default=None)
+    parser.add_argument("--class-name", default="gravel")
+    parser.add_argument("--recipe", nargs="+", default=[], choices=sorted(RECIPES))
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--eval-at", type=float, nargs="+", default=[0.5, 1.0],
+                        help="fractions of --epochs whose checkpoints are evaluated")
+    parser.add_argument("--set", default="{}", help="JSON object of further config overrides")
+    parser.add_argument("--n-eval", type=int, default=12, help="test images evaluated")
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[2.0, 8.0])
+    parser.add_argument("--attack", default="auto",
+                        help="strong attack: auto (standard if present, else apgd), or a name")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/robust_budget")
+    parser.add_argument("--tag", default="", help="suffix of the run folder and row name")
+    parser.add_argument("--plot-only", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows_path = out / "rows.jsonl"
+    if not args.plot_only:
+        if args.dataset_dir is None:
+            from patchguard.demo.dataset import build_demo_dataset
+
+            args.dataset_dir = str(out / "data")
+            build_demo_dataset(args.dataset_dir, classes=[args.class_name], image_size=112)
+        attack = strong_attack(args.attack)
+        for name in args.recipe:
+            label = name + (f"@{args.tag}" if args.tag else "")
+            run_dir = out / "runs" / args.class_name / label
+            started = time.perf_counter()
+            wanted, image_size = train_recipe(name, args, run_dir)
+            wall = time.perf_counter() - started
+            log = [json.loads(line) for line in (run_dir / "train_log.jsonl").open()]
+            data = eval_subset(args.dataset_dir, args.class_name, image_size, args.n_eval)
+            for epoch in wanted:
+                cpu = sum(r["cpu_seconds"] for r in log if r["epoch"] <= epoch)
+                secs = sum(r["seconds"] for r in log if r["epoch"] <= epoch)
+                probes = {k: v for r in log if r["epoch"] <= epoch
+                          for k, v in r.items() if k.startswith("probe") or k.startswith("cata")}
+                row = {"recipe": label, "class": args.class_name, "epoch": epoch,
+                       "epochs": args.epochs, "train_cpu_min": round(cpu / 60, 2),
+                       "train_wall_min": round(secs / 60, 2), "run_wall_min": round(wall / 60, 2),
+                       "threads": args.threads, "set": {**RECIPES[name][1],
+                                                        **json.loads(args.set)},
+                       "loss": round(log[epoch - 1]["loss"], 4), **probes,
+                       **evaluate_checkpoint(run_dir / f"epoch_{epoch:04d}.pt", data, attack,
+                                             args.epsilons)}
+                print(json.dumps(row), flush=True)
+                with rows_path.open("a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+    rows = [json.loads(line) for line in rows_path.open()] if rows_path.exists() else []
+    if rows:
+        plot(rows, out / "robust_budget.png")
+
+
+if __name__ == "__main__":
+    main()
