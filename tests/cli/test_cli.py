@@ -330,3 +330,26 @@ def test_train_and_test_on_other_layouts(tmp_path, layout):
                  "--json", str(out), "--quiet", "--no-record"]) == 0
     rows = json.loads(out.read_text())
     assert rows[0]["n_images"] == 8 and rows[0]["pixel_auroc"] is not None
+
+
+def test_train_flags_of_the_robustness_options_reach_the_config(tmp_path):
+    make_mvtec_class(tmp_path / "data")
+    flags = list(TINY_FLAGS)
+    flags[flags.index("--epochs") + 1] = "1"
+    code = main(["train", "--dataset-dir", str(tmp_path / "data"), "--class-name", "widget",
+                 "--output-dir", str(tmp_path / "run"), *flags, "--train-attack", "fgsm-rs",
+                 "--train-objective", "score", "--carry-perturbations", "--eps-ramp", "0.5",
+                 "--late-steps-train", "4", "--late-fraction", "0.5", "--trades-weight", "0.5",
+                 "--frozen-blocks", "1", "--probe-every", "1", "--free-replays", "3"])
+    assert code == 0
+    config = load_checkpoint(tmp_path / "run" / "last.pt")["config"]
+    assert (config["train_attack"], config["train_objective"], config["carry_perturbations"],
+            config["eps_ramp"], config["late_steps_train"], config["late_fraction"],
+            config["trades_weight"], config["frozen_blocks"], config["probe_every"],
+            config["free_replays"]) == ("fgsm-rs", "score", True, 0.5, 4, 0.5, 0.5, 1, 1, 3)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").open()]
+    assert "probe_pgd" in log[-1]
+    # an inconsistent pair is refused with the flag's name
+    assert main(["train", "--dataset-dir", str(tmp_path / "data"), "--class-name", "widget",
+                 "--output-dir", str(tmp_path / "run2"), *flags, "--train-attack", "n-fgsm",
+                 "--carry-perturbations"]) != 0
