@@ -175,6 +175,21 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def table(rows: list[dict[str, Any]]) -> str:
+    """The rows as a markdown table (image AUROC; pixel AUROC under the strong attack at 8)."""
+    lines = ["| recipe | epoch | train CPU min | clean img / pix | PGD-10 mask 2 / 8 | "
+             "strong 2 / 8 img | strong 8 pix | strong attack | n eval |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(
+            f"| {r['recipe']} | {r['epoch']}/{r['epochs']} | {r['train_cpu_min']:.1f} | "
+            f"{r['clean_img']:.3f} / {r['clean_pix']:.3f} | {r['pgd10_mask_2_img']:.3f} / "
+            f"{r['pgd10_mask_8_img']:.3f} | {r['strong_2_img']:.3f} / {r['strong_8_img']:.3f} | "
+            f"{r['strong_8_pix']:.3f} | {r['strong_attack']}-{r['strong_steps']} "
+            f"{r['strong_objective']} | {r['n_eval']} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Train and evaluate the recipes named by --recipe; append rows; redraw the plot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -233,6 +248,8 @@ def main() -> None:
     rows = [json.loads(line) for line in rows_path.open()] if rows_path.exists() else []
     if rows:
         plot(rows, out / "robust_budget.png")
+        if args.plot_only:
+            print(table(rows))
 
 
 if __name__ == "__main__":
