@@ -258,3 +258,13 @@ def test_probe_does_not_flag_a_model_that_was_never_robust_or_a_rising_loss():
     rising.check(PatchLinear(gain=0.0, highpass=True), epoch=1, loss=1.0)
     record = rising.check(PatchLinear(gain=5.0, highpass=True), 2, loss=1.5)
     assert record["probe_pgd"] <= 0.2 and "catastrophic_overfitting" not in record
+
+
+def test_probe_warns_about_fgsm_only_robustness(monkeypatch, caplog):
+    probe = OverfittingProbe(*_probe_images(), epsilon=EPS)
+    monkeypatch.setattr(probe, "measure", lambda model: {
+        "probe_clean": 0.9, "probe_fgsm": 0.6, "probe_pgd": 0.1})
+    with caplog.at_level(logging.WARNING, logger="patchguard.training.probe"):
+        record = probe.check(None, epoch=1, loss=1.0)
+    assert record["probe_gap"] == pytest.approx(0.5) and record["fgsm_only_robustness"]
+    assert "one-step attack only" in caplog.text

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 PROBE_STEPS = 10
 # A collapse: the probe's PGD AUROC this far below its best so far, while the loss is lower.
 COLLAPSE_DROP = 0.2
+# FGSM AUROC this far above PGD AUROC: the one-step robustness is not real (gradient masking).
+GAP_WARN = 0.3
 
 
 @dataclass
@@ -67,7 +69,8 @@ class OverfittingProbe:
         ``probe_gap`` is FGSM minus PGD AUROC (large: one-step robustness that is not real);
         ``catastrophic_overfitting`` is set (and a warning logged) when the PGD AUROC fell
         :data:`COLLAPSE_DROP` below its best probe while the training loss is below that
-        probe's.
+        probe's. ``fgsm_only_robustness`` (also warned about) marks a gap of at least
+        :data:`GAP_WARN`.
         """
         started = time.perf_counter()
         record: dict[str, float | bool] = dict(self.measure(model))
@@ -84,5 +87,10 @@ class OverfittingProbe:
                     "overfitting?): probe PGD AUROC %.3f, best %.3f at epoch %d (loss %.4f -> "
                     "%.4f), FGSM %.3f", epoch, record["probe_pgd"], best["probe_pgd"],
                     best["epoch"], best["loss"], loss, record["probe_fgsm"])
+        if record["probe_gap"] >= GAP_WARN:
+            record["fgsm_only_robustness"] = True
+            logger.warning("epoch %d: probe FGSM AUROC %.3f but PGD AUROC %.3f: robustness to "
+                           "the one-step attack only", epoch, record["probe_fgsm"],
+                           record["probe_pgd"])
         self.history.append(entry)
         return record
