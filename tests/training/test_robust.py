@@ -268,3 +268,18 @@ def test_probe_warns_about_fgsm_only_robustness(monkeypatch, caplog):
         record = probe.check(None, epoch=1, loss=1.0)
     assert record["probe_gap"] == pytest.approx(0.5) and record["fgsm_only_robustness"]
     assert "one-step attack only" in caplog.text
+
+
+def test_robust_preset_trains_and_paper_stays_the_faithful_default(tiny_data, tmp_path):
+    from patchguard.config import build_config
+
+    assert build_config("paper").to_dict() == TrainConfig().to_dict()
+    tiny = tiny_config(tiny_data, tmp_path, epochs=1).to_dict()
+    keep = {k: tiny[k] for k in ("dataset", "dataset_dir", "class_name", "output_dir",
+                                 "backbone", "pretrained", "dsc_hidden", "workers", "device")}
+    config = build_config("robust", None, {**keep, "image_size": 64, "feature_layers": [3],
+                                           "reg_layers": [2, 3], "reg_coefficients": [0.01, 0.05],
+                                           "epochs": 1})
+    assert (config.train_objective, config.frozen_blocks, config.eps_ramp) == ("score", 2, 0.3)
+    train(config, progress=False)
+    assert "adv_clean" in json.loads((tmp_path / "train_log.jsonl").read_text())

@@ -19,7 +19,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     common_flags(train)
     flag(train, "--output-dir", default=None, help="where checkpoints and logs go")
     flag(train, "--preset", default=None, choices=sorted(PRESETS),
-         help="paper: METHOD.md exactly (default); fast: short budgets")
+         help="paper: METHOD.md exactly (default); fast: short budgets; robust: the best "
+              "robustness found so far at CPU budgets (does not reach issue 12's target)")
     flag(train, "--epochs", type=int, default=None)
     flag(train, "--batch-size", type=int, default=None)
     flag(train, "--image-size", type=int, default=None)
