@@ -16,7 +16,9 @@ process's CPU time (``cpu_seconds`` of train_log.jsonl, the probe excluded), at 
 about its wall time on an idle core. Without --dataset-dir the demo data are built at 112 px.
 
 The strong attack (``--attack``): ``standard`` when :data:`patchguard.adversarial.attacks.ATTACKS`
-has it, else APGD with the ``score`` objective (the image decision), 50 steps, one restart.
+has it (its own members and budgets; ``strong_steps`` then records its APGD steps), else APGD
+with the ``score`` objective (the image decision), 50 steps, one restart (``--attack apgd``
+forces that one).
 Every row records the attack, objective and steps used. Evaluation runs on a fixed subset of
 ``--n-eval`` test images (half normal, half anomalous, chosen with seed 0).
 """
@@ -70,6 +72,10 @@ def strong_attack(requested: str) -> tuple[str, str, int]:
         requested = "standard" if "standard" in ATTACKS else "apgd"
     if requested not in ATTACKS:
         raise SystemExit(f"--attack {requested}: not in this tree's attacks {sorted(ATTACKS)}")
+    if requested == "standard":  # fixed members and budgets; per image and metric the worst
+        from patchguard.adversarial.standard import STANDARD_APGD_STEPS
+
+        return requested, "per-metric worst of its members", STANDARD_APGD_STEPS
     return requested, "score", STRONG_STEPS
 
 
