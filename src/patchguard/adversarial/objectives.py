@@ -39,7 +39,7 @@ def mask_objective(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return mask_difference(logits, targets).sum()
 
 
-def training_score_objective(model: nn.Module) -> Objective:
+def training_score_objective(model: torch.nn.Module) -> Objective:
     """Training-time ``score`` objective: summed + top-k image score of views without anomalous
     patches, - of views with some (the decision an attacker moves, as :func:`score_loss`)."""
 
@@ -50,7 +50,7 @@ def training_score_objective(model: nn.Module) -> Objective:
     return objective
 
 
-def training_objective(name: str, model: nn.Module) -> Objective:
+def training_objective(name: str, model: torch.nn.Module) -> Objective:
     """The objective a training attack ascends: ``mask`` (METHOD.md) or ``score``."""
     if name == "mask":
         return mask_objective
