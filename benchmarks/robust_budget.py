@@ -160,6 +160,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                             key=lambda r: r["train_cpu_min"])
             x = [r["train_cpu_min"] for r in points]
             color = colors[i % len(colors)]
+            if points[0]["strong_attack"] != rows[0]["strong_attack"]:
+                recipe = f"{recipe} [{points[0]['strong_attack']}]"
             if key == "clean_img":
                 ax.plot(x, [r[key] for r in points], "o-", color=color, label=recipe)
             else:
