@@ -1,6 +1,7 @@
 import json
+import logging
 
-from patchguard.demo.run import run_demo, summary_table
+from patchguard.demo.run import _each_line_once, run_demo, summary_table
 
 from conftest import TINY_BACKBONE
 
@@ -39,3 +40,28 @@ def test_summary_table_means():
     table = summary_table(rows)
     mean_line = [line for line in table.splitlines() if line.startswith("mean")][0]
     assert "0.900" in mean_line and "n/a" in mean_line
+
+
+def test_demo_lets_each_log_line_through_once_and_only_while_it_runs():
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    root, log = logging.getLogger(), logging.getLogger("patchguard.somewhere")
+    handler, level = Keep(), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with _each_line_once():
+            for class_name in ("brick", "grass", "brick"):
+                log.info("no hub weights here (offline)")
+                log.warning("class %r is not a known class", class_name)
+        log.info("no hub weights here (offline)")  # after the demo: nothing is filtered
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert [r.getMessage() for r in records] == [
+        "no hub weights here (offline)", "class 'brick' is not a known class",
+        "class 'grass' is not a known class", "no hub weights here (offline)"]

@@ -3,10 +3,11 @@ report and draw heatmaps, all without network access."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,35 @@ DEMO_STANDARD = {
 }
 
 
+class _SayOnce(logging.Filter):
+    """Let each distinct log line through once: the demo repeats one recipe for every class and
+    variant, and the same notes (offline weights, few held-out images) would repeat each time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[tuple[int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.levelno, record.getMessage())
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+
+@contextlib.contextmanager
+def _each_line_once() -> Iterator[None]:
+    # One filter per handler: a shared one would let a record reach only the first handler.
+    filters = {handler: _SayOnce() for handler in logging.getLogger().handlers}
+    for handler, once in filters.items():
+        handler.addFilter(once)
+    try:
+        yield
+    finally:
+        for handler, once in filters.items():
+            handler.removeFilter(once)
+
+
 def run_demo(
     output_dir: str | Path = "patchguard_demo",
     classes: Sequence[str] | None = None,
@@ -63,6 +93,22 @@ def run_demo(
     ``train_overrides`` / ``data_overrides`` change the recipe or data set size (tests use
     them to run the demo with a tiny random ViT).
     """
+    with _each_line_once():
+        return _run_demo(output_dir, classes, epochs, image_size, compare, device, progress,
+                         train_overrides, data_overrides)
+
+
+def _run_demo(
+    output_dir: str | Path,
+    classes: Sequence[str] | None,
+    epochs: int | None,
+    image_size: int | None,
+    compare: bool,
+    device: str,
+    progress: bool,
+    train_overrides: dict[str, Any] | None,
+    data_overrides: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
     started = time.perf_counter()
     out = Path(output_dir)
     size = image_size or DEMO_IMAGE_SIZE
