@@ -3,7 +3,8 @@
 ``/uc?export=download&id=ID`` serves small files directly and, for ids in ``confirm_ids``, the
 virus-scan warning page whose form submits to ``/usercontent`` with ``confirm`` and ``uuid``
 (as Drive does for large files); an unknown id gets Drive's HTML error page. Plain paths serve
-``files`` with HTTP Range support. Every request is recorded.
+``files`` with HTTP Range support (``corrupt`` paths with damaged bytes, ``cut_after`` dropping
+the connection once). Every request is recorded.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ class DriveState:
         self.drive: dict[str, bytes] = {}  # Drive file id -> content
         self.confirm_ids: set[str] = set()  # ids answered with the virus-scan warning first
         self.files: dict[str, bytes] = {}  # plain paths -> content
-        self.requests: list[str] = []
+        self.corrupt: set[str] = set()  # plain paths served with their first 16 bytes flipped
+        self.cut_after: int | None = None  # close the connection after N body bytes, once
+        self.requests: list = []  # what _record appends: the path here
         self.base = ""
 
 
-class _Handler(BaseHTTPRequestHandler):
+class DriveHandler(BaseHTTPRequestHandler):
+    """Drive's endpoints and plain files; subclasses may answer ``/uc`` differently."""
+
     state: DriveState
 
     def log_message(self, *args: object) -> None:
@@ -41,24 +46,45 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _record(self) -> None:
+        self.state.requests.append(self.path)
+
     def _file(self, data: bytes) -> None:
+        st = self.state
         rng = self.headers.get("Range")
         start = int(rng.split("=")[1].split("-")[0]) if rng else 0
         if start >= len(data) and rng:
             self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{len(data)}"})
             return
         extra = {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"} if rng else {}
+        body = data[start:]
         self.send_response(206 if rng else 200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(data) - start))
+        self.send_header("Content-Length", str(len(body)))
         for key, value in extra.items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(data[start:])
+        if st.cut_after is not None:  # a dropped connection, once
+            n, st.cut_after = st.cut_after, None
+            self.wfile.write(body[:n])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+    def _plain(self, path: str) -> None:
+        st = self.state
+        if path not in st.files:
+            self._send(404, b"missing", "text/plain")
+            return
+        data = st.files[path]
+        if path in st.corrupt:
+            data = bytes(b ^ 0xFF for b in data[:16]) + data[16:]
+        self._file(data)
 
     def do_GET(self) -> None:  # noqa: N802
         st = self.state
-        st.requests.append(self.path)
+        self._record()
         url = urllib.parse.urlsplit(self.path)
         query = dict(urllib.parse.parse_qsl(url.query))
         file_id = query.get("id", "")
@@ -89,21 +115,19 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(403, b"bad confirm", "text/plain")
             return
-        if url.path in st.files:
-            self._file(st.files[url.path])
-        else:
-            self._send(404, b"missing", "text/plain")
+        self._plain(url.path)
 
 
 @contextmanager
-def drive_server(monkeypatch) -> Iterator[DriveState]:
+def drive_server(monkeypatch, handler_class: type[DriveHandler] = DriveHandler,
+                 state: DriveState | None = None) -> Iterator[DriveState]:
     """Start the server, point patchguard's Drive endpoints at it, stop it afterwards."""
     from patchguard.data.download import transfer
 
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    state = DriveState()
-    handler = type("DriveHandler", (_Handler,), {"state": state})
+    state = DriveState() if state is None else state
+    handler = type("BoundDriveHandler", (handler_class,), {"state": state})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)

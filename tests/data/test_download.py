@@ -6,45 +6,35 @@ import hashlib
 import io
 import json
 import tarfile
-import threading
 import urllib.parse
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from patchguard.data import download as dl
 from patchguard.data.download import transfer
 
+from drive_server import DriveHandler, DriveState, drive_server
 
-class _State:
+
+class _State(DriveState):
     def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
+        super().__init__()
         self.requests: list[tuple[str, dict[str, str]]] = []
-        self.cut_after: int | None = None  # close the connection after N body bytes, once
-        self.corrupt: set[str] = set()
         self.drive_mode = "form"  # "form" or "cookie"
-        self.base = ""
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(DriveHandler):
+    """Drive as the data downloads meet it: every id confirms, then serves /drive-file."""
+
     state: _State
 
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def _send(self, status: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+    def _record(self) -> None:
+        self.state.requests.append((self.path, dict(self.headers)))
 
     def do_GET(self) -> None:  # noqa: N802
         st = self.state
-        st.requests.append((self.path, dict(self.headers)))
+        self._record()
         url = urllib.parse.urlsplit(self.path)
         query = dict(urllib.parse.parse_qsl(url.query))
         if url.path == "/uc":
@@ -56,13 +46,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(403, b"bad confirm", "text/plain")
             return
-        if url.path not in st.files:
-            self._send(404, b"missing", "text/plain")
-            return
-        data = st.files[url.path]
-        if url.path in st.corrupt:
-            data = bytes(b ^ 0xFF for b in data[:16]) + data[16:]
-        self._file(data)
+        self._plain(url.path)
 
     def _drive(self, query: dict[str, str]) -> None:
         st = self.state
@@ -90,46 +74,11 @@ class _Handler(BaseHTTPRequestHandler):
         ).encode()
         self._send(200, page, "text/html; charset=utf-8")
 
-    def _file(self, data: bytes) -> None:
-        st = self.state
-        rng = self.headers.get("Range")
-        start = 0
-        if rng:
-            start = int(rng.split("=")[1].split("-")[0])
-            if start >= len(data):
-                self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{len(data)}"})
-                return
-        body = data[start:]
-        self.send_response(206 if rng else 200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        if rng:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.end_headers()
-        if st.cut_after is not None:
-            n, st.cut_after = st.cut_after, None
-            self.wfile.write(body[:n])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
 
 @pytest.fixture
 def server(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    state = _State()
-    handler = type("H", (_Handler,), {"state": state})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    monkeypatch.setattr(transfer, "DRIVE_URL", state.base + "/uc")
-    monkeypatch.setattr(transfer, "DRIVE_USERCONTENT_URL", state.base + "/usercontent")
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+    with drive_server(monkeypatch, _Handler, _State()) as state:
+        yield state
 
 
 def _sha(data: bytes) -> str:
