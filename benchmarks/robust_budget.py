@@ -38,8 +38,9 @@ from patchguard.adversarial.attacks import ATTACKS
 from patchguard.config import build_config
 from patchguard.data.datasets import TestDataset
 from patchguard.data.layouts import load_records
-from patchguard.evaluation.evaluator import predict_dataset
+from patchguard.evaluation.evaluator import evaluate, predict_dataset
 from patchguard.evaluation.metrics import compute_all
+from patchguard.evaluation.sanity import sanity_check
 from patchguard.models.factory import load_model
 from patchguard.training import checkpoints, trainer
 
@@ -110,6 +111,31 @@ def evaluate_checkpoint(path: Path, data: TestDataset, attack: tuple[str, str, i
         row["eval_seconds"][key] = round(time.perf_counter() - started, 1)
     row["n_eval"] = len(data)
     row["n_eval_anomalous"] = int(preds.labels.sum())
+    return row
+
+
+def final_check(path: Path, data: TestDataset, epsilons: list[float]) -> dict[str, Any]:
+    """The issue's checks of a finished model: the full ``standard`` and Square-1000 (image
+    score) at each epsilon, and the gradient-masking sanity checks on APGD-50 (score)."""
+    model, _ = load_model(path, torch.device("cpu"))
+    row: dict[str, Any] = {"checkpoint": str(path), "n_eval": len(data), "seconds": {}}
+    for name, kwargs in (("standard", {}), ("square", {"objective": "score", "queries": 1000})):
+        started = time.perf_counter()
+        for r in evaluate(model, data, epsilons, 10, batch_size=len(data), progress=False,
+                          attacks=(name,), **kwargs):
+            row[f"{name}_{r['epsilon']:g}_img"] = round(float(r["image_auroc"]), 4)
+            row[f"{name}_{r['epsilon']:g}_pix"] = round(float(r["pixel_auroc"]), 4)
+        row["seconds"][name] = round(time.perf_counter() - started, 1)
+    started = time.perf_counter()
+    report = sanity_check(model, data, attack="apgd", objective="score", steps=STRONG_STEPS,
+                          epsilons=epsilons, more_steps_factor=2, batch_size=len(data),
+                          progress=False, square_queries=1000)
+    row["seconds"]["sanity"] = round(time.perf_counter() - started, 1)
+    row["sanity_passed"] = report.passed
+    row["sanity_warnings"] = report.warnings
+    row["sanity_rows"] = [{k: r.get(k) for k in ("attack", "epsilon", "steps", "queries",
+                                                 "image_auroc", "pixel_auroc")}
+                          for r in report.rows]
     return row
 
 
@@ -217,11 +243,21 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/robust_budget")
     parser.add_argument("--tag", default="", help="suffix of the run folder and row name")
     parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--final", action="store_true",
+                        help="also run the full standard, Square-1000 and --sanity's checks on "
+                        "each recipe's last checkpoint (final.jsonl; tens of minutes per model)")
+    parser.add_argument("--final-only", action="store_true",
+                        help="only those checks, on the runs already trained under --out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / "rows.jsonl"
+    if args.final_only:
+        for name in args.recipe:
+            label = name + (f"@{args.tag}" if args.tag else "")
+            run_final(args, out, label, out / "runs" / args.class_name / label / "last.pt")
+        return
     if not args.plot_only:
         if args.dataset_dir is None:
             from patchguard.demo.dataset import build_demo_dataset
@@ -253,11 +289,28 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 with rows_path.open("a") as handle:
                     handle.write(json.dumps(row) + "\n")
+            if args.final:
+                run_final(args, out, label, run_dir / "last.pt")
     rows = [json.loads(line) for line in rows_path.open()] if rows_path.exists() else []
     if rows:
         plot(rows, out / "robust_budget.png")
         if args.plot_only:
             print(table(rows))
+
+
+def run_final(args: argparse.Namespace, out: Path, label: str, checkpoint: Path) -> None:
+    """:func:`final_check` of one recipe's checkpoint, appended to final.jsonl."""
+    if not checkpoint.exists():
+        raise SystemExit(f"{checkpoint}: no such checkpoint; train {label} first (without "
+                         "--final-only)")
+    image_size = load_model(checkpoint, torch.device("cpu"))[0].image_size
+    data = eval_subset(args.dataset_dir or str(out / "data"), args.class_name, image_size,
+                       args.n_eval)
+    row = {"recipe": label, "class": args.class_name,
+           **final_check(checkpoint, data, args.epsilons)}
+    print(json.dumps(row), flush=True)
+    with (out / "final.jsonl").open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,13 @@ def test_demo_end_to_end_with_a_tiny_model(tmp_path, capsys):
     )
     assert {(r["adv_train"], r["epsilon"]) for r in rows} == {
         (adv, eps) for adv in (True, False) for eps in (0.0, 2.0, 8.0)}
-    # standard beside PGD, bounded: adversarial recipe, 8/255, a fixed subset, labelled
-    (std,) = [r for r in rows if r["attack"] == "standard"]
-    assert std["adv_train"] and std["epsilon"] == 8.0 and std["n_images"] == 4
+    # the robust preset (issue 12) beside the same recipe without adversarial training
+    assert {r["preset"] for r in rows} == {"robust"}
+    # standard beside PGD, bounded: both recipes, 8/255, a fixed subset, labelled
+    std_rows = [r for r in rows if r["attack"] == "standard"]
+    assert sorted(r["adv_train"] for r in std_rows) == [False, True]
+    std = std_rows[0]
+    assert std["epsilon"] == 8.0 and std["n_images"] == 4
     assert std["members"].startswith("apgd/score/20 steps") and "square/score/100" in std["members"]
     assert std["standard_budget"].startswith("custom") and "2 normal, 2 anomalous" in std["subset"]
     assert std["images_per_s"] > 0
@@ -31,6 +35,7 @@ def test_demo_end_to_end_with_a_tiny_model(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "img clean" in out and "results JSON" in out
     assert "std* img 8" in out and "not the citable standard" in out
+    assert "the robust preset, 1 epoch:" in out
 
 
 def test_summary_table_means():
