@@ -60,6 +60,10 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "free4": ("fast", {"image_size": 112, "train_attack": "free", "free_replays": 4,
                        "backbone_lr": 1e-4, "frozen_blocks": 2, "eps_ramp": 0.3,
                        "carry_perturbations": True}),
+    # the robust preset itself (= score-fz2-ramp, 16 epochs unless --epochs) and its twin
+    # without adversarial training, for the "the attack is real" check
+    "robust": ("robust", {}),
+    "robust-noadv": ("robust", {"adv_train": False}),
     "score-trades": ("fast", {"image_size": 112, "train_objective": "score",
                               "backbone_lr": 1e-4, "frozen_blocks": 2, "eps_ramp": 0.3,
                               "trades_weight": 1.0}),
@@ -177,9 +181,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     panels = [("clean_img", "clean image AUROC"), ("2", "image AUROC at 2/255"),
               ("8", "image AUROC at 8/255")]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
-    recipes = list(dict.fromkeys(r["recipe"] for r in rows))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), sharey=True)
+    recipes = sorted(dict.fromkeys(r["recipe"] for r in rows))
+    # tab20: one distinct colour per recipe for up to 20 recipes
+    colors = [plt.get_cmap("tab20")(i % 20) for i in range(len(recipes))]
     for ax, (key, title) in zip(axes, panels):
         for i, recipe in enumerate(recipes):
             points = sorted((r for r in rows if r["recipe"] == recipe),
@@ -203,9 +208,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                  "\ndotted: faithful PGD-10 mask", transform=axes[1].transAxes, va="top",
                  fontsize=8)
     axes[0].set_ylabel("image AUROC")
-    axes[0].legend(fontsize=7, loc="lower right")
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="center left",
+               bbox_to_anchor=(0.995, 0.5), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -214,7 +220,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| recipe | epoch | train CPU min | clean img / pix | PGD-10 mask 2 / 8 | "
              "strong 2 / 8 img | strong 8 pix | strong attack | n eval |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r["recipe"], r["train_cpu_min"])):
         lines.append(
             f"| {r['recipe']} | {r['epoch']}/{r['epochs']} | {r['train_cpu_min']:.1f} | "
             f"{r['clean_img']:.3f} / {r['clean_pix']:.3f} | {r['pgd10_mask_2_img']:.3f} / "
