@@ -186,10 +186,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "val_fraction": 0.1,
         "auto_foreground": True,
     },
-    # "robust": the best found so far on the demo's gravel class (benchmarks/robust_budget.py,
-    # README "Robustness training"); it does NOT reach issue 12's target: under APGD-50 on the
-    # score objective its image AUROC is 0 at 2/255 and 8/255 (clean 0.972, faithful PGD-10
-    # 0.667 / 0.278, pixel AUROC under that attack 0.906 / 0.644, 4.5 CPU minutes).
+    # "robust": the best found on the demo's gravel class up to 30 CPU minutes per recipe
+    # (benchmarks/robust_budget.py, README "Robustness training"); it does NOT reach issue 12's
+    # target: under `standard` its image AUROC is 0 at 2/255 and 8/255 (clean 0.972, faithful
+    # PGD-10 0.667 / 0.278, pixel AUROC under standard 0.529 / 0.009, 4.2 CPU minutes).
     "robust": {
         "image_size": 112,
         "lr": 8e-4,
