@@ -118,10 +118,10 @@ def evaluate_checkpoint(path: Path, data: TestDataset, attack: tuple[str, str, i
     return row
 
 
-def final_check(path: Path, data: TestDataset, epsilons: list[float]) -> dict[str, Any]:
+def final_check(model: Any, path: Path, data: TestDataset, epsilons: list[float]
+                ) -> dict[str, Any]:
     """The issue's checks of a finished model: the full ``standard`` and Square-1000 (image
     score) at each epsilon, and the gradient-masking sanity checks on APGD-50 (score)."""
-    model, _ = load_model(path, torch.device("cpu"))
     row: dict[str, Any] = {"checkpoint": str(path), "n_eval": len(data), "seconds": {}}
     for name, kwargs in (("standard", {}), ("square", {"objective": "score", "queries": 1000})):
         started = time.perf_counter()
@@ -309,11 +309,11 @@ def run_final(args: argparse.Namespace, out: Path, label: str, checkpoint: Path)
     if not checkpoint.exists():
         raise SystemExit(f"{checkpoint}: no such checkpoint; train {label} first (without "
                          "--final-only)")
-    image_size = load_model(checkpoint, torch.device("cpu"))[0].image_size
-    data = eval_subset(args.dataset_dir or str(out / "data"), args.class_name, image_size,
+    model, _ = load_model(checkpoint, torch.device("cpu"))
+    data = eval_subset(args.dataset_dir or str(out / "data"), args.class_name, model.image_size,
                        args.n_eval)
     row = {"recipe": label, "class": args.class_name,
-           **final_check(checkpoint, data, args.epsilons)}
+           **final_check(model, checkpoint, data, args.epsilons)}
     print(json.dumps(row), flush=True)
     with (out / "final.jsonl").open("a") as handle:
         handle.write(json.dumps(row) + "\n")
