@@ -67,6 +67,10 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "score-trades": ("fast", {"image_size": 112, "train_objective": "score",
                               "backbone_lr": 1e-4, "frozen_blocks": 2, "eps_ramp": 0.3,
                               "trades_weight": 1.0}),
+    # the pairwise ranking loss on the views' image scores (the decision, trained directly)
+    "score-rank": ("fast", {"image_size": 112, "train_objective": "score",
+                            "backbone_lr": 1e-4, "frozen_blocks": 2, "eps_ramp": 0.3,
+                            "rank_weight": 10.0}),
 }
 STRONG_STEPS = 50
 

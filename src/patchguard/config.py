@@ -72,6 +72,7 @@ class TrainConfig:
     late_steps_train: int = 0  # attack steps in the last late_fraction of training (0: none)
     late_fraction: float = 0.25
     trades_weight: float = 0.0  # weight of KL(view || attacked view) of the patch logits
+    rank_weight: float = 0.0  # weight of the pairwise ranking loss on the views' image scores
     frozen_blocks: int = 0  # patch embedding and the first N backbone blocks stay frozen
     probe_every: int = 0  # every N epochs, the catastrophic-overfitting probe (0: never)
     # pseudo anomalies
@@ -282,6 +283,7 @@ FIELD_CHECKS: dict[str, Any] = {
     "late_steps_train": _ints(0, fix="0 keeps --steps-train throughout"),
     "late_fraction": _numbers(0.0, 1.0, min_open=True),
     "trades_weight": _numbers(0.0),
+    "rank_weight": _numbers(0.0),
     "frozen_blocks": _ints(0, fix="0 trains every block"),
     "probe_every": _ints(0, fix="0 switches the probe off"),
     "pseudo_size_scale": _numbers(0.0, 1.0, min_open=True),
@@ -308,7 +310,8 @@ _NUMERIC_KEYS = {key: int for key in (
 _NUMERIC_KEYS.update({key: float for key in (
     "dsc_dropout", "map_sigma", "lr", "backbone_lr", "weight_decay", "min_lr_ratio",
     "epsilon_train", "pseudo_size_scale", "val_fraction", "target_fpr",
-    "checkpoint_every_min", "eps_ramp", "late_fraction", "trades_weight")})
+    "checkpoint_every_min", "eps_ramp", "late_fraction", "trades_weight",
+    "rank_weight")})
 _NUMERIC_LISTS = {"feature_layers": int, "reg_layers": int, "reg_coefficients": float}
 
 

@@ -340,13 +340,15 @@ def test_train_flags_of_the_robustness_options_reach_the_config(tmp_path):
                  "--output-dir", str(tmp_path / "run"), *flags, "--train-attack", "fgsm-rs",
                  "--train-objective", "score", "--carry-perturbations", "--eps-ramp", "0.5",
                  "--late-steps-train", "4", "--late-fraction", "0.5", "--trades-weight", "0.5",
-                 "--frozen-blocks", "1", "--probe-every", "1", "--free-replays", "3"])
+                 "--rank-weight", "2", "--frozen-blocks", "1", "--probe-every", "1",
+                 "--free-replays", "3"])
     assert code == 0
     config = load_checkpoint(tmp_path / "run" / "last.pt")["config"]
     assert (config["train_attack"], config["train_objective"], config["carry_perturbations"],
             config["eps_ramp"], config["late_steps_train"], config["late_fraction"],
             config["trades_weight"], config["frozen_blocks"], config["probe_every"],
-            config["free_replays"]) == ("fgsm-rs", "score", True, 0.5, 4, 0.5, 0.5, 1, 1, 3)
+            config["free_replays"], config["rank_weight"]) == (
+        "fgsm-rs", "score", True, 0.5, 4, 0.5, 0.5, 1, 1, 3, 2.0)
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").open()]
     assert "probe_pgd" in log[-1]
     # an inconsistent pair is refused with the flag's name

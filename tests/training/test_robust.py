@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -20,7 +21,11 @@ from patchguard.data.datasets import TrainDataset
 from patchguard.data.layouts import load_records
 from patchguard.data.pseudo_anomaly import PseudoAnomalyGenerator
 from patchguard.models.patchguard import PatchGuard, patch_targets
-from patchguard.training.losses import attention_kl_regularizer, patch_bce_loss
+from patchguard.training.losses import (
+    attention_kl_regularizer,
+    pairwise_ranking_loss,
+    patch_bce_loss,
+)
 from patchguard.training.optim import build_optimizer
 from patchguard.training.probe import OverfittingProbe
 from patchguard.training.robust import PerturbationBank, adv_schedule
@@ -183,7 +188,8 @@ def test_free_perturbation_comes_from_the_training_loss_backward(free_setup):
 
 @pytest.mark.parametrize("attack", ["pgd", "fgsm-rs", "n-fgsm", "free"])
 def test_every_training_attack_trains_and_logs(tiny_data, tmp_path, attack):
-    extra = {"carry_perturbations": attack != "n-fgsm", "eps_ramp": 0.9, "trades_weight": 0.5}
+    extra = {"carry_perturbations": attack != "n-fgsm", "eps_ramp": 0.9, "trades_weight": 0.5,
+             "rank_weight": 2.0}
     if attack != "free":
         extra["train_objective"] = "score"
     config = tiny_config(tiny_data, tmp_path, epochs=2, train_attack=attack, free_replays=2,
@@ -192,8 +198,9 @@ def test_every_training_attack_trains_and_logs(tiny_data, tmp_path, attack):
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").open()]
     assert [r["epoch"] for r in log] == [1, 2]
     for record in log:
-        assert {"adv_clean", "trades", "cpu_seconds", "probe_pgd", "probe_fgsm",
+        assert {"adv_clean", "trades", "rank", "cpu_seconds", "probe_pgd", "probe_fgsm",
                 "probe_gap"} <= set(record)
+        assert 0.0 < record["rank"] < 50.0
     assert log[0]["epsilon_train"] < 7.5 and log[1]["epsilon_train"] == pytest.approx(8.0)
 
 
@@ -218,6 +225,22 @@ def test_frozen_blocks_stay_unchanged(tiny_data, tmp_path):
 def test_config_refuses_inconsistent_options(values, key):
     with pytest.raises(InputError, match=key):
         TrainConfig(**values)
+
+
+def test_ranking_loss_is_the_mean_pairwise_softplus_of_a_plain_loop():
+    torch.manual_seed(0)
+    scores = torch.randn(9) * 3
+    anomalous = torch.tensor([0, 1, 1, 0, 0, 1, 0, 1, 0], dtype=torch.bool)
+    pairs = [math.log1p(math.exp(float(scores[i] - scores[j])))
+             for i in range(9) for j in range(9) if not anomalous[i] and anomalous[j]]
+    assert pairwise_ranking_loss(scores, anomalous).item() == pytest.approx(
+        sum(pairs) / len(pairs), rel=1e-6)
+    # perfectly ranked scores far apart cost almost nothing, reversed ones their distance
+    far = torch.where(anomalous, 20.0, -20.0)
+    assert pairwise_ranking_loss(far, anomalous).item() < 1e-15
+    assert pairwise_ranking_loss(-far, anomalous).item() == pytest.approx(40.0, rel=1e-6)
+    single = pairwise_ranking_loss(scores.requires_grad_(), torch.zeros(9, dtype=torch.bool))
+    assert single.item() == 0.0 and single.requires_grad
 
 
 def test_paper_defaults_are_the_faithful_attack():

@@ -57,6 +57,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(train, "--late-fraction", type=float, default=None)
     flag(train, "--trades-weight", type=float, default=None,
          help="weight of the KL between each view's patch logits and its attacked twin's")
+    flag(train, "--rank-weight", type=float, default=None,
+         help="weight of a pairwise ranking loss: every (attacked) pseudo anomaly's image "
+              "score above every (attacked) normal view's")
     flag(train, "--frozen-blocks", type=int, default=None,
          help="freeze the patch embedding and the first N backbone blocks")
     flag(train, "--probe-every", type=int, default=None,

@@ -46,3 +46,16 @@ def binary_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
     kl = (p * (F.logsigmoid(p_logits) - F.logsigmoid(q_logits))
           + (1.0 - p) * (F.logsigmoid(-p_logits) - F.logsigmoid(-q_logits)))
     return kl.sum(dim=1).mean()
+
+
+def pairwise_ranking_loss(scores: torch.Tensor, anomalous: torch.Tensor) -> torch.Tensor:
+    """Mean over every (normal, anomalous) pair of softplus(normal score - anomalous score).
+
+    The logistic surrogate of 1 - AUROC on the image scores (RankNet): it falls as every
+    anomalous view scores above every normal one. Zero without a pair (one class missing).
+    """
+    scores = scores.float()
+    normal, abnormal = scores[~anomalous], scores[anomalous]
+    if normal.numel() == 0 or abnormal.numel() == 0:
+        return scores.sum() * 0.0  # keeps the graph (and the device) without a pair
+    return F.softplus(normal[:, None] - abnormal[None, :]).mean()

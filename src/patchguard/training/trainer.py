@@ -48,7 +48,12 @@ from .distributed import (
     shutdown,
     sum_over_ranks,
 )
-from .losses import attention_kl_regularizer, binary_kl, patch_bce_loss
+from .losses import (
+    attention_kl_regularizer,
+    binary_kl,
+    pairwise_ranking_loss,
+    patch_bce_loss,
+)
 from .optim import build_optimizer, build_scheduler
 from .probe import OverfittingProbe
 from .robust import AdvSchedule, PerturbationBank, adv_schedule, freeze_blocks
@@ -153,7 +158,8 @@ def training_step(
 
 
 def _logged_names(names: Sequence[str], config: TrainConfig) -> list[str]:
-    return [*names, "trades"] if config.trades_weight > 0 else list(names)
+    extra = ["trades"] if config.trades_weight > 0 else []
+    return [*names, *extra, *(["rank"] if config.rank_weight > 0 else [])]
 
 
 def training_attack(
@@ -202,7 +208,9 @@ def views_loss(
     One forward over all views: the per-view losses are exactly the per-view formula (each
     view is sliced out again), at the cost of one larger batch instead of four. With
     ``trades_weight`` the KL between each view's patch logits and its attacked twin's is added
-    to the total (logged as its own value, after the views).
+    to the total (logged as its own value, after the views); with ``rank_weight`` the pairwise
+    ranking loss of the top-k image scores of all views, normal (no anomalous patch) against
+    anomalous, attacked or not (logged after that).
     """
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_dtype is not None):
         output = model(images, with_attention=config.reg)
@@ -228,6 +236,13 @@ def views_loss(
                 trades = trades + binary_kl(logits[plain], logits[attacked])
         total = total + config.trades_weight * trades
         losses.append(trades.detach())
+    if config.rank_weight > 0:
+        # The decision an attacker moves, trained directly: the attacked views' scores are
+        # the worst case the training attack found (with the score objective).
+        rank = pairwise_ranking_loss(model.image_score(output.logits.float()),
+                                     targets.flatten(1).amax(dim=1) > 0)
+        total = total + config.rank_weight * rank
+        losses.append(rank.detach())
     reg_total = torch.stack(regs).sum() if regs else torch.zeros((), device=device)
     return total, torch.stack([total.detach(), reg_total, *losses])
 
