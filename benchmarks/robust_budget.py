@@ -187,8 +187,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
               ("8", "image AUROC at 8/255")]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), sharey=True)
     recipes = sorted(dict.fromkeys(r["recipe"] for r in rows))
-    # tab20: one distinct colour per recipe for up to 20 recipes
+    # tab20: one distinct colour per recipe; past 20 recipes the colours repeat with another
+    # marker, so every recipe stays distinct
     colors = [plt.get_cmap("tab20")(i % 20) for i in range(len(recipes))]
+    markers = ["os^D"[(i // 20) % 4] for i in range(len(recipes))]
     for ax, (key, title) in zip(axes, panels):
         for i, recipe in enumerate(recipes):
             points = sorted((r for r in rows if r["recipe"] == recipe),
@@ -198,10 +200,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             if points[0]["strong_attack"] != rows[0]["strong_attack"]:
                 recipe = f"{recipe} [{points[0]['strong_attack']}]"
             if key == "clean_img":
-                ax.plot(x, [r[key] for r in points], "o-", color=color, label=recipe)
-            else:
-                ax.plot(x, [r[f"strong_{key}_img"] for r in points], "o-", color=color,
+                ax.plot(x, [r[key] for r in points], f"{markers[i]}-", color=color,
                         label=recipe)
+            else:
+                ax.plot(x, [r[f"strong_{key}_img"] for r in points], f"{markers[i]}-",
+                        color=color, label=recipe)
                 ax.plot(x, [r[f"pgd10_mask_{key}_img"] for r in points], "x:", color=color)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training CPU minutes (1 thread)")
