@@ -189,8 +189,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # "robust": the best found on the demo's gravel class up to 30 CPU minutes per recipe
     # (benchmarks/robust_budget.py, README "Robustness training"); it does NOT reach issue 12's
-    # target: under `standard` its image AUROC is 0 at 2/255 and 8/255 (clean 0.972, faithful
-    # PGD-10 0.667 / 0.278, pixel AUROC under standard 0.529 / 0.009, 4.2 CPU minutes).
+    # target: on gravel its image AUROC under `standard` is 0 at 2/255 and 8/255 (clean 0.972,
+    # faithful PGD-10 0.667 / 0.278, pixel AUROC under standard 0.529 / 0.009, 4.2 CPU
+    # minutes); on the other demo classes 0.250 (brick) and 0.500 (grass) at 2/255 under
+    # `standard`, 0 under APGD on washer, 0 at 8/255 on all four.
     "robust": {
         "image_size": 112,
         "lr": 8e-4,
