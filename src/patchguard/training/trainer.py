@@ -158,8 +158,8 @@ def training_step(
 
 
 def _logged_names(names: Sequence[str], config: TrainConfig) -> list[str]:
-    extra = ["trades"] if config.trades_weight > 0 else []
-    return [*names, *extra, *(["rank"] if config.rank_weight > 0 else [])]
+    extra = (("trades", config.trades_weight), ("rank", config.rank_weight))
+    return [*names, *(name for name, weight in extra if weight > 0)]
 
 
 def training_attack(
