@@ -39,12 +39,17 @@ def mask_objective(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return mask_difference(logits, targets).sum()
 
 
+def anomalous_views(targets: torch.Tensor) -> torch.Tensor:
+    """Per view (B,): True where any patch target is anomalous (a pseudo anomaly's view)."""
+    return targets.flatten(1).amax(dim=1) > 0
+
+
 def training_score_objective(model: torch.nn.Module) -> Objective:
     """Training-time ``score`` objective: summed + top-k image score of views without anomalous
     patches, - of views with some (the decision an attacker moves, as :func:`score_loss`)."""
 
     def objective(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        anomalous = (targets.flatten(1).amax(dim=1) > 0).to(logits.dtype)
+        anomalous = anomalous_views(targets).to(logits.dtype)
         return ((1.0 - 2.0 * anomalous) * model.image_score(logits)).sum()
 
     return objective

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..adversarial.objectives import training_objective
+from ..adversarial.objectives import anomalous_views, training_objective
 from ..adversarial.pgd import fgsm_rs_attack, nfgsm_attack, pgd_attack
 from ..config import TrainConfig
 from ..data.datasets import TestDataset, TrainDataset
@@ -240,7 +240,7 @@ def views_loss(
         # The decision an attacker moves, trained directly: the attacked views' scores are
         # the worst case the training attack found (with the score objective).
         rank = pairwise_ranking_loss(model.image_score(output.logits.float()),
-                                     targets.flatten(1).amax(dim=1) > 0)
+                                     anomalous_views(targets))
         total = total + config.rank_weight * rank
         losses.append(rank.detach())
     reg_total = torch.stack(regs).sum() if regs else torch.zeros((), device=device)
