@@ -1,0 +1,54 @@
+"""``benchmark``: flags, classes, the files it writes.
+
+Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
+helpers.py and conftest.py beside this file.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from .helpers import (
+    CLASS,
+    assert_names_key,
+    assert_refused,
+)
+
+
+def test_benchmark_epsilon_zero_writes_the_clean_table(cli, finished_run, data, tmp_path):
+    # B-eps0. a0df06f: evaluates, then "error: max() arg is an empty sequence".
+    root = tmp_path / "ck"
+    (root / CLASS).mkdir(parents=True)
+    shutil.copy(finished_run / "last.pt", root / CLASS / "last.pt")
+    result = cli("benchmark", "--checkpoint-dir", root, "--classes", CLASS, "--dataset-dir",
+                 data, "--device", "cpu", "--quiet", "--epsilon-test", "0")
+    assert result.code == 0, result
+    assert (root / "benchmark.md").is_file()
+
+
+@pytest.mark.parametrize("key,flags,value", [
+    ("epsilon_test", ["--epsilon-test", "-8"], "-8"),  # a0df06f: max() of empty
+    ("steps_test", ["--steps-test", "-1"], "-1"),  # a0df06f: accepted
+], ids=["B-eps-neg", "B-steps-neg"])
+def test_benchmark_refuses_out_of_domain_flag(cli, finished_run, data, tmp_path, key, flags,
+                                              value):
+    root = tmp_path / "ck"
+    (root / CLASS).mkdir(parents=True)
+    shutil.copy(finished_run / "last.pt", root / CLASS / "last.pt")
+    result = cli("benchmark", "--checkpoint-dir", root, "--classes", CLASS, "--dataset-dir",
+                 data, "--device", "cpu", "--quiet", *flags)
+    assert_refused(result, value)
+    assert_names_key(result, key)
+
+
+def test_benchmark_missing_class(cli, tmp_path):
+    # B-class-x; passes on a0df06f
+    assert_refused(cli("benchmark", "--checkpoint-dir", tmp_path, "--classes", "nope",
+                       "--device", "cpu"), "nope")
+
+
+def test_decided_benchmark_jobs_zero_is_refused(cli, tmp_path):
+    assert_refused(cli("benchmark", "--checkpoint-dir", tmp_path, "--classes", "x", "--jobs",
+                       "0"), "--jobs", "0")

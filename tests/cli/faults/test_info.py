@@ -1,0 +1,17 @@
+"""``info``: what the model card says about a checkpoint.
+
+Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
+helpers.py and conftest.py beside this file.
+"""
+
+from __future__ import annotations
+
+
+def test_info_says_when_recorded_results_belong_to_another_version(cli, run_copy, data):
+    ckpt = run_copy / "last.pt"
+    assert cli("test", "--checkpoint", ckpt, "--device", "cpu", "--quiet", "--steps-test",
+               "1").code == 0
+    assert cli("train", "--output-dir", run_copy, "--resume", "--epochs", "4",
+               "--quiet").code == 0
+    info = cli("info", "--checkpoint", ckpt)
+    assert info.code == 0 and "another version of this file (epoch 3)" in info.text, info

@@ -1,0 +1,35 @@
+"""``visualize``: flags and the panels it writes.
+
+Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
+helpers.py and conftest.py beside this file.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .helpers import (
+    assert_names_key,
+    assert_refused,
+)
+
+# ============================================================================ visualize
+
+VIS_BAD = [
+    ("V-max-0", "max_images", ["--max-images", "0"], "0"),  # a0df06f: "error: division by zero"
+    ("V-max-neg", "max_images", ["--max-images", "-2"], "-2"),  # a0df06f: numpy concatenate error
+    ("V-eps-neg", "epsilon", ["--epsilon", "-8"], "-8"),  # a0df06f: silently clean-only panels
+    ("V-eps-nan", "epsilon", ["--epsilon", "nan"], "nan"),  # a0df06f: silently clean-only
+    ("V-steps-neg", "steps", ["--steps", "-1"], "-1"),  # a0df06f: accepted
+]
+
+
+@pytest.mark.parametrize("key,flags,value", [c[1:] for c in VIS_BAD],
+                         ids=[c[0] for c in VIS_BAD])
+def test_visualize_refuses_out_of_domain_flag(cli, finished_run, tmp_path, key, flags, value):
+    out = tmp_path / "vis"
+    result = cli("visualize", "--checkpoint", finished_run / "last.pt", "--device", "cpu",
+                 "--quiet", "--steps", "1", "--output-dir", out, *flags)
+    assert_refused(result, value)
+    assert_names_key(result, key)
+    assert not out.exists()
