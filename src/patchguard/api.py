@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,10 @@ def evaluate_checkpoint(
     the checkpoint is loaded. Any other detector: :func:`patchguard.robustness.evaluate_detector`.
     """
     epsilons = [checks.epsilon("epsilons", eps) for eps in epsilons]
+    for eps in epsilons:  # as the command line warns about --epsilon-test 0.5
+        note = checks.epsilon_units_note("epsilons", eps)
+        if note:
+            warnings.warn(note, UserWarning, stacklevel=2)
     checks.integer("steps", steps, 1)
     checks.integer("batch_size", batch_size, 1)
     target = load_for_evaluation(checkpoint, dataset, dataset_dir, class_name,

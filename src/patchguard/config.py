@@ -246,7 +246,7 @@ _LAYERS = lambda name, value: checks.integer_list(name, value, 1)  # noqa: E731
 FIELD_CHECKS: dict[str, Any] = {
     "dataset": lambda name, value: checks.text(name, value, allow_empty=False),
     "dataset_dir": _STR,
-    "class_name": _STR,
+    "class_name": lambda name, value: checks.path_component(name, value, allow_empty=True),
     "output_dir": lambda name, value: checks.text(name, value, allow_empty=False),
     "image_size": _ints(1, fix="give a positive multiple of the backbone's patch size"),
     "backbone": lambda name, value: checks.text(name, value, allow_empty=False),
@@ -347,11 +347,31 @@ def preset_values(name: str) -> dict[str, Any]:
     return dict(PRESETS[name])
 
 
+# A config is a page of settings; anything larger is not one (and is never parsed whole).
+_MAX_YAML_BYTES = 1_000_000
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors' aliases: a few hundred bytes of nested aliases expand
+    into gigabytes (the "billion laughs"), and a config never needs them."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 - PyYAML's signature
+        """Refuse an alias before it is expanded."""
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"line {mark.line + 1}: YAML aliases (*name) are not accepted "
+                                 "in a config; write the value out")
+        return super().compose_node(parent, index)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict with underscores in the keys."""
+    """Read a YAML config file into a dict with underscores in the keys (no aliases)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if path.is_file() and path.stat().st_size > _MAX_YAML_BYTES:
+            raise ValueError(f"config file {path} is {path.stat().st_size} bytes, more than a "
+                             f"config's {_MAX_YAML_BYTES}; is it the right file?")
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader) or {}
     except UnicodeDecodeError:
         raise ValueError(f"cannot read config file {path}: not UTF-8 text (is it a YAML "
                          "file?)") from None

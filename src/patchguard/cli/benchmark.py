@@ -15,7 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .args import EPSILON_ARG, NON_NEGATIVE, POSITIVE, attack_flags, common_flags, flag
+from .args import (
+    EPSILON_ARG,
+    NAME_ARG,
+    NON_NEGATIVE,
+    POSITIVE,
+    attack_flags,
+    common_flags,
+    flag,
+)
 
 # The names of patchguard.baselines.BASELINES, here so that --help imports no torch (a test
 # keeps the two equal).
@@ -30,7 +38,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     bench = verbs.add_parser("benchmark", help="evaluate several classes: paper-style table")
     flag(bench, "--dataset", default=None)
     flag(bench, "--dataset-dir", default=None)
-    flag(bench, "--classes", nargs="+", required=True,
+    flag(bench, "--classes", nargs="+", required=True, type=NAME_ARG,
          help="class names, or 'all' for every CHECKPOINT_DIR/<class>/last.pt")
     flag(bench, "--checkpoint-dir", required=True,
          help="holds <class>/last.pt (or <class>.pt) per class")

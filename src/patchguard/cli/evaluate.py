@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +35,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
     attack_flags(test)
     flag(test, "--batch-size", type=POSITIVE, default=16)
     flag(test, "--workers", type=NON_NEGATIVE, default=0)
-    flag(test, "--json", default=None, help="results file (default: beside the checkpoint)")
+    flag(test, "--json", default=None,
+         help="results file NAME.json (default: results.json beside the checkpoint); also "
+              "writes NAME.csv, NAME.md, NAME.html, NAME_vs_epsilon.png and NAME_gallery/")
+    flag(test, "--overwrite", action="store_true", default=False,
+         help="replace those files even when patchguard did not write them")
     flag(test, "--no-record", action="store_true", default=None,
          help="do not record the results for the model card (CHECKPOINT_STEM.results.json)")
     flag(test, "--sanity", action="store_true", default=None,
@@ -56,6 +61,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(vis, "--steps", type=POSITIVE, default=10)
     attack_flags(vis, several=False)
     flag(vis, "--output-dir", default=None, help="default: <checkpoint dir>/visualization")
+    flag(vis, "--overwrite", action="store_true", default=False,
+         help="replace NNNN_*.png panels and contact_sheet.png in --output-dir that patchguard "
+              "did not write")
     flag(vis, "--max-images", type=POSITIVE, default=None,
          help="limit the number of test images")
     flag(vis, "--batch-size", type=POSITIVE, default=16)
@@ -97,15 +105,19 @@ def _report_paths(json_path: Path) -> list[Path]:
             json_path.with_suffix(".html")]
 
 
-def check_report_paths(json_path: Path, checkpoint: Path) -> None:
-    """Refuse a --json (or a report beside it) that would replace a checkpoint or a folder."""
+def check_report_paths(json_path: Path, checkpoint: Path, overwrite: bool = False,
+                       run_folder: bool = False) -> None:
+    """Refuse a --json (or a report beside it) that would replace a checkpoint, a folder, or
+    a file patchguard did not write (unless ``overwrite``). ``run_folder``: the default
+    results.* beside the checkpoint, a training run's own report files (RUN_FILES)."""
     from ..inference.card import results_path
     from ..utils.files import check_output_file
 
     inputs = [("checkpoint", checkpoint), ("model card's results file", results_path(checkpoint))]
     for path in _report_paths(json_path):
-        check_output_file(path, "--json", inputs, replaceable=lambda p: p.suffix in (
-            ".json", ".csv", ".md", ".png", ".html"), fix="choose another --json file")
+        check_output_file(path, "--json", inputs, overwrite=overwrite,
+                          replaceable=(lambda p: True) if run_folder else None,
+                          fix="choose another --json file, or add --overwrite")
     from ..utils.checks import InputError
     from .report import gallery_dir
 
@@ -125,7 +137,8 @@ def cmd_test(args: argparse.Namespace) -> int:
 
     checkpoint = Path(args.checkpoint)
     json_path = Path(args.json or checkpoint.with_name("results.json"))
-    check_report_paths(json_path, checkpoint)  # before any work, as every other input
+    # Before any work, as every other input.
+    check_report_paths(json_path, checkpoint, args.overwrite, run_folder=args.json is None)
     warn_epsilon_units("--epsilon-test", args.epsilon_test)
     loggers = check_loggers(args.logger or ())
     device = resolve_device(args.device or "auto")
@@ -194,12 +207,16 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     from ..evaluation.evaluator import load_for_evaluation, predict_dataset
     from ..evaluation.visualization import save_panels
     from ..utils.device import resolve_device
-    from ..utils.files import remove_own_outputs
+    from ..utils.files import record_outputs, refuse_foreign, remove_own_outputs
 
     warn_epsilon_units("--epsilon", [args.epsilon])
     out_dir = Path(args.output_dir or Path(args.checkpoint).parent / "visualization")
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"--output-dir {out_dir} is a file; give a folder")
+    panels = re.compile(r"\d{4}_.+\.png|contact_sheet\.png")
+    if out_dir.is_dir():  # a folder of the user's photos named 0001_*.png is not ours
+        refuse_foreign([p for p in out_dir.iterdir() if panels.fullmatch(p.name)],
+                       "--output-dir", args.overwrite)
     device = resolve_device(args.device or "auto")
     target = load_for_evaluation(args.checkpoint, args.dataset, args.dataset_dir,
                                  args.class_name, device)
@@ -218,13 +235,14 @@ def cmd_visualize(args: argparse.Namespace) -> int:
                               keep_images=True, progress=progress, attack=args.attack,
                               objective=args.objective, restarts=args.restarts,
                               queries=args.queries, desc=f"{args.attack} eps {args.epsilon:g}/255")
-    # A rerun with fewer images must not leave the previous run's panels beside the new ones.
-    remove_own_outputs(out_dir, r"\d{4}_.+\.png|contact_sheet\.png")
     written = save_panels(
         clean.images, clean.maps, clean.masks, clean.paths, out_dir,
         adv.images if adv else None, adv.maps if adv else None,
         clean.scores, adv.scores if adv else None,
     )
+    record_outputs(written)
+    # A rerun with fewer images must not leave its previous panels beside the new ones.
+    remove_own_outputs(out_dir, panels.pattern, keep=written)
     print(f"wrote {len(written) - 1} panels and the contact sheet {written[-1]}")
     return 0
 

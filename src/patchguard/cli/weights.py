@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .args import POSITIVE, flag
+from .args import NAME_ARG, POSITIVE, flag
 
 
 def _import_flags(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +45,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     download = subs.add_parser(
         "download", help="download a class's checkpoint and import it (OUTPUT_DIR/CLASS/last.pt)")
     flag(download, "--dataset", required=True, choices=["mvtec", "visa"])
-    flag(download, "--class-name", required=True)
+    flag(download, "--class-name", type=NAME_ARG, required=True)
     flag(download, "--output-dir", default=None,
          help="where CLASS/last.pt and the original .pth go (default: weights/DATASET)")
     location_flags(download)

@@ -26,6 +26,7 @@ import torch
 
 from ..models.factory import load_model
 from ..models.patchguard import PatchGuard
+from ..utils import checks
 from ..utils.device import resolve_device
 from .card import model_card
 from .inputs import ImageInput, expand_inputs, load_input
@@ -112,10 +113,13 @@ class Detector:
         Each batch's ``failed`` holds the inputs that failed since the previous batch (the last
         yielded item carries the remainder; an all-failed run yields one empty Prediction).
         """
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        image_threshold = self.threshold if threshold is None else float(threshold)
-        map_threshold = self.pixel_threshold if pixel_threshold is None else float(pixel_threshold)
+        # The checks of the command line's --batch-size, --threshold and --pixel-threshold.
+        checks.integer("batch_size (--batch-size)", batch_size, 1)
+        image_threshold = (self.threshold if threshold is None
+                           else checks.number("threshold (--threshold)", threshold))
+        map_threshold = (self.pixel_threshold if pixel_threshold is None
+                         else checks.number("pixel_threshold (--pixel-threshold)",
+                                            pixel_threshold))
         items, failed = expand_inputs(images_or_paths)
         size = self.image_size
         from tqdm.auto import tqdm

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..config import TrainConfig
-from ..utils.checkpoint import load_checkpoint
+from ..utils.checkpoint import check_weights, load_checkpoint
 from .patchguard import PatchGuard
 
 
@@ -28,10 +28,15 @@ def build_model(config: TrainConfig, load_weights: bool = True) -> tuple[PatchGu
 def load_model(
     checkpoint: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[PatchGuard, dict[str, Any]]:
-    """Rebuild a model from a checkpoint (in eval mode) and return it with the checkpoint dict."""
+    """Rebuild a model from a checkpoint (in eval mode) and return it with the checkpoint dict.
+
+    A damaged file (config not a mapping, weights missing, of the wrong shape, NaN) is refused
+    with :class:`patchguard.utils.checkpoint.CheckpointError` naming it, before any weight loads.
+    """
     state = load_checkpoint(checkpoint)
     config = TrainConfig.from_dict(state["config"], source=str(checkpoint))
     model = PatchGuard.from_config(config)
+    check_weights(checkpoint, state["model"], model.state_dict())
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return model, state

@@ -29,7 +29,7 @@ from ..evaluation.plots import plot_training_log
 from ..inference.thresholds import calibrate_thresholds
 from ..models.factory import build_model
 from ..models.patchguard import PatchGuard, patch_targets
-from ..utils.checkpoint import load_checkpoint, save_checkpoint
+from ..utils.checkpoint import check_weights, load_checkpoint, save_checkpoint
 from ..utils.device import resolve_device
 from .checkpoints import (
     CheckpointPolicy,
@@ -57,7 +57,7 @@ from .losses import (
 from .optim import build_optimizer, build_scheduler
 from .probe import OverfittingProbe
 from .robust import AdvSchedule, PerturbationBank, adv_schedule, freeze_blocks
-from .runs import prepare_run
+from .runs import prepare_run, release_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -421,14 +421,17 @@ def train(
     if config is None:
         raise ValueError("train() needs a config or a checkpoint to resume")
     # Every input is checked before anything is written, truncated or deleted.
-    config = prepare_run(config, state, resume, overwrite)
-    ctx = init_distributed(config.device)
+    config = prepare_run(config, state, resume, overwrite)  # locks the run folder
     try:
-        with cuda_speed_settings(resolve_device(config.device), config.tf32):
-            return _train(config, state, resume, progress and ctx.is_main, ctx, loggers,
-                          log_dir)
+        ctx = init_distributed(config.device)
+        try:
+            with cuda_speed_settings(resolve_device(config.device), config.tf32):
+                return _train(config, state, resume, progress and ctx.is_main, ctx, loggers,
+                              log_dir)
+        finally:
+            shutdown(ctx)
     finally:
-        shutdown(ctx)
+        release_run_folder(config)
 
 
 @contextmanager
@@ -500,6 +503,7 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
     scheduler = build_scheduler(optimizer, steps_per_epoch, config)
     start_epoch = 0
     if state is not None:
+        check_weights(resume, state["model"], model.state_dict())
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
