@@ -127,6 +127,7 @@ def _safe_stem(name: str) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict on files, folders or globs; write CSV, JSON, heatmaps (and masks)."""
     from ..inference.detector import load
+    from ..inference.inputs import expand_inputs
     from ..utils.device import resolve_device
     from ..utils.files import (
         atomic_write_text,
@@ -144,11 +145,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     refuse_inside(out_dir, "--output-dir", [("--input folder", Path(p)) for p in args.input
                                             if Path(p).is_dir()])
     # What this command writes, and nothing else; an existing file only when it wrote it.
-    ours = [out_dir / "predictions.csv", out_dir / "predictions.json"]
-    for folder in (heat_dir, mask_dir):
-        if folder.is_dir():
-            ours += [p for p in folder.iterdir() if _OUTPUT_NAME.fullmatch(p.name)]
-    refuse_foreign(ours, "--output-dir", args.overwrite)
+    # Heatmap i is named after input i (failed inputs keep their number), known up front.
+    inputs = [name for name, _ in expand_inputs(args.input)[0]]
+    names = [f"{i:05d}_{_safe_stem(name)}.png" for i, name in enumerate(inputs)]
+    targets = [out_dir / "predictions.csv", out_dir / "predictions.json"]
+    targets += [heat_dir / n for n in names]
+    targets += [mask_dir / n for n in names] if args.save_masks else []
+    refuse_foreign(targets, "--output-dir", args.overwrite)
     detector = load(args.checkpoint, resolve_device(args.device or "auto"))
     threshold = args.threshold if args.threshold is not None else detector.threshold
     pixel_threshold = (args.pixel_threshold if args.pixel_threshold is not None
@@ -166,13 +169,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
     written: list[Path] = []
+    cursor = [0]
     try:
         for part in detector.predict_batches(args.input, args.batch_size, threshold,
                                              pixel_threshold, keep_images=True,
                                              progress=not args.quiet):
             failed.extend(part.failed)
             rows.extend(_write_images(part, heat_dir, mask_dir if args.save_masks else None,
-                                      out_dir, threshold, len(rows), written))
+                                      out_dir, threshold, (inputs, names), cursor,
+                                      written))
     finally:
         record_outputs(written)  # also after a failure: they are ours to replace next time
     # An earlier run's heatmaps and masks that this run did not rewrite (never a user's file).
@@ -205,9 +210,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _write_images(part: Any, heat_dir: Path, mask_dir: Path | None, out_dir: Path,
-                  threshold: float | None, first: int, written: list[Path]
-                  ) -> list[dict[str, Any]]:
-    """Write one batch's heatmaps (and masks); its CSV rows. ``written`` collects the files."""
+                  threshold: float | None, plan: tuple[list[str], list[str]],
+                  cursor: list[int], written: list[Path]) -> list[dict[str, Any]]:
+    """Write one batch's heatmaps (and masks) under the planned names (input i gets name i,
+    ``cursor`` the next input); its CSV rows. ``written`` collects the files."""
     import numpy as np
     from PIL import Image
 
@@ -220,7 +226,12 @@ def _write_images(part: Any, heat_dir: Path, mask_dir: Path | None, out_dir: Pat
     heat = 1.0 / (1.0 + np.exp(-2.0 * (part.maps - centre)))
     rows = []
     for i, path in enumerate(part.paths):
-        name = f"{first + i:05d}_{_safe_stem(path)}"
+        # Inputs come back in their order, failed ones left out: the next one of this name.
+        inputs, names = plan
+        while inputs[cursor[0]] != path:
+            cursor[0] += 1
+        name = names[cursor[0]][:-4]
+        cursor[0] += 1
         heat_file = heat_dir / f"{name}.png"
         Image.fromarray(heatmap_overlay(part.images[i], heat[i])).save(heat_file)
         written.append(heat_file)
@@ -402,10 +413,12 @@ def _matching_results(checkpoint: Path) -> list[dict[str, Any]]:
 def cmd_info(args: argparse.Namespace) -> int:
     """Print the model card of a checkpoint."""
     from ..inference.card import model_card, read_results, results_path
+    from ..models.factory import check_checkpoint
     from ..utils.checkpoint import load_checkpoint
 
     path = Path(args.checkpoint)
     state = load_checkpoint(path)
+    check_checkpoint(path, state)  # the weights fit the network its config describes
     rows, note = read_results(path, state)
     if not rows and not results_path(path).exists():
         # No record at all (tested with --no-record, or by an old version): a results.json

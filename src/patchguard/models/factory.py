@@ -40,3 +40,13 @@ def load_model(
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return model, state
+
+
+def check_checkpoint(checkpoint: str | Path, state: dict[str, Any]) -> TrainConfig:
+    """A loaded checkpoint's config and weights checked against each other without allocating
+    the network (PyTorch's meta device); CheckpointError naming the file when they disagree."""
+    config = TrainConfig.from_dict(state["config"], source=str(checkpoint))
+    with torch.device("meta"):
+        model = PatchGuard.from_config(config)
+    check_weights(checkpoint, state["model"], model.state_dict())
+    return config

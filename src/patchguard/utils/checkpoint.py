@@ -156,8 +156,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         raise CheckpointError(
             path, "foreign", f"cannot be loaded safely ({load_failure(error)})",
-            "it is truncated, not a checkpoint, or holds arbitrary Python objects (never load "
-            "such a file with weights_only=False)") from error
+            "it is truncated, not a checkpoint, or holds arbitrary Python objects, which "
+            "could run code: never load it with torch's safety check switched off") from error
     if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
         raise CheckpointError(
             path, "foreign", "no 'model'/'config' entries",

@@ -159,3 +159,27 @@ def damaged_data(tmp_path: Path, damage: Callable[[Path], object]) -> Path:
 def truncate_file(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+
+
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n"
+       b"newpath 0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n")
+
+
+def watch_eps_decoder(monkeypatch) -> list[str]:
+    """Record every time PIL's EPS plugin (which hands files to Ghostscript) is reached."""
+    from PIL import EpsImagePlugin
+
+    calls: list[str] = []
+    real_open = EpsImagePlugin.EpsImageFile._open
+
+    def spy_open(self):
+        calls.append("EpsImageFile._open")
+        return real_open(self)
+
+    def spy_ghostscript(*args, **kwargs):
+        calls.append("Ghostscript")
+        raise OSError("Ghostscript is not run in the tests")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", spy_open)
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", spy_ghostscript)
+    return calls

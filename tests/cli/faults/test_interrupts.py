@@ -160,3 +160,27 @@ def test_ctrl_c_exits_130_and_debug_flag_shows_the_traceback(data, tmp_path, mon
     assert main(["--debug", "train", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and "reg_layers" in err
+
+
+# ============================================================================ issue 24
+
+
+@pytest.mark.parametrize("again", ["same command", "--resume"])
+def test_full_disk_on_the_first_checkpoint_then_the_advice_works(cli, data, tmp_path,
+                                                                  monkeypatch, again):
+    # Issue 24: after a full disk on the first checkpoint write, "run the command again" was
+    # refused (the folder held a log) and --resume failed (no last.pt); only --overwrite worked.
+    out = tmp_path / "run"
+    argv = train_argv(data, out)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", failing_torch_save(
+            lambda: OSError(errno.ENOSPC, "No space left on device")))
+        failed = cli(*argv)
+    assert_refused(failed, "space", "run the command again", code=1)
+    assert not (out / "last.pt").exists()
+    extra = ["--resume", out / "last.pt"] if again == "--resume" else []
+    result = cli(*argv, *extra)
+    assert result.code == 0, result
+    assert (out / "last.pt").is_file()
+    log = (out / "train_log.jsonl").read_text().splitlines()
+    assert len(log) == 1, log  # the failed attempt's epoch is not mixed into the new log

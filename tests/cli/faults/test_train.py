@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from .helpers import (
     train_argv,
     write_yaml,
 )
-from conftest import make_mvtec_class
+from conftest import make_mvtec_class, tiny_config
 
 # ============================================================================ train: flags
 # Values outside their domain must be refused before anything is written (the output folder is
@@ -429,3 +430,116 @@ def test_epsilons_that_look_like_0_1_units_get_a_warning(cli, data, tmp_path, ru
     result = cli("test", "--checkpoint", run_copy / "last.pt", "--epsilon-test", "0.03",
                  "--steps-test", "1", "--no-record", "--json", tmp_path / "r.json", "--quiet")
     assert result.code == 0 and "give 7.65" in result.text, result
+
+
+# ============================================================================ issue 24
+
+
+def test_yaml_alias_bomb_is_refused_before_it_expands(cli, data, tmp_path):
+    # Issue 24 (security): a 328-byte config expanded into a 351 MB message (21 s, 1 GB).
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    lines.append("feature_layers: *a8")
+    config = tmp_path / "bomb.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    assert config.stat().st_size < 700
+    start = time.perf_counter()
+    result = cli("train", "--config", config, "--dataset-dir", data, "--output-dir",
+                 tmp_path / "run")
+    assert time.perf_counter() - start < 5
+    assert_refused(result, "bomb.yaml", "aliases")
+    assert len(result.text) < 2000, len(result.text)
+    assert_nothing_written(tmp_path / "run")
+
+
+@pytest.mark.parametrize("name", ["../data/widget", "/etc", "..", "a/b", "~root"])
+def test_class_name_is_a_single_folder_name(cli, tmp_path, name):
+    # Issue 24 (security): train --class-name ../data/widget and absolute paths read outside
+    # --dataset-dir.
+    root = tmp_path / "datasets" / "mvtec"
+    make_mvtec_class(root, name=CLASS, n_train=4, n_good=2, n_bad=2, size=64)
+    make_mvtec_class(tmp_path / "datasets", name="widget", n_train=4, n_good=2, n_bad=2,
+                     size=64)
+    out = tmp_path / "run"
+    argv = train_argv(root, out)
+    argv[argv.index("--class-name") + 1] = name
+    assert_refused(cli(*argv), "--class-name", "single folder name")
+    assert_nothing_written(out)
+    # The same rule where a YAML config sets it.
+    config = write_yaml(tmp_path / "c.yaml", root, out, class_name=name)
+    assert_refused(cli("train", "--config", config, "--quiet"), "class_name",
+                   "single folder name")
+    assert_nothing_written(out)
+
+
+def test_output_dir_inside_the_data_set_is_refused(cli, tmp_path):
+    # Issue 24: --output-dir data/bottle/train/good made the next run train on train_curves.png.
+    root = tmp_path / "data"
+    make_mvtec_class(root, name=CLASS, n_train=4, n_good=2, n_bad=2, size=64)
+    before = digest(root)
+    out = root / CLASS / "train" / "good"
+    assert_refused(cli(*train_argv(root, out)), "--output-dir", "inside", "data set")
+    assert digest(root) == before
+
+
+def test_a_run_folder_is_locked_while_a_run_writes_it(cli, data, tmp_path):
+    # Issue 24 (loss): two trainings into one --output-dir both exited 0, last.pt held one
+    # run's model and train_log.jsonl mixed both. Another process's lock is a held flock.
+    import fcntl
+    import os
+
+    out = tmp_path / "run"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = cli(*train_argv(data, out))
+        assert_refused(result, "--output-dir", "another patchguard run")
+        assert list(out.iterdir()) == []
+    finally:
+        os.close(fd)
+    assert cli(*train_argv(data, out)).code == 0  # released: the same command now runs
+
+
+def test_two_api_trainings_into_one_folder_at_once(data, tmp_path, monkeypatch):
+    # The same through the Python API, the second started while the first is writing.
+    import patchguard
+    from patchguard.utils.checks import InputError
+
+    out = tmp_path / "run"
+    config = tiny_config(data, out, class_name=CLASS, epochs=1, steps_train=1)
+    seen = []
+
+    def second_run(*args, **kwargs):
+        with pytest.raises(InputError, match="being written by another run"):
+            patchguard.train(config, progress=False)
+        seen.append(True)
+
+    import patchguard.training.trainer as trainer
+
+    real = trainer._train
+
+    def first_run(*args, **kwargs):
+        second_run()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_train", first_run)
+    patchguard.train(config, progress=False)
+    assert seen == [True]
+    assert (out / "last.pt").is_file()
+
+
+def test_relative_dataset_dir_is_stored_resolved(cli, data, tmp_path, monkeypatch):
+    # Issue 24: train --dataset-dir data ... then test from another folder said the data set
+    # directory 'data' does not exist.
+    monkeypatch.chdir(data.parent)
+    out = tmp_path / "run"
+    result = cli(*train_argv(Path(data.name), out))
+    assert result.code == 0, result
+    assert "is stored as <tmp>" in result.text, result  # says what it was resolved to
+    state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert state["config"]["dataset_dir"] == str(data.resolve())
+    monkeypatch.chdir(tmp_path)
+    tested = cli("test", "--checkpoint", out / "last.pt", "--epsilon-test", "0", "--device",
+                 "cpu", "--quiet", "--no-record", "--json", tmp_path / "r.json")
+    assert tested.code == 0, tested
