@@ -214,9 +214,6 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"--output-dir {out_dir} is a file; give a folder")
     panels = re.compile(r"\d{4}_.+\.png|contact_sheet\.png")
-    if out_dir.is_dir():  # a folder of the user's photos named 0001_*.png is not ours
-        refuse_foreign([p for p in out_dir.iterdir() if panels.fullmatch(p.name)],
-                       "--output-dir", args.overwrite)
     device = resolve_device(args.device or "auto")
     target = load_for_evaluation(args.checkpoint, args.dataset, args.dataset_dir,
                                  args.class_name, device)
@@ -226,6 +223,11 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         step = len(test_set) / args.max_images
         indices = [int(i * step) for i in range(args.max_images)]
         test_set.records = [test_set.records[i] for i in indices]
+    # The panels' names (save_panels), checked before any work: a user's photo named like one
+    # is never replaced without --overwrite.
+    names = [f"{i:04d}_{Path(r.path).parent.name}_{Path(r.path).stem}.png"
+             for i, r in enumerate(test_set.records)] + ["contact_sheet.png"]
+    refuse_foreign([out_dir / n for n in names], "--output-dir", args.overwrite)
     progress = not args.quiet
     clean = predict_dataset(model, test_set, 0.0, batch_size=args.batch_size, device=device,
                             keep_images=True, progress=progress, desc="clean")

@@ -52,3 +52,21 @@ def test_benchmark_missing_class(cli, tmp_path):
 def test_decided_benchmark_jobs_zero_is_refused(cli, tmp_path):
     assert_refused(cli("benchmark", "--checkpoint-dir", tmp_path, "--classes", "x", "--jobs",
                        "0"), "--jobs", "0")
+
+
+# ============================================================================ issue 24
+
+
+@pytest.mark.parametrize("name", ["../escape_cls", "/tmp/abs_cls", ".."])
+def test_benchmark_class_names_cannot_escape_the_checkpoint_dir(cli, data, tmp_path, name):
+    # Issue 24 (security): benchmark --train --classes ../escape_cls --checkpoint-dir runs/bench
+    # trained into runs/escape_cls/ with overwrite on.
+    bench = tmp_path / "runs" / "bench"
+    victim = tmp_path / "runs" / "escape_cls"
+    victim.mkdir(parents=True)
+    (victim / "last.pt").write_bytes(b"an earlier run")
+    result = cli("benchmark", "--train", "--classes", name, "--checkpoint-dir", bench,
+                 "--dataset-dir", data, "--device", "cpu", "--quiet")
+    assert_refused(result, "--classes", "single folder name")
+    assert (victim / "last.pt").read_bytes() == b"an earlier run"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["escape_cls"]

@@ -12,18 +12,22 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from .helpers import (
     CLASS,
+    EPS,
     Result,
     assert_refused,
     bomb_png,
     damaged_data,
     digest,
     temp_leftovers,
+    train_argv,
     truncate_file,
+    watch_eps_decoder,
 )
 
 
@@ -208,3 +212,83 @@ def test_data_download_incomplete_layout_moves_nothing(cli, tmp_path):
     result = download(cli, root, archive)
     assert_refused(result, "missing", "nothing was moved")
     assert not list(root.rglob("readme.txt")) and temp_leftovers(root) == []
+
+
+# ============================================================================ issue 24
+
+
+def _masks(cls: Path) -> None:
+    """Three anomalous images with bad masks: empty, soft (faint grey levels), noise."""
+    spot = cls / "ground_truth" / "spot"
+    rng = np.random.default_rng(0)
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(spot / "000_mask.png")
+    faint = np.zeros((64, 64), np.uint8)
+    faint[20:40, 20:40] = rng.integers(1, 40, (20, 20))
+    Image.fromarray(faint).save(spot / "001_mask.png")
+
+
+def test_data_info_names_empty_faint_and_noise_masks(cli, tmp_path):
+    # Issue 24 (silent): such masks were used as they are and data info said "problems none".
+    root = damaged_data(tmp_path, _masks)
+    noise = (np.random.default_rng(1).random((64, 64)) > 0.7).astype(np.uint8) * 255
+    extra = root / CLASS / "test" / "spot" / "002.png"
+    shutil.copy(root / CLASS / "test" / "spot" / "000.png", extra)
+    Image.fromarray(noise).save(root / CLASS / "ground_truth" / "spot" / "002_mask.png")
+    result = cli("data", "info", "--dataset-dir", root)
+    assert result.code == 1, result
+    for needle in ("000_mask.png is empty", "001_mask.png is not binary", "faint",
+                   "002_mask.png looks like noise"):
+        assert needle in result.text, (needle, result)
+
+
+@pytest.mark.parametrize("where", ["train/good/000.png", "test/spot/000.png"])
+def test_data_info_train_and_test_never_decode_an_eps_named_png(cli, tmp_path, monkeypatch,
+                                                               finished_run, where):
+    # Issue 24 (security): an EPS file named .png was handed to PIL's EPS plugin (Ghostscript)
+    # by train, test and data info.
+    calls = watch_eps_decoder(monkeypatch)
+    root = damaged_data(tmp_path, lambda c: (c / where).write_bytes(EPS))
+    result = cli("data", "info", "--dataset-dir", root)
+    assert result.code == 1 and "000.png" in result.text and "EPS" in result.text, result
+    if where.startswith("train"):
+        used = cli(*train_argv(root, tmp_path / "run"))
+    else:
+        used = cli("test", "--checkpoint", finished_run / "last.pt", "--dataset-dir", root,
+                   "--device", "cpu", "--quiet", "--no-record", "--json", tmp_path / "r.json",
+                   "--epsilon-test", "0")
+    assert_refused(used, "000.png", "EPS")
+    assert calls == []
+
+
+def test_data_class_name_is_a_single_folder_name(cli, tmp_path, data):
+    result = cli("data", "info", "--dataset-dir", data, "--class-name", f"../{data.name}")
+    assert_refused(result, "--class-name", "single folder name")
+
+
+def _class_archive(path: Path, cls: str) -> Path:
+    png = _png_bytes()
+    return _tar(path, [(f"{cls}/train/good/000.png", png, "file"),
+                       (f"{cls}/test/good/000.png", png, "file"),
+                       (f"{cls}/test/crack/000.png", png, "file"),
+                       (f"{cls}/ground_truth/crack/000_mask.png", png, "file")])
+
+
+def test_data_download_per_class_archives(cli, tmp_path):
+    # Issue 24: one archive per class with the class folder at the top (as many mirrors ship
+    # MVTec AD) had the class folder stripped as a wrapper, then "bottle/train/good" missing.
+    archives = [_class_archive(tmp_path / f"{c}.tar.gz", c) for c in ("bottle", "cable")]
+    root = tmp_path / "ds"
+    result = cli("data", "download", "--dataset", "mvtec", "--root", root, "--archive",
+                 *archives)
+    assert result.code == 0, result
+    prepared = root / "mvtec"
+    for cls in ("bottle", "cable"):
+        assert (prepared / cls / "train" / "good" / "000.png").is_file()
+        assert (prepared / cls / "ground_truth" / "crack" / "000_mask.png").is_file()
+    assert not (prepared / "train").exists()
+    assert "13 class(es) are not in them" in result.text, result
+    # The next class's archive is added the same way.
+    more = cli("data", "download", "--dataset", "mvtec", "--root", root, "--archive",
+               _class_archive(tmp_path / "grid.tar.gz", "grid"))
+    assert more.code == 0, more
+    assert (prepared / "grid" / "test" / "crack" / "000.png").is_file()

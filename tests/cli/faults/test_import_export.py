@@ -10,11 +10,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from .helpers import (
     assert_names_key,
     assert_refused,
     digest,
+    temp_leftovers,
 )
 from conftest import TINY_BACKBONE, TINY_SIZE
 
@@ -97,16 +99,6 @@ def test_import_output_folder_and_export_over_another_checkpoint(cli, original, 
     assert digest(run_copy) == before
 
 
-def test_export_replaces_an_earlier_onnx_export(cli, finished_run, tmp_path):
-    pytest.importorskip("onnx")
-    out = tmp_path / "m.onnx"
-    out.write_bytes(b"an earlier export")
-    result = cli("export", "--checkpoint", finished_run / "last.pt", "--output", out,
-                 "--no-verify")
-    assert result.code == 0, result
-    assert out.read_bytes() != b"an earlier export"
-
-
 def test_import_overwrite_flag_replaces_on_purpose(cli, original, tmp_path):
     out = tmp_path / "x.pt"
     out.write_bytes(b"old")
@@ -114,3 +106,41 @@ def test_import_overwrite_flag_replaces_on_purpose(cli, original, tmp_path):
     assert out.read_bytes() == b"old"
     assert cli(*import_argv(original, out, "--overwrite")).code == 0
     assert out.read_bytes() != b"old"
+
+
+# ============================================================================ issue 24
+
+
+def test_import_of_a_patchguard_checkpoint_says_so(cli, finished_run, tmp_path):
+    # Issue 24: importing one of our own checkpoints reported a "discriminator layout" error.
+    result = cli(*import_argv(finished_run / "last.pt", tmp_path / "x.pt"))
+    assert_refused(result, "last.pt", "already a patchguard checkpoint", "patchguard info")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_export_replaces_only_its_own_exports(cli, finished_run, tmp_path):
+    # Issue 24 (loss): export replaced any .onnx (it checked only the suffix).
+    pytest.importorskip("onnx")
+    mine = tmp_path / "model.onnx"
+    mine.write_bytes(b"someone's model")
+    argv = ["export", "--checkpoint", finished_run / "last.pt", "--no-verify", "--output"]
+    assert_refused(cli(*argv, mine), "--output", "model.onnx", "--overwrite")
+    assert mine.read_bytes() == b"someone's model"
+    assert cli(*argv, mine, "--overwrite").code == 0  # on purpose
+    ours = tmp_path / "again.onnx"
+    assert cli(*argv, ours).code == 0
+    assert cli(*argv, ours).code == 0  # its own export: replaced
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_export_of_nan_weights_is_a_damaged_file_and_leaves_nothing(cli, finished_run, tmp_path):
+    # Issue 24: "differs by nan" and a broken .onnx left behind.
+    pytest.importorskip("onnx")
+    state = torch.load(finished_run / "last.pt", map_location="cpu", weights_only=True)
+    name = next(k for k in state["model"] if k.startswith("discriminator"))
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    path = tmp_path / "nan.pt"
+    torch.save(state, path)
+    result = cli("export", "--checkpoint", path, "--output", tmp_path / "nan.onnx")
+    assert_refused(result, "nan.pt", "damaged", "NaN")
+    assert not (tmp_path / "nan.onnx").exists() and temp_leftovers(tmp_path) == []

@@ -15,3 +15,11 @@ def test_info_says_when_recorded_results_belong_to_another_version(cli, run_copy
                "--quiet").code == 0
     info = cli("info", "--checkpoint", ckpt)
     assert info.code == 0 and "another version of this file (epoch 3)" in info.text, info
+
+
+def test_info_says_no_results_when_there_are_none(cli, finished_run):
+    # Issue 24: info said "evaluation results stored in the checkpoint" when there were none.
+    info = cli("info", "--checkpoint", finished_run / "last.pt")
+    assert info.code == 0, info
+    assert "stored in the checkpoint" not in info.text, info
+    assert "evaluation results   none recorded" in info.text, info

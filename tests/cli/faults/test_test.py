@@ -143,3 +143,50 @@ def test_testing_an_imported_checkpoint_asks_for_the_data(cli, imported, data, t
     result = cli("test", "--checkpoint", imported, "--dataset-dir", data, "--steps-test", "1",
                  "--json", tmp_path / "r.json", "--device", "cpu", "--quiet")
     assert result.code == 0, result
+
+
+# ============================================================================ issue 24
+
+
+def test_test_json_never_replaces_report_files_it_did_not_write(cli, finished_run, tmp_path):
+    # Issue 24 (loss): test --json lab.json silently replaced lab.md, lab.csv and lab.html.
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    mine = {lab / "lab.md": "my notes", lab / "lab.csv": "my table", lab / "lab.html": "page"}
+    for path, text in mine.items():
+        path.write_text(text)
+    argv = ["test", "--checkpoint", finished_run / "last.pt", "--device", "cpu", "--quiet",
+            "--no-record", "--epsilon-test", "0", "--json", lab / "lab.json"]
+    result = cli(*argv)
+    assert_refused(result, "--json", "lab.", "--overwrite")
+    assert all(path.read_text() == text for path, text in mine.items())
+    assert not (lab / "lab.json").exists()
+    assert cli(*argv, "--overwrite").code == 0  # on purpose
+    assert (lab / "lab.md").read_text() != "my notes"
+    assert cli(*argv).code == 0  # its own reports, replaced by a rerun
+
+
+def test_api_evaluate_checkpoint_warns_about_0_1_epsilons(finished_run, data):
+    # Issue 24: evaluate_checkpoint(epsilons=(0, 0.5)) gave no warning; the CLI gives one.
+    import patchguard
+
+    with pytest.warns(UserWarning, match=r"0\.5 is in 1/255 units"):
+        rows = patchguard.evaluate_checkpoint(finished_run / "last.pt", data, epsilons=(0, 0.5),
+                                              steps=1, device="cpu", progress=False)
+    assert [row["epsilon"] for row in rows] == [0, 0.5]
+
+
+def test_report_output_never_replaces_an_unrelated_file(cli, finished_run, tmp_path):
+    # Issue 24 (loss): report --output important.html overwrote an unrelated file.
+    json_path = tmp_path / "r.json"
+    assert cli("test", "--checkpoint", finished_run / "last.pt", "--device", "cpu", "--quiet",
+               "--no-record", "--epsilon-test", "0", "--json", json_path).code == 0
+    important = tmp_path / "important.html"
+    important.write_text("<p>my page</p>")
+    result = cli("report", json_path, "--output", important)
+    assert_refused(result, "--output", "important.html", "--overwrite")
+    assert important.read_text() == "<p>my page</p>"
+    fresh = tmp_path / "fresh.html"
+    assert cli("report", json_path, "--output", fresh).code == 0
+    assert cli("report", json_path, "--output", fresh).code == 0  # its own page: replaced
+    assert cli("report", json_path, "--output", important, "--overwrite").code == 0
