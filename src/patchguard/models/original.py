@@ -210,7 +210,7 @@ def load_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError, RuntimeError, EOFError, ...
-        raise ValueError(f"cannot load {path} safely ({load_failure(error)})") from error
+        raise ValueError(f"cannot load {path} safely ({load_failure(error, path)})") from error
     if isinstance(payload, dict) and {"model", "config", "format_version"} <= set(payload):
         raise ValueError(f"{path} is already a patchguard checkpoint, not one of the original "
                          f"PatchGuard code: use it as it is (patchguard info --checkpoint "

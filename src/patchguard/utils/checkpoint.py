@@ -63,9 +63,18 @@ def model_fingerprint(weights: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_failure(error: BaseException) -> str:
+def load_failure(error: BaseException, path: str | Path | None = None) -> str:
     """torch.load's error in a few words, without its advice to pass ``weights_only=False``
     (which would run whatever code the file holds: never advise that)."""
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(256).lstrip().lower()
+        except OSError:
+            head = b""
+        if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+            return ("it is an HTML page (a sign-in, quota or error page saved instead of the "
+                    "file?), not a PyTorch file")
     text = str(error).strip()
     if "weights_only" in text or "Unsupported global" in text or "Weights only load" in text:
         return (f"{type(error).__name__}: it holds Python objects other than tensors and plain "
@@ -155,7 +164,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         raise CheckpointError(
-            path, "foreign", f"cannot be loaded safely ({load_failure(error)})",
+            path, "foreign", f"cannot be loaded safely ({load_failure(error, path)})",
             "it is truncated, not a checkpoint, or holds arbitrary Python objects, which "
             "could run code: never load it with torch's safety check switched off") from error
     if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:

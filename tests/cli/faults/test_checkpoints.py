@@ -139,4 +139,4 @@ def test_a_pickled_object_never_gets_weights_only_false_advice(cli, tmp_path):
     torch.save({"model": _Evil(tmp_path / "PWNED"), "config": {}}, path)
     result = cli("info", "--checkpoint", path)
     assert_refused(result, "evil.pt")
-    assert "weights_only=False" not in result.text, result
+    assert "weights_only" not in result.text, result
