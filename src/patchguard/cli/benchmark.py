@@ -50,7 +50,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
     # evaluation"); --attack pgd skips standard, which costs about 1650 clean passes per image.
     attack_flags(bench, default=("pgd", "standard"))
     flag(bench, "--batch-size", type=POSITIVE, default=16)
-    flag(bench, "--output-dir", default=None, help="default: CHECKPOINT_DIR")
+    flag(bench, "--output-dir", default=None,
+         help="where benchmark.md/.json/.csv/.html and benchmark_vs_epsilon.png go (default: "
+              "CHECKPOINT_DIR)")
+    flag(bench, "--overwrite", action="store_true", default=False,
+         help="replace those files in --output-dir even when patchguard did not write them")
     flag(bench, "--train", action="store_true", default=False,
          help="train every class first (skipping finished ones, resuming partial ones)")
     flag(bench, "--preset", default=None, choices=sorted(PRESETS), help="with --train")
@@ -177,6 +181,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     out = Path(args.output_dir or root)
     if out.exists() and not out.is_dir():  # before hours of evaluation, not after
         raise NotADirectoryError(f"--output-dir {out} is a file; give a folder")
+    if args.output_dir:  # CHECKPOINT_DIR's benchmark.* are an earlier benchmark's
+        from ..utils.files import refuse_foreign
+
+        refuse_foreign([out / name for name in ("benchmark.md", "benchmark.json",
+                                                "benchmark.csv", "benchmark.html",
+                                                "benchmark_vs_epsilon.png")],
+                       "--output-dir", args.overwrite)
     if args.jobs is None:
         import torch
 

@@ -70,3 +70,19 @@ def test_benchmark_class_names_cannot_escape_the_checkpoint_dir(cli, data, tmp_p
     assert_refused(result, "--classes", "single folder name")
     assert (victim / "last.pt").read_bytes() == b"an earlier run"
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["escape_cls"]
+
+
+def test_benchmark_output_dir_keeps_files_it_did_not_write(cli, finished_run, data, tmp_path):
+    # Found with issue 24: benchmark --output-dir replaced any benchmark.md / .json / .csv.
+    root = tmp_path / "ck"
+    (root / CLASS).mkdir(parents=True)
+    shutil.copy(finished_run / "last.pt", root / CLASS / "last.pt")
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "benchmark.md").write_text("my notes")
+    argv = ["benchmark", "--checkpoint-dir", root, "--classes", CLASS, "--dataset-dir", data,
+            "--device", "cpu", "--quiet", "--epsilon-test", "0", "--output-dir", out]
+    assert_refused(cli(*argv), "--output-dir", "benchmark.md", "--overwrite")
+    assert (out / "benchmark.md").read_text() == "my notes"
+    assert cli(*argv, "--overwrite").code == 0
+    assert cli(*argv).code == 0  # its own reports now
