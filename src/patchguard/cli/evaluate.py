@@ -134,6 +134,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     from ..evaluation.tracking import check_loggers
     from ..inference.card import write_results_sidecar
     from ..utils.device import resolve_device
+    from ..utils.files import refuse_inside
 
     checkpoint = Path(args.checkpoint)
     json_path = Path(args.json or checkpoint.with_name("results.json"))
@@ -148,6 +149,8 @@ def cmd_test(args: argparse.Namespace) -> int:
         prepare_test_download(args)
     target = load_for_evaluation(checkpoint, args.dataset, args.dataset_dir, args.class_name,
                                  device)
+    # Reports written into the data set (a PNG in test/good) would be read back as test images.
+    refuse_inside(json_path.parent, "--json", [("data set folder", target.dataset_dir)])
     if not any(record.label for record in target.test_set.records):
         logging.getLogger("patchguard").warning(
             "the test set of %s has no anomalous test images: AUROC, AP and F1 are undefined "
@@ -207,7 +210,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     from ..evaluation.evaluator import load_for_evaluation, predict_dataset
     from ..evaluation.visualization import save_panels
     from ..utils.device import resolve_device
-    from ..utils.files import record_outputs, refuse_foreign, remove_own_outputs
+    from ..utils.files import record_outputs, refuse_foreign, refuse_inside, remove_own_outputs
 
     warn_epsilon_units("--epsilon", [args.epsilon])
     out_dir = Path(args.output_dir or Path(args.checkpoint).parent / "visualization")
@@ -217,6 +220,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     device = resolve_device(args.device or "auto")
     target = load_for_evaluation(args.checkpoint, args.dataset, args.dataset_dir,
                                  args.class_name, device)
+    refuse_inside(out_dir, "--output-dir", [("data set folder", target.dataset_dir)])
     model, device, test_set = target.model, target.device, target.test_set
     if args.max_images is not None and args.max_images < len(test_set):
         # An even spread keeps every defect type in view.

@@ -190,3 +190,19 @@ def test_report_output_never_replaces_an_unrelated_file(cli, finished_run, tmp_p
     assert cli("report", json_path, "--output", fresh).code == 0
     assert cli("report", json_path, "--output", fresh).code == 0  # its own page: replaced
     assert cli("report", json_path, "--output", important, "--overwrite").code == 0
+
+
+@pytest.mark.parametrize("verb", ["test", "visualize"])
+def test_reports_inside_the_data_set_are_refused(cli, finished_run, tmp_path, verb):
+    # Found with issue 24: test --json data/bottle/test/good/r.json wrote r_vs_epsilon.png among
+    # the test images (and visualize its panels), which the next test then read as test images.
+    root = damaged_data(tmp_path, lambda c: None)
+    before = digest(root)
+    inside = root / "bottle" / "test" / "good"
+    extra = (["--json", inside / "r.json", "--no-record"] if verb == "test"
+             else ["--output-dir", inside])
+    result = cli(verb, "--checkpoint", finished_run / "last.pt", "--dataset-dir", root,
+                 "--device", "cpu", "--quiet", "--epsilon-test" if verb == "test" else
+                 "--epsilon", "0", *extra)
+    assert_refused(result, "inside", "data set")
+    assert digest(root) == before
