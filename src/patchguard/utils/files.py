@@ -132,12 +132,17 @@ def _update_manifest(folder: Path, entries: dict[str, str | None]) -> None:
     text = json.dumps(dict(sorted(manifest.items())), indent=0) + "\n"
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=folder)
+    except OSError as error:
+        logger.debug("could not update %s: %s", folder / MANIFEST, error)
+        return
+    try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, folder / MANIFEST)
     except OSError as error:
-        # The outputs themselves are written; without the entry they are only protected more.
-        Path(locals().get("tmp", folder / ".none")).unlink(missing_ok=True)
+        # The outputs themselves are written; without their entries they are only protected
+        # more (a later command asks for --overwrite), never less.
+        Path(tmp).unlink(missing_ok=True)
         logger.debug("could not update %s: %s", folder / MANIFEST, error)
 
 
@@ -261,8 +266,9 @@ def check_output_file(path: str | Path, flag: str, inputs: Iterable[tuple[str, P
                              "choose another file")
     if path.exists() and not overwrite:
         checkpoint = looks_like_checkpoint(path)
-        ours = written_by_us(path) or (replaceable is not None and replaceable(path))
-        if checkpoint or not ours:
+        own = written_by_us(path)  # patchguard's checkpoints are never in a manifest
+        ours = own or (replaceable is not None and replaceable(path))
+        if (checkpoint and not own) or not ours:
             what = "a checkpoint" if checkpoint else "a file"
             raise InputError(flag, str(path), f"already exists and is {what} this command "
                              "would replace" + ("" if checkpoint else " (not one patchguard "

@@ -46,6 +46,14 @@ def _absent_classes(source: DatasetSource, *roots: Path) -> list[str]:
             if not any((root / p).exists() for root in roots for p in paths)]
 
 
+def _only_complete_classes(source: DatasetSource, staging: Path) -> bool:
+    """The unpacked archives hold class folders only, each with its whole layout."""
+    folders = {d.name for d in staging.iterdir() if d.is_dir()}
+    complete = {cls for cls, paths in zip(source.classes, _class_probes(source))
+                if all((staging / p).exists() for p in paths)}
+    return bool(folders) and folders <= complete
+
+
 def _find_layout_root(tree: Path, source: DatasetSource, depth: int = 3) -> Path:
     """The directory inside an extracted tree that holds the data set (class folders).
 
@@ -69,7 +77,8 @@ def _find_layout_root(tree: Path, source: DatasetSource, depth: int = 3) -> Path
     while True:
         subdirs = [c for c in d.iterdir() if c.is_dir()]
         files = [c for c in d.iterdir() if not c.is_dir()]
-        if len(subdirs) == 1 and not files:
+        # A class's own folder is not a wrapper (a per-class archive missing some of it).
+        if len(subdirs) == 1 and not files and subdirs[0].name not in source.classes:
             d = subdirs[0]
         else:
             return d
@@ -250,7 +259,7 @@ def download_dataset(
         missing = [p for p in source.expected_paths()
                    if not (staging / p).exists() and not (ds_root / p).exists()]
         absent = _absent_classes(source, staging, ds_root) if archive is not None else []
-        if missing and absent and set(missing) == {
+        if missing and absent and _only_complete_classes(source, staging) and set(missing) == {
                 p for paths in _class_probes(source) for p in paths
                 if p.split("/", 1)[0] in absent}:
             # Archives of some classes (one per class, by hand): those are prepared; the data
@@ -260,6 +269,8 @@ def download_dataset(
                         ", ".join(f.name for f in files), len(absent), ", ".join(absent))
             missing = []
         if missing:
+            # What is missing from the classes the archives do hold comes first.
+            missing.sort(key=lambda p: not (staging / p.split("/", 1)[0]).is_dir())
             shown = ", ".join(missing[:10]) + (
                 f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""
             )

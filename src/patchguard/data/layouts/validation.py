@@ -44,7 +44,9 @@ def _examine(records: Sequence[SampleRecord], split: str, where: Path, decode: b
                     # Decoded anyway: also judge its values (empty, soft, noisy).
                     values = read_raw_mask(extra)
                     extra_size = (values.shape[1], values.shape[0])
-                    problem = mask_problem(values, extra) if record.label else None
+                    # One problem per file: a mask of the wrong size is reported as that.
+                    problem = (mask_problem(values, extra)
+                               if record.label and extra_size == (width, height) else None)
                     if problem:
                         problems.append(problem)
                 else:
