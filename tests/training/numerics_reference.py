@@ -47,7 +47,7 @@ def run_case(lr: float, steps: int) -> list[list[float]]:
     try:  # today's packages
         from patchguard.models.patchguard import PatchGuard
         from patchguard.training.optim import build_optimizer
-        from patchguard.training.trainer import training_step
+        from patchguard.training.task import training_step
     except ImportError:  # the flat layout of a0df06f
         from patchguard.model import PatchGuard
         from patchguard.training import build_optimizer, training_step

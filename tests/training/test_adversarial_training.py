@@ -18,8 +18,9 @@ from patchguard.data.datasets import TrainDataset
 from patchguard.data.layouts import load_records
 from patchguard.data.pseudo_anomaly import PseudoAnomalyGenerator
 from patchguard.models.patchguard import PatchGuard
+from patchguard.training.loader import make_loader
 from patchguard.training.optim import build_optimizer
-from patchguard.training.trainer import make_loader, training_step
+from patchguard.training.task import training_step
 
 from conftest import tiny_config
 

@@ -21,6 +21,7 @@ from patchguard.data.datasets import TrainDataset
 from patchguard.data.layouts import load_records
 from patchguard.data.pseudo_anomaly import PseudoAnomalyGenerator
 from patchguard.models.patchguard import PatchGuard, patch_targets
+from patchguard.training.loader import make_loader
 from patchguard.training.losses import (
     attention_kl_regularizer,
     pairwise_ranking_loss,
@@ -29,7 +30,8 @@ from patchguard.training.losses import (
 from patchguard.training.optim import build_optimizer
 from patchguard.training.probe import OverfittingProbe
 from patchguard.training.robust import PerturbationBank, adv_schedule
-from patchguard.training.trainer import free_training_step, make_loader, train
+from patchguard.training.task import training_step
+from patchguard.training.trainer import train
 from patchguard.utils.checkpoint import load_checkpoint
 from patchguard.utils.checks import InputError
 
@@ -157,7 +159,7 @@ def test_free_replays_one_backward_and_one_step_each(free_setup, replays):
     first.register_hook(lambda grad: backwards.append(1))
     optimizer.register_step_post_hook(lambda *args: steps.append(1))
     bank = PerturbationBank(n, (3, config.image_size, config.image_size), torch.device("cpu"))
-    free_training_step(model, batch, optimizer, config, torch.device("cpu"), bank=bank)
+    training_step(model, batch, optimizer, config, torch.device("cpu"), bank=bank)
     assert len(backwards) == replays and len(steps) == replays
     delta = bank.get(batch["index"])
     assert delta.abs().max() <= EPS + 1e-6
@@ -178,8 +180,8 @@ def test_free_perturbation_comes_from_the_training_loss_backward(free_setup):
         output.attentions, config.reg_coefficients)
     (grad,) = torch.autograd.grad(loss, clean)
     bank = PerturbationBank(n, (3, config.image_size, config.image_size), torch.device("cpu"))
-    free_training_step(model, batch, build_optimizer(model, config), config,
-                       torch.device("cpu"), bank=bank)
+    training_step(model, batch, build_optimizer(model, config), config,
+                  torch.device("cpu"), bank=bank)
     delta = bank.get(batch["index"])
     inside = (batch["image"] > EPS) & (batch["image"] < 1 - EPS) & (grad.abs() > 1e-9)
     assert inside.sum() > 100

@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from patchguard.config import TrainConfig
+from patchguard.models.patchguard import PatchGuard
+from patchguard.training import task
 from patchguard.training import trainer as training
+from patchguard.training.loader import make_loader
 from patchguard.training.optim import build_optimizer, lr_factor
 from patchguard.training.trainer import train
 from patchguard.utils.checkpoint import load_checkpoint
@@ -43,7 +46,7 @@ def test_no_adv_and_no_reg_switch_views_off(tiny_data, tmp_path):
 def test_training_step_leaves_only_optimizer_updates(tiny_data, tmp_path, monkeypatch):
     """The attack must not leak gradients into the optimiser step (input gradients only)."""
     calls = []
-    real = training.pgd_attack
+    real = task.pgd_attack
 
     def spy(model, *args, **kwargs):
         before = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
@@ -53,7 +56,7 @@ def test_training_step_leaves_only_optimizer_updates(tiny_data, tmp_path, monkey
                          for a, b in zip(after, before)))
         return out
 
-    monkeypatch.setattr(training, "pgd_attack", spy)
+    monkeypatch.setattr(task, "pgd_attack", spy)
     train(tiny_config(tiny_data, tmp_path, epochs=1), progress=False)
     assert calls and all(calls)
 
@@ -66,7 +69,7 @@ def test_resume_after_interrupt_is_exact(tiny_data, tmp_path, monkeypatch, every
     settings = dict(epochs=3, checkpoint_every_min=every_min, workers=workers)
     straight = train(tiny_config(tiny_data, tmp_path / "a", **settings), progress=False)
 
-    real_step = training.training_step
+    real_step = task.TrainingTask.step
     count = {"n": 0}
 
     def interrupting_step(*args, **kwargs):
@@ -76,11 +79,11 @@ def test_resume_after_interrupt_is_exact(tiny_data, tmp_path, monkeypatch, every
         return real_step(*args, **kwargs)
 
     config = tiny_config(tiny_data, tmp_path / "b", **settings)
-    monkeypatch.setattr(training, "training_step", interrupting_step)
+    monkeypatch.setattr(task.TrainingTask, "step", interrupting_step)
     with pytest.raises(KeyboardInterrupt):
         train(config, progress=False)
     assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1
-    monkeypatch.setattr(training, "training_step", real_step)
+    monkeypatch.setattr(task.TrainingTask, "step", real_step)
     resumed = train(config, resume=tmp_path / "b" / "last.pt", progress=False)
 
     a, b = _weights(straight), _weights(resumed)
@@ -105,7 +108,7 @@ def test_backbone_lr_groups_and_cosine_schedule():
     config = TrainConfig(backbone="test_vit", image_size=64, pretrained=False, lr=1e-3,
                          backbone_lr=1e-5, epochs=4, feature_layers=[2], reg_layers=[2],
                          reg_coefficients=[0.01])
-    model = training.PatchGuard.from_config(config)
+    model = PatchGuard.from_config(config)
     optimizer = build_optimizer(model, config)
     assert [g["lr"] for g in optimizer.param_groups] == [1e-5, 1e-3]
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.01]
@@ -161,16 +164,16 @@ def test_merged_attack_equals_separate_attacks_without_dropout():
 
 def test_step_result_reads_the_device_losses_once():
     values = torch.tensor([3.0, 0.5, 1.0, 2.0])
-    result = training.StepResult(values, ["clean", "pseudo"])
+    result = task.StepResult(values, ["clean", "pseudo"])
     assert (result.total, result.reg, result.views) == (3.0, 0.5, {"clean": 1.0, "pseudo": 2.0})
     values.fill_(0)  # the first read is kept: later reads do not touch the device again
     assert result.total == 3.0
     meter = training.LossMeter()
-    meter.add(training.StepResult(torch.tensor([3.0, 0.5, 1.0, 2.0]), ["clean", "pseudo"]), 4)
-    meter.add(training.StepResult(torch.tensor([1.0, 0.0, 0.5, 0.5]), ["clean", "pseudo"]), 2)
+    meter.add(task.StepResult(torch.tensor([3.0, 0.5, 1.0, 2.0]), ["clean", "pseudo"]), 4)
+    meter.add(task.StepResult(torch.tensor([1.0, 0.0, 0.5, 0.5]), ["clean", "pseudo"]), 2)
     assert meter.seen == 6
     assert meter.totals() == {"loss": 14.0, "reg": 2.0, "clean": 5.0, "pseudo": 9.0}
-    meter.add(training.StepResult(torch.tensor([float("inf"), 0, 0, 0]), ["clean", "pseudo"]), 1)
+    meter.add(task.StepResult(torch.tensor([float("inf"), 0, 0, 0]), ["clean", "pseudo"]), 1)
     with pytest.raises(FloatingPointError):
         meter.totals()
 
@@ -186,7 +189,7 @@ def test_persistent_loader_gives_each_epochs_order_and_pseudo_anomalies(tiny_dat
     records = load_records("mvtec", tiny_data, "widget", "train")
     dataset = TrainDataset(records, 64, PseudoAnomalyGenerator(4), seed=5)
     config = TrainConfig(batch_size=3, workers=2, seed=5, device="cpu")
-    loader = training.make_loader(dataset, config, 0)
+    loader = make_loader(dataset, config, 0)
     rng_before = torch.get_rng_state()
     for epoch in (0, 1, 2):
         loader.sampler.set_epoch(epoch)
@@ -212,7 +215,7 @@ def test_training_is_identical_for_any_worker_count(tiny_data, tmp_path):
 @pytest.mark.parametrize("every_min", [0, 10])
 def test_non_finite_loss_stops_training_before_a_checkpoint(tiny_data, tmp_path, monkeypatch,
                                                            every_min):
-    real = training.patch_bce_loss
+    real = task.patch_bce_loss
     calls = {"n": 0}
 
     def poisoned(logits, targets):
@@ -220,7 +223,7 @@ def test_non_finite_loss_stops_training_before_a_checkpoint(tiny_data, tmp_path,
         loss = real(logits, targets)
         return loss * float("nan") if calls["n"] > 8 else loss  # from epoch 2 (4 views x 2)
 
-    monkeypatch.setattr(training, "patch_bce_loss", poisoned)
+    monkeypatch.setattr(task, "patch_bce_loss", poisoned)
     config = tiny_config(tiny_data, tmp_path, epochs=3, checkpoint_every_min=every_min)
     with pytest.raises(FloatingPointError, match="not finite"):
         train(config, progress=False)
@@ -286,7 +289,7 @@ def test_sigterm_leaves_the_last_completed_epoch_like_ctrl_c(tiny_data, tmp_path
     import os
     import signal
 
-    real_step = training.training_step
+    real_step = task.TrainingTask.step
     count = {"n": 0}
 
     def terminated_step(*args, **kwargs):
@@ -295,7 +298,7 @@ def test_sigterm_leaves_the_last_completed_epoch_like_ctrl_c(tiny_data, tmp_path
             os.kill(os.getpid(), signal.SIGTERM)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(training, "training_step", terminated_step)
+    monkeypatch.setattr(task.TrainingTask, "step", terminated_step)
     handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(tiny_data, tmp_path, epochs=3), progress=False)
