@@ -44,9 +44,9 @@ TRAINING_ATTACKS: Registry = Registry("training attack", {
                   "free training: --free-replays optimiser steps per batch, each also "
                   "updating the perturbation", {"objective": False, "carries": True}),
 })
-# What the training attacks ascend (patchguard.adversarial.objectives.training_objective).
+# What the training attacks ascend: each entry makes the objective for a model.
 TRAINING_OBJECTIVES: Registry = Registry("training objective", {
-    "mask": Entry("patchguard.adversarial.objectives:mask_objective",
+    "mask": Entry("patchguard.adversarial.objectives:training_mask_objective",
                   "the paper's: mean normal-patch logit minus mean anomalous-patch logit"),
     "score": Entry("patchguard.adversarial.objectives:training_score_objective",
                    "the top-k image score, the decision an attacker moves"),
@@ -522,7 +522,7 @@ def build_config(
     An override of None is a value like any other (``backbone_lr=None`` means "same as lr";
     ``image_size=None`` is refused), not "use the default": leave a key out for its default.
     """
-    yaml_values = flatten_sections(yaml_values or {})
+    yaml_values = coerce_yaml_values(flatten_sections(yaml_values or {}))
     preset = (overrides or {}).get("preset") or yaml_values.get("preset") or preset
     values: dict[str, Any] = preset_values(preset)
     values.update(yaml_values)

@@ -316,12 +316,3 @@ def test_apgd_step_size_halving_converges_where_fixed_steps_oscillate():
     # Measured 0.014 eps with the schedule, 0.22 eps with condition 1 switched off.
     assert (adv - centre).abs().max() < 0.05 * EPS
     assert (loss <= 0).all() and (loss > -1e-5).all()
-
-
-def test_attack_names_for_the_cli_match_the_registries():
-    from patchguard.adversarial.names import ATTACK_NAMES, DEFAULT_QUERIES, OBJECTIVE_NAMES
-    from patchguard.adversarial.problem import AttackBudget
-
-    assert list(ATTACK_NAMES) == list(ATTACKS)
-    assert list(OBJECTIVE_NAMES) == list(OBJECTIVES)
-    assert AttackBudget().queries == DEFAULT_QUERIES == 1000

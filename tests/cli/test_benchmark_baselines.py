@@ -153,13 +153,6 @@ def test_missing_anomalib_names_the_extra_before_any_work(monkeypatch, tmp_path,
     assert not (tmp_path / "benchmark.md").exists()
 
 
-def test_baseline_choices_are_the_registry():
-    from patchguard.baselines import BASELINES
-    from patchguard.cli.benchmark import BASELINE_CHOICES
-
-    assert list(BASELINE_CHOICES) == list(BASELINES)
-
-
 def _row(method, attack, eps, image, pixel, objective=None, **extra):
     return {"method": method, "attack": attack, "epsilon": eps, "image_auroc": image,
             "pixel_auroc": pixel, "objective": objective, "steps": 10 if eps else 0, **extra}

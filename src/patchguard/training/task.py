@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..adversarial.objectives import anomalous_views, training_objective
+from ..adversarial.objectives import anomalous_views
 from ..adversarial.pgd import fgsm_rs_attack, nfgsm_attack, pgd_attack
-from ..config import TRAINING_ATTACKS, TrainConfig
+from ..config import TRAINING_ATTACKS, TRAINING_OBJECTIVES, TrainConfig
 from ..models.patchguard import PatchGuard, patch_targets
 from .distributed import DistContext, average_gradients
 from .losses import attention_kl_regularizer, binary_kl, pairwise_ranking_loss, patch_bce_loss
@@ -286,8 +286,8 @@ class AttackThenDescend(TrainingAttack):
     mode, so the attack sees the discriminator's dropout (faithful).
     """
 
-    def __init__(self, perturb: Callable[[], Perturb]) -> None:
-        self.perturb = perturb  # looked up at each step, so the attack can be swapped in tests
+    def __init__(self, perturb: Perturb) -> None:
+        self.perturb = perturb
 
     def step(self, task: TrainingTask, batch: dict[str, torch.Tensor],
              optimizer: torch.optim.Optimizer, schedule: AdvSchedule,
@@ -298,10 +298,10 @@ class AttackThenDescend(TrainingAttack):
         if bank is not None:
             # Carried perturbations for the clean half, none for the fresh pseudo anomalies.
             start = torch.cat([bank.get(views.index), torch.zeros_like(views.pseudo)])
-        adversarial = self.perturb()(
+        adversarial = self.perturb(
             task.model, torch.cat([views.clean, views.pseudo]),
             torch.cat([views.clean_targets, views.pseudo_targets]),
-            training_objective(task.config.train_objective, task.model), schedule,
+            TRAINING_OBJECTIVES[task.config.train_objective](task.model), schedule,
             task.autocast_dtype, start)
         n = views.batch_size
         if bank is not None:
@@ -362,9 +362,9 @@ class FreeReplays(TrainingAttack):
 
 
 # The implementations behind the names of patchguard.config.TRAINING_ATTACKS.
-PGD = AttackThenDescend(lambda: _pgd)
-FGSM_RS = AttackThenDescend(lambda: _fgsm_rs)
-N_FGSM = AttackThenDescend(lambda: _nfgsm)
+PGD = AttackThenDescend(_pgd)
+FGSM_RS = AttackThenDescend(_fgsm_rs)
+N_FGSM = AttackThenDescend(_nfgsm)
 FREE = FreeReplays()
 
 

@@ -72,7 +72,7 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def _check(self, name: str) -> None:
         if name not in self._entries:
-            raise UnknownName(f"unknown {self.kind} {name!r}; choose from "
+            raise UnknownName(f"unknown {self.kind} {name!r}; available: "
                              f"{', '.join(self._entries)}")
 
     def __getitem__(self, name: str) -> T:
