@@ -75,7 +75,7 @@ def test_stored_config_of_the_reference_checkpoint_loads():
 
     from patchguard.models.original import convert_original_state_dict
 
-    from conftest import REFERENCE_DIR
+    from helpers.data import REFERENCE_DIR
 
     reference = torch.load(REFERENCE_DIR / "original-tiny-reference.pt", weights_only=True)
     payload = convert_original_state_dict(reference["state_dict"], backbone="test_vit",

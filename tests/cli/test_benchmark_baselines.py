@@ -18,7 +18,10 @@ import torch
 from patchguard.cli import main
 from patchguard.evaluation.reports import class_table
 
-from conftest import TINY_BACKBONE, make_mvtec_class
+from helpers.data import make_mvtec_class
+from helpers.models import TINY_BACKBONE
+
+pytestmark = pytest.mark.integration  # runs the command line or a whole path end to end
 
 TINY_FLAGS = [  # test_cli's tiny PatchGuard: test_vit, 64 px, 2 epochs
     "--backbone", TINY_BACKBONE, "--no-pretrained", "--image-size", "64",

@@ -35,7 +35,7 @@ from patchguard.training.trainer import train
 from patchguard.utils.checkpoint import load_checkpoint
 from patchguard.utils.checks import InputError
 
-from conftest import tiny_config
+from helpers.models import tiny_config
 
 EPS = 8 / 255
 
@@ -188,6 +188,7 @@ def test_free_perturbation_comes_from_the_training_loss_backward(free_setup):
     torch.testing.assert_close(delta[inside], EPS * grad.sign()[inside], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", ["pgd", "fgsm-rs", "n-fgsm", "free"])
 def test_every_training_attack_trains_and_logs(tiny_data, tmp_path, attack):
     extra = {"carry_perturbations": attack != "n-fgsm", "eps_ramp": 0.9, "trades_weight": 0.5,

@@ -11,14 +11,16 @@ from patchguard.training.loader import make_loader
 from patchguard.training.optim import build_optimizer, lr_factor
 from patchguard.training.trainer import train
 from patchguard.utils.checkpoint import load_checkpoint
+from patchguard.utils.device import cuda_speed_settings
 
-from conftest import tiny_config
+from helpers.models import tiny_config
 
 
 def _weights(path):
     return load_checkpoint(path)["model"]
 
 
+@pytest.mark.slow
 def test_training_writes_checkpoint_log_and_learns(tiny_data, tmp_path):
     config = tiny_config(tiny_data, tmp_path / "run", epochs=3)
     last = train(config, progress=False)
@@ -61,6 +63,7 @@ def test_training_step_leaves_only_optimizer_updates(tiny_data, tmp_path, monkey
     assert calls and all(calls)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every_min, workers", [(10, 0), (0, 2)])
 def test_resume_after_interrupt_is_exact(tiny_data, tmp_path, monkeypatch, every_min, workers):
     """Ctrl-C mid-epoch, resume: the same weights as a run never stopped, bit for bit; with the
@@ -129,7 +132,7 @@ def test_auto_foreground_generates_masks_and_training_uses_them(tmp_path, monkey
     from patchguard.data import foreground
     from patchguard.data.foreground import generate
 
-    from conftest import make_mvtec_class
+    from helpers.data import make_mvtec_class
 
     # The real DINOv2 model is too big for a unit test: the threshold method stands in for it.
     monkeypatch.setattr(generate, "auto_masks", lambda images, *a, **k: (
@@ -149,7 +152,7 @@ def test_merged_attack_equals_separate_attacks_without_dropout():
     """One PGD run over two stacked batches gives each batch its own run's result."""
     from patchguard.adversarial.pgd import pgd_attack
 
-    from conftest import TINY_SIZE, tiny_model
+    from helpers.models import TINY_SIZE, tiny_model
 
     model = tiny_model(dsc_dropout=0.0).train()
     torch.manual_seed(1)
@@ -204,6 +207,7 @@ def test_persistent_loader_gives_each_epochs_order_and_pseudo_anomalies(tiny_dat
     assert torch.equal(torch.get_rng_state(), rng_before)
 
 
+@pytest.mark.slow
 def test_training_is_identical_for_any_worker_count(tiny_data, tmp_path):
     runs = [train(tiny_config(tiny_data, tmp_path / str(w), epochs=2, workers=w), progress=False)
             for w in (0, 2)]
@@ -272,6 +276,7 @@ def test_periodic_file_and_last_pt_stay_independent(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every_min, writes", [(10, 1), (0, 3)])
 def test_last_pt_written_on_the_time_policy(tiny_data, tmp_path, monkeypatch, every_min, writes):
     from patchguard.training import checkpoints
@@ -306,15 +311,25 @@ def test_sigterm_leaves_the_last_completed_epoch_like_ctrl_c(tiny_data, tmp_path
     assert signal.getsignal(signal.SIGTERM) is handler  # restored
 
 
-def test_cuda_speed_settings_touch_nothing_on_a_cpu():
-    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    with training.cuda_speed_settings(torch.device("cpu"), tf32=True):
-        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
+@pytest.mark.parametrize("start, tf32", [((False, False), True), ((True, True), False),
+                                         ((False, True), True)])
+def test_cuda_speed_settings_touch_nothing_on_a_cpu(monkeypatch, start, tf32):
+    """From known TF32 flags, each the opposite of what ``tf32`` would set on CUDA: on a CPU
+    they stay as they were, inside the block and after it."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", start[0])
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", start[1])
+
+    def flags():
+        return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+
+    with cuda_speed_settings(torch.device("cpu"), tf32=tf32):
+        assert flags() == start
+    assert flags() == start
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 def test_cuda_speed_settings_turn_tf32_on_and_restore():
     flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    with training.cuda_speed_settings(torch.device("cuda"), tf32=True):
+    with cuda_speed_settings(torch.device("cuda"), tf32=True):
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
