@@ -15,7 +15,8 @@ from patchguard.data.datasets import TensorTestSet
 from patchguard.evaluation.evaluator import evaluate, evaluate_with_predictions
 from patchguard.training.trainer import train
 
-from conftest import TINY_SIZE, make_mvtec_class, tiny_config, tiny_model
+from helpers.data import make_mvtec_class
+from helpers.models import TINY_SIZE, tiny_config, tiny_model
 
 # Enough budget for images to get placed part-way, small enough for a test.
 MEMBERS = (Member("apgd", "score", steps=6), Member("apgd", "map", steps=4),
@@ -64,6 +65,7 @@ def test_untrained_models_give_the_same_rows_with_fewer_passes(model_seed, data_
         assert early[1]["passes_per_image"] < 0.5 * full[1]["passes_per_image"]
 
 
+@pytest.mark.slow
 def test_a_trained_model_gives_the_same_rows(trained):
     data = _unmasked_set(5, n=12)
     for seed in (0, 3):
@@ -124,6 +126,8 @@ def test_bounds_place_only_images_that_cannot_cross():
     assert bounds.placed(rows).tolist() == [False, True, True, False]
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_the_command_line_switch_gives_identical_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(standard, "STANDARD_MEMBERS", MEMBERS)
     data = tmp_path / "data"
