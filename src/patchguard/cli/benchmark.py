@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,14 @@ from .args import (
     common_flags,
     flag,
 )
+from .evaluate import attack_settings, early_stop_flag
 
-# The names of patchguard.baselines.BASELINES, here so that --help imports no torch (a test
-# keeps the two equal).
-BASELINE_CHOICES = ("patchcore", "padim", "efficient_ad")
 OFFLINE_BACKBONE = "resnet18"  # random-init default of PatchCore and PaDiM: downloads nothing
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
     """Add ``benchmark`` to the ``patchguard`` parser."""
+    from ..baselines.registry import BASELINES
     from ..config import PRESETS
 
     bench = verbs.add_parser("benchmark", help="evaluate several classes: paper-style table")
@@ -49,6 +49,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     # The paper's PGD and, beside it, the fixed standard evaluation (README "Robustness
     # evaluation"); --attack pgd skips standard, which costs about 1650 clean passes per image.
     attack_flags(bench, default=("pgd", "standard"))
+    early_stop_flag(bench)
     flag(bench, "--batch-size", type=POSITIVE, default=16)
     flag(bench, "--output-dir", default=None,
          help="where benchmark.md/.json/.csv/.html and benchmark_vs_epsilon.png go (default: "
@@ -65,7 +66,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
          help="test images per class shown clean and attacked in benchmark.html (default 4)")
     flag(bench, "--jobs", type=POSITIVE, default=None,
          help="classes trained at once, one per GPU (default: the number of GPUs, or 1)")
-    flag(bench, "--baselines", nargs="+", default=None, choices=BASELINE_CHOICES,
+    flag(bench, "--baselines", nargs="+", default=None, choices=list(BASELINES),
          help="also train these anomalib detectors on each class and attack them the same way "
               "(needs pip install 'patchguard[anomalib]'); kept in CHECKPOINT_DIR/<class>/"
               "baselines/")
@@ -250,10 +251,8 @@ def _patchguard_rows(args: argparse.Namespace, name: str, root: Path, out: Path,
                                 f"{root / name / 'last.pt'} or {root / (name + '.pt')}")
     target = load_for_evaluation(checkpoint, args.dataset, args.dataset_dir, name,
                                  args.device or "auto")
-    rows = evaluate(target.model, target.test_set, epsilons, args.steps_test,
-                    args.batch_size, target.device, progress=not args.quiet,
-                    attacks=args.attack, objective=args.objective, restarts=args.restarts,
-                    queries=args.queries)
+    rows = evaluate(target.model, target.test_set, attack_settings(args, epsilons),
+                    device=target.device, progress=not args.quiet)
     print(f"{name}:\n{format_table(rows)}")
     if args.gallery:
         from .report import benchmark_gallery
@@ -325,11 +324,9 @@ def _baseline_rows(args: argparse.Namespace, name: str, baseline: str,
             return rows
     print(f"{name}: {label} ({'trained now' if under_test.trained_now else 'checkpoint read back'}"
           f", {under_test.checkpoint})")
-    result = evaluate_detector(under_test.detector, under_test.test_set, epsilons, args.attack,
-                               objective=objective, steps=args.steps_test,
-                               restarts=args.restarts, queries=args.queries,
-                               batch_size=args.batch_size, device=device,
-                               progress=not args.quiet)
+    settings = replace(attack_settings(args, epsilons), objective=objective)
+    result = evaluate_detector(under_test.detector, under_test.test_set, settings=settings,
+                               device=device, progress=not args.quiet)
     print(f"{name}, {label}:\n{format_table(result.rows)}")
     note = (f"{args.objective} needs patch logits (PatchGuard's); {label} is attacked on "
             f"{objective}") if objective != args.objective else None
@@ -352,8 +349,8 @@ def _same_evaluation(rows: list[dict[str, Any]], args: argparse.Namespace, objec
     if [(r.get("attack"), r.get("epsilon")) for r in rows] != settings:
         return False
     for row, (attack, eps) in zip(rows, settings):
-        expected = attack_fields(attack, args.steps_test, objective, args.restarts,
-                                 args.queries, eps > 0, patch_logits=False)
+        expected = attack_fields(attack, replace(attack_settings(args), objective=objective),
+                                 eps > 0, patch_logits=False)
         if any(row.get(k) != expected[k] for k in _EVALUATION_FIELDS):
             return False
         if row.get("n_images") != n_images or any(row.get(k) != v for k, v in meta.items()):

@@ -15,7 +15,7 @@ import torch
 
 from patchguard.cli import main
 
-from .helpers import (
+from .common import (
     CLASS,
     MODEL_FLAGS,
     TRAIN_EPOCHS,
@@ -23,7 +23,8 @@ from .helpers import (
     main_or_fail,
     original_state_dict,
 )
-from conftest import TINY_BACKBONE, TINY_SIZE, make_mvtec_class
+from helpers.data import make_mvtec_class
+from helpers.models import TINY_BACKBONE, TINY_SIZE
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """``benchmark``: flags, classes, the files it writes.
 
 Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
-helpers.py and conftest.py beside this file.
+common.py and conftest.py beside this file.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from .helpers import (
+from .common import (
     CLASS,
     assert_names_key,
     assert_refused,

@@ -1,14 +1,14 @@
 """``calibrate``: target rates, too few or unreadable normal images.
 
 Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
-helpers.py and conftest.py beside this file.
+common.py and conftest.py beside this file.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from .helpers import (
+from .common import (
     CLASS,
     assert_names_key,
     assert_refused,

@@ -1,7 +1,7 @@
 """Checkpoints every verb reads: damaged, foreign, unsafe files.
 
 Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
-helpers.py and conftest.py beside this file.
+common.py and conftest.py beside this file.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from .helpers import (
+from .common import (
     CLASS,
     assert_refused,
 )

@@ -1,7 +1,7 @@
 """``data download / info / foreground``: archives, layouts, damaged data sets.
 
 Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
-helpers.py and conftest.py beside this file.
+common.py and conftest.py beside this file.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .helpers import (
+from .common import (
     CLASS,
     EPS,
     Result,

@@ -1,7 +1,7 @@
 """``import-checkpoint`` and ``export``: the files they read and write.
 
 Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
-helpers.py and conftest.py beside this file.
+common.py and conftest.py beside this file.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from .helpers import (
+from .common import (
     assert_names_key,
     assert_refused,
     digest,
     temp_leftovers,
 )
-from conftest import TINY_BACKBONE, TINY_SIZE
+from helpers.models import TINY_BACKBONE, TINY_SIZE
 
 # ============================================================================ import / export
 

@@ -1,7 +1,7 @@
 """``info``: what the model card says about a checkpoint.
 
 Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
-helpers.py and conftest.py beside this file.
+common.py and conftest.py beside this file.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Faults during work: Ctrl-C, a full disk, out of memory, killed writes, --debug.
 
 Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
-helpers.py and conftest.py beside this file.
+common.py and conftest.py beside this file.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from patchguard.cli import main
 
-from .helpers import (
+from .common import (
     CLASS,
     TRAIN_EPOCHS,
     assert_refused,

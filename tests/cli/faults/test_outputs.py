@@ -1,14 +1,14 @@
 """Output folders of every verb: files in the way, folders inside the data set.
 
 Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
-helpers.py and conftest.py beside this file.
+common.py and conftest.py beside this file.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from .helpers import (
+from .common import (
     CLASS,
     assert_refused,
 )

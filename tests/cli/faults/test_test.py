@@ -1,7 +1,7 @@
 """``test``: flags, broken test sets, the results files it writes.
 
 Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
-helpers.py and conftest.py beside this file.
+common.py and conftest.py beside this file.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .helpers import (
+from .common import (
     assert_names_key,
     assert_refused,
     bomb_png,

@@ -1,7 +1,7 @@
 """``train``: flags and YAML values out of their domain, lost work, resuming, the run folder.
 
 Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
-helpers.py and conftest.py beside this file.
+common.py and conftest.py beside this file.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from .helpers import (
+from .common import (
     CLASS,
     MODEL_FLAGS,
     assert_names_key,
@@ -28,7 +28,8 @@ from .helpers import (
     train_argv,
     write_yaml,
 )
-from conftest import make_mvtec_class, tiny_config
+from helpers.data import make_mvtec_class
+from helpers.models import tiny_config
 
 # ============================================================================ train: flags
 # Values outside their domain must be refused before anything is written (the output folder is

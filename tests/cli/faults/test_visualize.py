@@ -1,14 +1,14 @@
 """``visualize``: flags and the panels it writes.
 
 Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
-helpers.py and conftest.py beside this file.
+common.py and conftest.py beside this file.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from .helpers import (
+from .common import (
     assert_names_key,
     assert_refused,
     digest,

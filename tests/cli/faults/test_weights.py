@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import assert_refused
-from conftest import TINY_BACKBONE, TINY_SIZE
-from drive_server import drive_server
+from .common import assert_refused
+from helpers.drive_server import drive_server
+from helpers.models import TINY_BACKBONE, TINY_SIZE
 
 IMPORT = ["--backbone", TINY_BACKBONE, "--image-size", str(TINY_SIZE), "--feature-layers", "3",
           "--reg-layers", "2", "3"]

@@ -21,7 +21,8 @@ import yaml
 
 from patchguard.cli import main
 
-from conftest import TINY_BACKBONE, TINY_SIZE, make_mvtec_class, tiny_config
+from helpers.data import make_mvtec_class
+from helpers.models import TINY_BACKBONE, TINY_SIZE, tiny_config
 
 CLASS = "bottle"  # a real MVTec class name: no "unknown class" warning in the messages
 
