@@ -42,7 +42,7 @@ from patchguard.evaluation.evaluator import evaluate, predict_dataset
 from patchguard.evaluation.metrics import compute_all
 from patchguard.evaluation.sanity import sanity_check
 from patchguard.models.factory import load_model
-from patchguard.training import checkpoints, trainer
+from patchguard.training import run_state, trainer
 
 # name -> (preset, overrides); image size 112 for all (the demo data's size here).
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -158,7 +158,7 @@ def train_recipe(name: str, args: argparse.Namespace, run_dir: Path) -> tuple[li
     config = build_config(preset, None, values)
     wanted = sorted({max(1, round(f * args.epochs)) for f in args.eval_at})
 
-    class KeepEpochs(checkpoints.CheckpointPolicy):
+    class KeepEpochs(run_state.CheckpointPolicy):
         """The trainer's policy, plus an epoch file at each wanted epoch (also in the first
         half, where the trainer's own --save-every files start later)."""
 

@@ -45,7 +45,7 @@ def common_flags(parser: argparse.ArgumentParser) -> None:
 
 def logger_flags(parser: argparse.ArgumentParser, default_dir: str) -> None:
     """--logger (experiment trackers, optional extras) and --log-dir."""
-    from ..evaluation.tracking import LOGGERS
+    from ..tracking import LOGGERS
 
     flag(parser, "--logger", nargs="+", default=None, choices=LOGGERS,
          help="also log to these trackers (tensorboard and mlflow are optional extras: pip "

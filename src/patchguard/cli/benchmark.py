@@ -74,7 +74,7 @@ def _class_results_path(root: Path, name: str) -> Path:
 def _train_class(args: argparse.Namespace, name: str, root: Path) -> None:
     """Train one class of a sweep, resuming a partial run; no-op when it is complete."""
     from ..config import build_config
-    from ..training.checkpoints import resume_config
+    from ..training.run_state import resume_config
     from ..training.trainer import train
     from ..utils.checkpoint import load_checkpoint
 
