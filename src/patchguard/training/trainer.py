@@ -60,7 +60,7 @@ LOG_INTERVAL_S = 2.0
 class LossMeter:
     """Per-epoch sums of the step losses, weighted by batch size, accumulated on the device.
 
-    :meth:`read` is the only synchronisation: the training loop calls it once per logging
+    :meth:`totals` is the only synchronisation: the training loop calls it once per logging
     interval. A non-finite loss anywhere in the epoch makes the summed total non-finite, so the
     check there catches it without a per-step synchronisation.
     """
