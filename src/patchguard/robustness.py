@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .adversarial.detector import DetectorOutput, as_detector
+from .adversarial.attackable import DetectorOutput, as_detector
 from .adversarial.names import QUERY_ATTACKS
 from .adversarial.settings import AttackSettings
 from .adversarial.standard import STANDARD_MEMBERS, Member

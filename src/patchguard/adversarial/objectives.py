@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .detector import DetectorOutput
+from .attackable import DetectorOutput
 from .names import OBJECTIVES, PATCH_OBJECTIVES
 
 # Training-time objective: (logits, targets) -> scalar summed over the batch.
