@@ -16,7 +16,8 @@ from .utils.checks import InputError
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2.lvd142m"
-# Training attacks (issue 12): pgd is METHOD.md's; the others are cheaper alternatives.
+# Training attacks (issue 12): pgd is the paper's (docs/method.md, section 4); the others are
+# cheaper alternatives.
 TRAIN_ATTACKS = ("pgd", "fgsm-rs", "n-fgsm", "free")
 TRAIN_OBJECTIVES = ("mask", "score")
 
@@ -27,7 +28,7 @@ MODEL_KEYS = ("backbone", "image_size", "feature_layers", "reg_layers", "dsc_lay
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run; defaults are the paper's (METHOD.md)."""
+    """Every setting of a training run; defaults are the paper's (docs/method.md)."""
 
     # data
     dataset: str = "mvtec"
@@ -171,9 +172,9 @@ class TrainConfig:
             raise InputError(f"{source}: stored {error.name}", error.value, error.domain,
                              error.fix) from None
 
-# "paper" is METHOD.md exactly. "fast" is for short budgets (minutes to an hour on a CPU or a few
-# GPU minutes): measured on the demo data, the paper's single lr of 8e-4 on a pretrained backbone
-# destroys its features within a few epochs, so the backbone gets its own small lr.
+# "paper" is docs/method.md exactly. "fast" is for short budgets (minutes to an hour on a CPU or a
+# few GPU minutes): measured on the demo data, the paper's single lr of 8e-4 on a pretrained
+# backbone destroys its features within a few epochs, so the backbone gets its own small lr.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "fast": {

@@ -13,12 +13,12 @@ from .problem import AttackBudget, AttackProblem, AttackResult, update_best
 
 
 def attack_pgd(problem: AttackProblem, budget: AttackBudget) -> AttackResult:
-    """Faithful METHOD.md PGD (step 2.5 eps / steps, no random start, last iterate).
+    """The paper's PGD (docs/method.md, section 4): step 2.5 eps / steps, no random start.
 
-    The algorithm of :func:`.pgd.pgd_attack` (the training-time attack, which stays written on
-    patch logits) on any detector and per-image objective; on PatchGuard with the ``mask``
-    objective it gives the same images (tests/models/test_reference.py checks them against the
-    authors' own).
+    Returns the last iterate. The algorithm of :func:`.pgd.pgd_attack` (the training-time attack,
+    which stays written on patch logits) on any detector and per-image objective; on PatchGuard
+    with the ``mask`` objective it gives the same images (tests/models/test_reference.py checks
+    them against the authors' own).
     """
     if budget.steps <= 0:
         return problem.unchanged()

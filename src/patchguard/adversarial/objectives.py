@@ -1,6 +1,6 @@
-"""What an attack maximises. The training-time objective of METHOD.md section 4 (summed over the
-batch) and the per-image objectives of the evaluation attacks: ``mask`` (the paper's), ``score``
-(the image decision) and ``map`` (the localisation).
+"""What an attack maximises. The training-time objective of docs/method.md, section 4 (summed
+over the batch) and the per-image objectives of the evaluation attacks: ``mask`` (the paper's),
+``score`` (the image decision) and ``map`` (the localisation).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def training_score_objective(model: torch.nn.Module) -> Objective:
 
 
 def training_objective(name: str, model: torch.nn.Module) -> Objective:
-    """The objective a training attack ascends: ``mask`` (METHOD.md) or ``score``."""
+    """The objective a training attack ascends: ``mask`` (the paper's) or ``score``."""
     if name == "mask":
         return mask_objective
     if name == "score":
@@ -70,7 +70,10 @@ def mask_loss(
     labels: torch.Tensor,
     masks: torch.Tensor | None,
 ) -> torch.Tensor:
-    """METHOD.md objective per image: mean normal-patch logit minus mean anomalous-patch logit."""
+    """The paper's objective per image: mean normal-patch minus mean anomalous-patch logit.
+
+    docs/method.md, section 4.
+    """
     if output.patch_logits is None or targets is None:
         raise ValueError("the mask objective needs a detector with patch logits and patch "
                          "targets; use the score or map objective")

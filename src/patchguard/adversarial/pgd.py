@@ -1,4 +1,4 @@
-"""The faithful PGD of METHOD.md section 4, used for adversarial training and as the paper's attack.
+"""The faithful PGD (docs/method.md, section 4), for adversarial training and as the paper's attack.
 
 Kept exactly as the original: step size 2.5 * eps / steps, no random start, signed gradient
 ascent, the last iterate; only input gradients are taken.

@@ -19,7 +19,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     common_flags(train)
     flag(train, "--output-dir", default=None, help="where checkpoints and logs go")
     flag(train, "--preset", default=None, choices=sorted(PRESETS),
-         help="paper: METHOD.md exactly (default); fast: short budgets; robust: the best "
+         help="paper: docs/method.md exactly (default); fast: short budgets; robust: the best "
               "robustness found so far at CPU budgets (does not reach issue 12's target)")
     flag(train, "--epochs", type=int, default=None)
     flag(train, "--batch-size", type=int, default=None)
@@ -42,10 +42,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(train, "--no-adv-train", dest="adv_train", action="store_const", const=False,
          default=None)
     flag(train, "--train-attack", default=None, choices=list(TRAIN_ATTACKS),
-         help="training attack: pgd (METHOD.md, default), fgsm-rs (random start, step 1.25 "
+         help="training attack: pgd (the paper's, default), fgsm-rs (random start, step 1.25 "
               "eps), n-fgsm (noise 2 eps, step eps, no projection), free (--free-replays)")
     flag(train, "--train-objective", default=None, choices=list(TRAIN_OBJECTIVES),
-         help="what pgd/fgsm-rs/n-fgsm ascend: mask (METHOD.md) or score (top-k image score)")
+         help="what pgd/fgsm-rs/n-fgsm ascend: mask (the paper's) or score (top-k image score)")
     flag(train, "--free-replays", type=int, default=None,
          help="free: optimiser steps per batch, each updating the perturbation (4)")
     flag(train, "--carry-perturbations", action="store_const", const=True, default=None,

@@ -1,4 +1,4 @@
-"""Clean and adversarial evaluation (METHOD.md section 6): scores, maps and metric rows."""
+"""Clean and adversarial evaluation (docs/method.md, section 6): scores, maps and metric rows."""
 
 from __future__ import annotations
 
@@ -194,9 +194,9 @@ def predict_dataset(
 
     ``model`` is PatchGuard or any detector (:func:`patchguard.adversarial.detector.as_detector`);
     ``attack`` is a name of :data:`patchguard.adversarial.attacks.ATTACKS`; the default is the
-    faithful PGD with the mask objective of METHOD.md; ``queries`` is the budget of score-based
-    attacks; ``standard_members`` replaces the fixed members of ``standard`` (e.g. the demo's
-    smaller budgets). Scores come from the image-metric adversarials and maps from the
+    faithful PGD with the mask objective (docs/method.md, section 4); ``queries`` is the budget
+    of score-based attacks; ``standard_members`` replaces the fixed members of ``standard`` (e.g.
+    the demo's smaller budgets). Scores come from the image-metric adversarials and maps from the
     pixel-metric ones; they differ only for ``standard``, whose kept images are the pixel-metric
     ones.
     """

@@ -1,4 +1,4 @@
-"""Adversarial training with pseudo anomalies (METHOD.md sections 3 and 4)."""
+"""Adversarial training with pseudo anomalies (docs/method.md, sections 3 and 4)."""
 
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def training_attack(
     run of its own would give (dropout masks aside, drawn from the same distribution), with
     half the passes and larger matrix products. The model stays in train mode, so the attack
     sees the discriminator's dropout (faithful). The pgd default with the mask objective and
-    no ``start`` is METHOD.md's attack, call for call.
+    no ``start`` is the paper's attack (docs/method.md, section 4), call for call.
     """
     objective = training_objective(config.train_objective, model)
     if config.train_attack == "pgd":
