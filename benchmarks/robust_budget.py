@@ -46,7 +46,7 @@ from patchguard.training import checkpoints, trainer
 
 # name -> (preset, overrides); image size 112 for all (the demo data's size here).
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
-    # METHOD.md at 112 px (PGD-10 mask objective, lr 8e-4 everywhere, feature layer 12)
+    # docs/method.md at 112 px (PGD-10 mask objective, lr 8e-4 everywhere, feature layer 12)
     "paper": ("paper", {"image_size": 112}),
     "paper-random": ("paper", {"image_size": 112, "pretrained": False}),
     "fast": ("fast", {"image_size": 112}),
