@@ -29,9 +29,32 @@ def train(
 
     Every argument is checked against its domain first (InputError, a ValueError, naming it).
     An ``output_dir`` that already holds a run is refused unless ``resume`` continues it or
-    ``overwrite`` replaces it. ``loggers`` (``tensorboard``, ``mlflow``, ``csv``) also log each
-    epoch to ``log_dir`` (default ``output_dir/logs``). Example:
-    ``patchguard.train(dataset_dir="mvtec", class_name="bottle", preset="fast")``.
+    ``overwrite`` replaces it.
+
+    Args:
+        config: every setting of the run; when None, one is built from ``preset`` (default
+            ``"paper"``) and ``overrides``.
+        resume: a checkpoint (or a run folder, meaning its ``last.pt``) to continue exactly.
+        progress: show progress bars and per-epoch lines.
+        overwrite: replace a run already in ``output_dir`` (after every input is checked).
+        loggers: experiment trackers to log each epoch to: ``tensorboard``, ``mlflow``,
+            ``csv``.
+        log_dir: where the trackers write (default ``output_dir/logs``).
+        **overrides: settings of ``TrainConfig`` by name (for example
+            ``dataset_dir``, ``class_name``, ``epochs``, ``output_dir``), plus ``preset``; with
+            ``config`` given they replace its fields.
+
+    Returns:
+        The path of the run's ``last.pt`` (model, optimiser and scheduler state, config,
+            thresholds when images were held out).
+
+    Example:
+        ```python
+        import patchguard
+
+        last = patchguard.train(dataset_dir="data/mvtec", class_name="bottle",
+                                preset="fast", output_dir="runs/bottle", epochs=20)
+        ```
     """
     if config is None:
         config = build_config(overrides.pop("preset", "paper"), overrides=overrides)
@@ -56,11 +79,40 @@ def evaluate_checkpoint(
     objective: str = "mask",
     queries: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate a checkpoint clean and under ``attacks`` (default the paper's PGD; e.g.
-    ``("pgd", "standard")``); data set and class default to the training's.
+    """Evaluate a checkpoint clean and under ``attacks``; data set and class default to the
+    training's.
 
-    Epsilons are in 1/255 units (0..255, 0 is the clean row); every argument is checked before
-    the checkpoint is loaded. Any other detector: :func:`patchguard.robustness.evaluate_detector`.
+    Every argument is checked before the checkpoint is loaded. Any other detector:
+    :func:`patchguard.robustness.evaluate_detector`.
+
+    Args:
+        checkpoint: a patchguard checkpoint (``last.pt``).
+        dataset_dir: the data set's root (default: the one the checkpoint was trained on).
+        class_name: the class to test (default: the training's).
+        dataset: the layout (``mvtec``, ``visa``, ``folder``, ...; default: the training's).
+        epsilons: L-infinity budgets in 1/255 units (0 to 255); 0 is the clean row.
+        steps: iterations of the gradient attacks.
+        batch_size: images per forward pass.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
+        json_path: also write the rows there as JSON.
+        progress: show progress bars and print the result table.
+        attacks: attack names, e.g. ``("pgd", "standard")``; the default is the paper's PGD.
+            Quote ``standard`` (or at least ``objective="score"``) as robustness.
+        objective: what the gradient attacks ascend: ``mask`` (the paper's), ``score`` (the
+            image decision) or ``map`` (the localisation).
+        queries: the query budget of ``square`` (default 1000).
+
+    Returns:
+        One dict per attack and epsilon (the clean row first) with ``image_auroc``,
+            ``pixel_auroc``, AP, F1-max, AUPRO, the attack's settings and its cost; the rows of
+            ``patchguard test``.
+
+    Example:
+        ```python
+        rows = patchguard.evaluate_checkpoint("runs/bottle/last.pt", epsilons=(0, 2, 8),
+                                              attacks=("pgd", "standard"))
+        print([(r["attack"], r["epsilon"], r["image_auroc"]) for r in rows])
+        ```
     """
     epsilons = [checks.epsilon("epsilons", eps) for eps in epsilons]
     checks.integer("steps", steps, 1)

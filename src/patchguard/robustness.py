@@ -81,18 +81,49 @@ def evaluate_detector(
 ) -> DetectorEvaluation:
     """Evaluate ``detector`` clean and under ``attacks`` at ``epsilons`` (1/255 units).
 
-    ``test_set`` is a patchguard test set (``patchguard.data.datasets.load_test_set``), a
-    :class:`~patchguard.data.datasets.TensorTestSet` of in-memory images, labels and masks, or
-    any data set of the same samples (``image`` (3, H, W) in [0, 1], ``mask`` (1, H, W),
-    ``label``, ``has_mask``, ``path``, and a ``has_pixel_masks`` attribute). ``objective``
-    defaults to ``mask`` for a detector with patch logits and ``score`` otherwise; ``standard``
-    uses its own fixed members (``standard_members`` replaces them, and its rows then say
-    ``custom``). ``module`` is the ``nn.Module`` behind a plain function, so that scoring runs
-    in eval mode and its parameters stay frozen while the attacks take input gradients (found by
-    itself when ``detector`` is a module or a bound method of one). ``sanity`` also runs the
-    gradient-masking checks (epsilon sweep, more steps, Square, eps 128/255) with the first
-    gradient attack, as ``patchguard test --sanity`` does. Rows are those of ``patchguard
-    test``: image and pixel AUROC, AP, F1-max, AUPRO, budgets, ``images_per_s``.
+    Args:
+        detector: a differentiable callable ``images -> (scores, maps)`` or ``(scores, maps,
+            patch_logits)``, or an ``nn.Module`` returning that; it must not run under
+            ``torch.no_grad()`` inside.
+        test_set: a patchguard test set (``patchguard.data.datasets.load_test_set``), a
+            ``TensorTestSet`` of in-memory images, labels and
+            masks, or any data set of the same samples (``image`` (3, H, W) in [0, 1],
+            ``mask`` (1, H, W), ``label``, ``has_mask``, ``path``, and a ``has_pixel_masks``
+            attribute).
+        epsilons: L-infinity budgets in 1/255 units; 0 is the clean row.
+        attacks: ``pgd``, ``pgd-rs``, ``fgsm``, ``apgd``, ``worst``, ``square``, ``standard``.
+        objective: ``mask`` (needs patch logits), ``score`` or ``map``; defaults to ``mask``
+            for a detector with patch logits and ``score`` otherwise.
+        steps: iterations of the gradient attacks.
+        restarts: random restarts of ``pgd-rs`` and ``apgd``.
+        queries: the query budget of ``square``.
+        patch_size: the patch side in pixels, needed with patch logits.
+        module: the ``nn.Module`` behind a plain function, so that scoring runs in eval mode
+            and its parameters stay frozen while the attacks take input gradients (found by
+            itself when ``detector`` is a module or a bound method of one).
+        sanity: also run the gradient-masking checks (epsilon sweep, more steps, Square,
+            eps 128/255) with the first gradient attack, as ``patchguard test --sanity`` does.
+        batch_size: images per forward pass.
+        device: where the detector runs.
+        workers: data-loader workers.
+        progress: show progress bars.
+        standard_members: replaces the fixed members of ``standard`` (its rows then say
+            ``custom``).
+
+    Returns:
+        A ``DetectorEvaluation``: ``rows``, one dict per attack and epsilon as
+            ``patchguard test`` writes them (image and pixel AUROC, AP, F1-max, AUPRO, budgets,
+            ``images_per_s``), and ``sanity``, the report of the checks when asked for.
+
+    Example:
+        ```python
+        from patchguard.robustness import TensorTestSet, evaluate_detector
+
+        test_set = TensorTestSet(images, labels, masks)   # images (n, 3, H, W) in [0, 1]
+        result = evaluate_detector(lambda x: my_model(x), test_set, epsilons=(0, 2, 8),
+                                   attacks=("pgd", "standard"), module=my_model, sanity=True)
+        print(result.table())
+        ```
     """
     wrapped = as_detector(detector, patch_size=patch_size, module=module)
     if objective is None:
