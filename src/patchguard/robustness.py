@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from .adversarial.detector import DetectorOutput, as_detector
 from .adversarial.names import DEFAULT_QUERIES, QUERY_ATTACKS
 from .adversarial.standard import STANDARD_MEMBERS, Member
-from .data.datasets import TensorTestSet
+from .data.datasets import TensorTestSet, TestDataset
 from .evaluation.evaluator import evaluate
 from .evaluation.reports import format_table
 from .evaluation.sanity import SanityReport, sanity_check
@@ -126,6 +126,8 @@ def evaluate_detector(
         ```
     """
     wrapped = as_detector(detector, patch_size=patch_size, module=module)
+    # The evaluation reads only the samples and ``has_pixel_masks``, which any such set offers.
+    test_set = cast(TestDataset, test_set)
     if objective is None:
         objective = "mask" if wrapped.has_patch_logits else "score"
     rows = evaluate(wrapped, test_set, epsilons, steps, batch_size, device, workers, progress,
