@@ -25,6 +25,7 @@ LAYOUTS: dict[str, Layout] = {
     "brats2021": brats_records,
     "headct": mvtec_like_records,
     "folder": folder_records,
+    "demo": mvtec_like_records,
 }
 
 
