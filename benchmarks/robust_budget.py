@@ -3,7 +3,7 @@ along the way, evaluate every checkpoint clean, under the faithful PGD-10 (mask 
 under the strongest attack available, at 2/255 and 8/255; JSON lines plus a plot of AUROC
 against training CPU minutes.
 
-Example (one core, one thread; the README's "Robustness training" lists the runs made):
+Example (one core, one thread; docs/robustness-study.md lists the runs made):
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/robust_budget.py \\
         --dataset-dir /tmp/demo112 --class-name gravel --recipe fast --epochs 16 \\
         --eval-at 0.5 1 --n-eval 12 --out /tmp/budget

@@ -63,8 +63,8 @@ class TrainConfig:
     epsilon_train: float = 8.0  # in 1/255 units
     steps_train: int = 10
     reg: bool = True
-    # beyond the paper (training/robust.py, README "Robustness training"); the defaults are the
-    # paper's training attack
+    # beyond the paper (training/robust.py, docs/training.md, "Robustness training"); the
+    # defaults are the paper's training attack
     train_attack: str = "pgd"  # pgd | fgsm-rs | n-fgsm | free
     train_objective: str = "mask"  # what pgd / fgsm-rs / n-fgsm ascend: mask | score
     free_replays: int = 4  # free: optimiser steps per batch, each also updating the perturbation
@@ -189,7 +189,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "auto_foreground": True,
     },
     # "robust": the best found on the demo's gravel class up to 30 CPU minutes per recipe
-    # (benchmarks/robust_budget.py, README "Robustness training"); it does NOT reach issue 12's
+    # (benchmarks/robust_budget.py, docs/robustness-study.md); it does NOT reach issue 12's
     # target: on gravel its image AUROC under `standard` is 0 at 2/255 and 8/255 (clean 0.972,
     # faithful PGD-10 0.667 / 0.278, pixel AUROC under standard 0.529 / 0.009, 4.2 CPU
     # minutes); on the other demo classes 0.250 (brick) and 0.500 (grass) at 2/255 under
@@ -242,7 +242,7 @@ _STR = checks.text
 _BOOL = checks.boolean
 _LAYERS = lambda name, value: checks.integer_list(name, value, 1)  # noqa: E731
 
-# The domain of every TrainConfig key (README "Errors and safety"; upper bounds that depend on
+# The domain of every TrainConfig key (docs/errors-and-safety.md; upper bounds that depend on
 # the backbone, such as block numbers and the patch grid, are checked when training starts).
 FIELD_CHECKS: dict[str, Any] = {
     "dataset": lambda name, value: checks.text(name, value, allow_empty=False),

@@ -42,7 +42,7 @@ DEMO_EVAL = {"epsilons": (0, 2, 8), "steps": 10}
 # so the demo runs it with smaller member budgets, at 8/255 only, on both recipes' models (the
 # --no-adv-train model shows that the attack is real), on a fixed subset of test images
 # (evenly spaced among the normal and among the anomalous ones). Its rows list these members,
-# say standard_budget "custom ..." and carry the subset; the README says how to run the real
+# say standard_budget "custom ..." and carry the subset; docs/evaluation.md says how to run the real
 # one (patchguard test --attack standard).
 DEMO_STANDARD = {
     "epsilon": 8.0,
