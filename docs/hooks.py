@@ -61,7 +61,7 @@ def _verbs(parser: argparse.ArgumentParser, path: tuple[str, ...]):
 def _verb_section(path: tuple[str, ...], parser: argparse.ArgumentParser, summary: str) -> str:
     level = "#" * min(len(path) + 1, 4)
     name = " ".join(path)
-    usage = parser.format_usage().replace("usage: ", "", 1).strip()
+    usage = " ".join(["patchguard", name, "[OPTIONS]", *_positionals(parser)])
     lines = [f"{level} `patchguard {name}`\n"]
     text = parser.description or summary
     if text:
@@ -71,15 +71,28 @@ def _verb_section(path: tuple[str, ...], parser: argparse.ArgumentParser, summar
     return "\n".join(lines)
 
 
+def _positionals(parser: argparse.ArgumentParser) -> list[str]:
+    """The positional arguments of a verb as its usage line names them."""
+    names = []
+    for action in parser._actions:  # noqa: SLF001
+        if action.option_strings:
+            continue
+        metavar = _metavar(action.metavar) if action.metavar else action.dest.upper()
+        if isinstance(action, argparse._SubParsersAction) or action.nargs in ("+", "*"):  # noqa: SLF001
+            metavar += " ..."
+        names.append(metavar)
+    return names
+
+
 def _options_table(parser: argparse.ArgumentParser) -> str:
     formatter = parser._get_formatter()  # noqa: SLF001
     rows = []
     for action in parser._actions:  # noqa: SLF001
         if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
             choices = ", ".join(f"`{c}`" for c in action.choices)
-            rows.append(("`VERB`", f"one of {choices}", ""))
+            rows.append((f"`{action.metavar or 'VERB'}`", f"one of {choices}", ""))
             continue
-        if action.help == argparse.SUPPRESS:
+        if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):  # noqa: SLF001
             continue
         flags = ", ".join(f"`{s}`" for s in _public_flags(action)) or f"`{action.dest}`"
         if action.metavar is not None and action.nargs != 0:
@@ -109,7 +122,9 @@ def _metavar(metavar: str | tuple[str, ...]) -> str:
 
 
 def _default(action: argparse.Action) -> str:
-    if action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or action.required:
+    if action.required and action.option_strings:
+        return "required"
+    if action.nargs == 0 or action.default in (None, argparse.SUPPRESS):
         return ""
     value = action.default
     if isinstance(value, (list, tuple)):
