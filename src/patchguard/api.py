@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .adversarial.settings import AttackSettings
 from .config import TrainConfig, build_config
 from .evaluation.evaluator import evaluate, load_for_evaluation
 from .evaluation.reports import format_table, write_results
 from .training.trainer import train as _train
-from .utils import checks
 from .utils.device import resolve_device
 
 
@@ -40,9 +40,9 @@ def train(
         loggers: experiment trackers to log each epoch to: ``tensorboard``, ``mlflow``,
             ``csv``.
         log_dir: where the trackers write (default ``output_dir/logs``).
-        **overrides: settings of ``TrainConfig`` by name (for example
-            ``dataset_dir``, ``class_name``, ``epochs``, ``output_dir``), plus ``preset``; with
-            ``config`` given they replace its fields.
+        **overrides: settings of ``TrainConfig`` by name (for example ``dataset_dir``,
+            ``class_name``, ``epochs``, ``output_dir``; docs/options.md lists them all), plus
+            ``preset``; with ``config`` given they replace its fields.
 
     Returns:
         The path of the run's ``last.pt`` (model, optimiser and scheduler state, config,
@@ -69,43 +69,39 @@ def evaluate_checkpoint(
     dataset_dir: str | Path | None = None,
     class_name: str | None = None,
     dataset: str | None = None,
-    epsilons: Sequence[float] = (0, 8),
-    steps: int = 10,
-    batch_size: int = 16,
+    *,
+    settings: AttackSettings | None = None,
     device: str = "auto",
     json_path: str | Path | None = None,
     progress: bool = True,
-    attacks: Sequence[str] = ("pgd",),
-    objective: str = "mask",
-    queries: int | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
-    """Evaluate a checkpoint clean and under ``attacks``; data set and class default to the
+    """Evaluate a checkpoint clean and under attack; data set and class default to the
     training's.
 
     Every argument is checked before the checkpoint is loaded. Any other detector:
     :func:`patchguard.robustness.evaluate_detector`.
 
     Args:
-        checkpoint: a patchguard checkpoint (``last.pt``).
+        checkpoint: a ``.pt`` written by :func:`train` (or an imported one).
         dataset_dir: the data set's root (default: the one the checkpoint was trained on).
         class_name: the class to test (default: the training's).
         dataset: the layout (``mvtec``, ``visa``, ``folder``, ...; default: the training's).
-        epsilons: L-infinity budgets in 1/255 units (0 to 255); 0 is the clean row.
-        steps: iterations of the gradient attacks.
-        batch_size: images per forward pass.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
-        json_path: also write the rows there as JSON.
-        progress: show progress bars and print the result table.
-        attacks: attack names, e.g. ``("pgd", "standard")``; the default is the paper's PGD.
-            Quote ``standard`` (or at least ``objective="score"``) as robustness.
-        objective: what the gradient attacks ascend: ``mask`` (the paper's), ``score`` (the
-            image decision) or ``map`` (the localisation).
-        queries: the query budget of ``square`` (default 1000).
+        settings: the attacks, epsilons (1/255 units, 0 is the clean row), budgets, seed and
+            batching as one :class:`~patchguard.adversarial.settings.AttackSettings`
+            (default: the paper's PGD-10 at 8/255); its fields may also be given as keywords
+            (``epsilons``, ``steps``, ``batch_size``, ``attacks``, ``objective``,
+            ``queries``, ...). Quote ``standard`` (or at least ``objective="score"``) as
+            robustness, never the paper's PGD alone.
+        device: ``auto``, ``cpu``, ``cuda``, ...
+        json_path: where to write the rows as JSON (optional).
+        progress: progress bars, and the table printed at the end.
+        **options: fields of ``AttackSettings`` by name, replacing those of ``settings``.
 
     Returns:
-        One dict per attack and epsilon (the clean row first) with ``image_auroc``,
-            ``pixel_auroc``, AP, F1-max, AUPRO, the attack's settings and its cost; the rows of
-            ``patchguard test``.
+        One dict per attack and epsilon, the clean row first, as ``patchguard test`` writes
+            them: ``image_auroc``, ``pixel_auroc``, AP, F1-max, AUPRO, the attack's settings
+            and its cost.
 
     Example:
         ```python
@@ -114,13 +110,11 @@ def evaluate_checkpoint(
         print([(r["attack"], r["epsilon"], r["image_auroc"]) for r in rows])
         ```
     """
-    epsilons = [checks.epsilon("epsilons", eps) for eps in epsilons]
-    checks.integer("steps", steps, 1)
-    checks.integer("batch_size", batch_size, 1)
+    settings = AttackSettings.build(settings, **options)
     target = load_for_evaluation(checkpoint, dataset, dataset_dir, class_name,
                                  resolve_device(device))
-    rows = evaluate(target.model, target.test_set, epsilons, steps, batch_size, target.device,
-                    progress=progress, attacks=attacks, objective=objective, queries=queries)
+    rows = evaluate(target.model, target.test_set, settings, device=target.device,
+                    progress=progress)
     if json_path is not None:
         write_results(json_path, rows, {"dataset": target.dataset,
                                         "class_name": target.class_name,
