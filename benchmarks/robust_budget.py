@@ -3,7 +3,7 @@ along the way, evaluate every checkpoint clean, under the faithful PGD-10 (mask 
 under the strongest attack available, at 2/255 and 8/255; JSON lines plus a plot of AUROC
 against training CPU minutes.
 
-Example (one core, one thread; the README's "Robustness training" lists the runs made):
+Example (one core, one thread; docs/robustness-study.md lists the runs made):
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/robust_budget.py \\
         --dataset-dir /tmp/demo112 --class-name gravel --recipe fast --epochs 16 \\
         --eval-at 0.5 1 --n-eval 12 --out /tmp/budget
@@ -46,7 +46,7 @@ from patchguard.training import run_state, trainer
 
 # name -> (preset, overrides); image size 112 for all (the demo data's size here).
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
-    # METHOD.md at 112 px (PGD-10 mask objective, lr 8e-4 everywhere, feature layer 12)
+    # docs/method.md at 112 px (PGD-10 mask objective, lr 8e-4 everywhere, feature layer 12)
     "paper": ("paper", {"image_size": 112}),
     "paper-random": ("paper", {"image_size": 112, "pretrained": False}),
     "fast": ("fast", {"image_size": 112}),

@@ -440,7 +440,7 @@ PRESETS.register("fast", {
     "auto_foreground": True,
 }, "short budgets (minutes on a CPU): own backbone lr, fewer epochs and attack steps")
 # "robust": the best found on the demo's gravel class up to 30 CPU minutes per recipe
-# (benchmarks/robust_budget.py, README "Robustness training"); it does NOT reach issue 12's
+# (benchmarks/robust_budget.py, docs/robustness-study.md); it does NOT reach issue 12's
 # target: on gravel its image AUROC under `standard` is 0 at 2/255 and 8/255 (clean 0.972,
 # faithful PGD-10 0.667 / 0.278, pixel AUROC under standard 0.529 / 0.009, 4.2 CPU
 # minutes); on the other demo classes 0.250 (brick) and 0.500 (grass) at 2/255 under

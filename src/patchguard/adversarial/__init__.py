@@ -2,8 +2,8 @@
 evaluation attacks.
 
 ``attackable`` (what is attacked: any differentiable detector) < ``objectives`` < ``pgd`` (the
-one PGD loop, and the training-time attacks on it) <
-``problem`` (shared machinery) < ``early_stop`` < ``apgd`` / ``gradient`` / ``square`` <
-``standard`` < ``attacks`` (their registry is :data:`.names.ATTACKS`) and ``settings`` (the one
+one PGD loop, docs/method.md section 4, and the training-time attacks on it) < ``problem``
+(shared machinery) < ``early_stop`` < ``apgd`` / ``gradient`` / ``square`` < ``standard`` <
+``attacks`` (their registry is :data:`.names.ATTACKS`) and ``settings`` (the one
 :class:`.settings.AttackSettings` value an evaluation runs under).
 """

@@ -1,5 +1,5 @@
-"""Clean and adversarial evaluation: scores, maps and metric rows under one
-:class:`~patchguard.adversarial.settings.AttackSettings`."""
+"""Clean and adversarial evaluation (docs/method.md, section 6): scores, maps and metric rows
+under one :class:`~patchguard.adversarial.settings.AttackSettings`."""
 
 from __future__ import annotations
 
