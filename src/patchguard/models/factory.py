@@ -30,8 +30,28 @@ def load_model(
 ) -> tuple[PatchGuard, dict[str, Any]]:
     """Rebuild a model from a checkpoint (in eval mode) and return it with the checkpoint dict.
 
-    A damaged file (config not a mapping, weights missing, of the wrong shape, NaN) is refused
-    with :class:`patchguard.utils.checkpoint.CheckpointError` naming it, before any weight loads.
+    The file is read with ``weights_only=True`` (no code runs) and its stored config is checked
+    as a user's would be. A damaged file (config not a mapping, weights missing, of the wrong
+    shape, NaN) is refused with :class:`patchguard.utils.checkpoint.CheckpointError` naming it,
+    before any weight loads.
+
+    Args:
+        checkpoint: a patchguard checkpoint (``last.pt``, ``epoch_NNNN.pt`` or an imported one).
+        device: where to put the model.
+
+    Returns:
+        ``(model, checkpoint)``: the ``PatchGuard`` network in
+            eval mode, and the checkpoint's dict (``config``, ``epoch``, ``thresholds``, ...).
+
+    Example:
+        ```python
+        import torch
+        import patchguard
+
+        model, state = patchguard.load_model("runs/bottle/last.pt")
+        images = torch.rand(4, 3, model.image_size, model.image_size)   # in [0, 1]
+        scores, maps = model.predict(images)
+        ```
     """
     state = load_checkpoint(checkpoint)
     config = TrainConfig.from_dict(state["config"], source=str(checkpoint))

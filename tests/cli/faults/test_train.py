@@ -374,7 +374,7 @@ def test_resume_into_another_folder_holding_a_run_is_refused(cli, run_copy, tmp_
 
 
 # ============================================================================ decided domains
-# The audit left these open; the choices (README "Errors and safety", CATALOGUE's proposals).
+# The audit left these open; the choices (docs/errors-and-safety.md, CATALOGUE's proposals).
 
 
 @pytest.mark.parametrize("key,flags,value", [
