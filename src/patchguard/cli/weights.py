@@ -44,7 +44,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
     download = subs.add_parser(
         "download", help="download a class's checkpoint and import it (OUTPUT_DIR/CLASS/last.pt)")
-    flag(download, "--dataset", required=True, choices=["mvtec", "visa"])
+    # No argparse choices: a data set of the paper without published weights gets a message
+    # that says so (authors_index.check_dataset_class), not "invalid choice".
+    flag(download, "--dataset", required=True, help="mvtec or visa (the authors publish no "
+         "weights for the other data sets)")
     flag(download, "--class-name", required=True)
     flag(download, "--output-dir", default=None,
          help="where CLASS/last.pt and the original .pth go (default: weights/DATASET)")
@@ -55,8 +58,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
               "this download")
     flag(download, "--quiet", action="store_true", default=False, help="no progress bar")
 
-    listing = subs.add_parser("list", help="the classes with published weights, and which "
-                              "have a known file id")
+    listing = subs.add_parser("list", help="the classes with published weights and their "
+                              "Google Drive file ids")
     flag(listing, "--dataset", default=None, choices=["mvtec", "visa"])
     flag(listing, "--index", default=None,
          help="JSON/YAML index of Drive ids (default: $PATCHGUARD_WEIGHTS_INDEX)")
@@ -88,10 +91,16 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """Print per class whether a file id is known (built in or from the index)."""
+    """Print per class the file id (the authors', or one from an index) or that none exists."""
     import os
 
-    from ..inference.authors_index import DRIVE_FOLDERS, INDEX_ENV, KNOWN_FILES, read_index
+    from ..inference.authors_index import (
+        DRIVE_FOLDERS,
+        INDEX_ENV,
+        KNOWN_FILES,
+        UNPUBLISHED,
+        read_index,
+    )
 
     index = args.index or os.environ.get(INDEX_ENV) or None
     for dataset in [args.dataset] if args.dataset else list(DRIVE_FOLDERS):
@@ -102,11 +111,12 @@ def cmd_list(args: argparse.Namespace) -> int:
                 continue
             entry = from_index.get(name, entry)
             where = (f"Drive file {entry.drive_id}" if entry.drive_id else entry.url
-                     if entry.url else "no file id known")
+                     if entry.url else "not published by the authors")
             print(f"  {name:<12} {entry.filename:<36} {where}"
                   + (f" ({entry.source})" if entry.known else ""))
-    if not index:
-        print(f"(no index file: pass --index FILE or set {INDEX_ENV} to add file ids)")
+    print(f"no published weights: {', '.join(UNPUBLISHED)}")
+    print("no SHA-256 is published: 'weights download' records the first download's in the "
+          "model card (trust on first use)")
     return 0
 
 
