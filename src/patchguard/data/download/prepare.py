@@ -355,4 +355,6 @@ def download_dataset(
     if not keep_archives and archive is None:
         for f in files:
             f.unlink(missing_ok=True)
+        if downloads.is_dir() and not any(downloads.iterdir()):
+            downloads.rmdir()
     return ds_root
