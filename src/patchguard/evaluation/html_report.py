@@ -310,6 +310,7 @@ class ClassSection:
     curves: bytes | None = None
     gallery: Gallery | None = None
     card: str | None = None
+    plot: bool = True  # the AUROC-vs-epsilon plot (and the training curves' heading)
 
 
 def render_html(title: str, sections: Sequence[ClassSection], notes: str = "",
@@ -332,14 +333,15 @@ def render_html(title: str, sections: Sequence[ClassSection], notes: str = "",
     several = len(sections) > 1
     for section in sections:
         label = f" &mdash; {html.escape(section.name)}" if several else ""
-        plot = _plot_png(section.rows)
-        parts.append(f"<h2>AUROC against epsilon{label}</h2>" + (
-            f"<div class='plot'>{_img(plot, f'AUROC vs epsilon {section.name}')}</div>" if plot
-            else "<p>Only clean rows: nothing to plot against epsilon.</p>"))
-        parts.append(f"<h2>Training curves{label}</h2>" + (
-            f"<div class='plot'>{_img(section.curves, f'training curves {section.name}')}"
-            "</div>" if section.curves else
-            "<p>No training log beside the checkpoint (an imported checkpoint has none).</p>"))
+        if section.plot:
+            plot = _plot_png(section.rows)
+            parts.append(f"<h2>AUROC against epsilon{label}</h2>" + (
+                f"<div class='plot'>{_img(plot, f'AUROC vs epsilon {section.name}')}</div>"
+                if plot else "<p>Only clean rows: nothing to plot against epsilon.</p>"))
+            parts.append(f"<h2>Training curves{label}</h2>" + (
+                f"<div class='plot'>{_img(section.curves, f'training curves {section.name}')}"
+                "</div>" if section.curves else
+                "<p>No training log beside the checkpoint (an imported checkpoint has none).</p>"))
         if section.gallery is not None:
             parts.append(f"<h2>Gallery{label}</h2>{_gallery_html(section.gallery)}")
         if section.card:

@@ -183,3 +183,34 @@ def _fetch_and_import(entry, original: Path, target: Path, expected: str | None,
     logger.info("%s: sha256 %s (%s)", entry.filename, digest, provenance["original_sha256_note"])
     return _save_import(state, original, target, backbone, image_size, provenance,
                         dataset=entry.dataset, class_name=entry.class_name, **import_kwargs)
+
+
+def checkpoint_kind(path: str | Path) -> str:
+    """``"patchguard"`` for one of our checkpoints, ``"original"`` for an authors' state dict.
+
+    Read with ``weights_only=True``; anything else is a ValueError naming the file.
+    """
+    import torch
+
+    from ..models.original import unwrap_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an old-format file cannot be mapped: read it whole
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # UnpicklingError, RuntimeError, EOFError, ...
+            raise ValueError(f"cannot load checkpoint {path} safely ({type(error).__name__}: "
+                             f"{error}); it is truncated or not a checkpoint") from None
+    if isinstance(payload, dict) and "model" in payload and "config" in payload:
+        return "patchguard"
+    try:
+        if "discriminator.positional_encodings" in unwrap_state_dict(payload):
+            return "original"
+    except ValueError:
+        pass
+    raise ValueError(f"{path} is neither a patchguard checkpoint nor an original PatchGuard "
+                     "state dict (patchguard_<dataset>_<class>.pth)")
