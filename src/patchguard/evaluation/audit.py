@@ -149,13 +149,17 @@ def class_table(name: str, result: dict[str, Any], markdown: bool = True) -> str
              f"{first.get('n_images', '?')} test images ({first.get('n_anomalous', '?')} "
              f"anomalous); checkpoint {first.get('checkpoint', '?')}", "",
              render_table(header, body, markdown=markdown, digits=3)]
-    if not AuditBudget(**{k: budget[k] for k in ("pgd_steps", "apgd_steps", "square_queries",
-                                                  "sanity")}).citable:
+    if not _budget_of(result).citable:
         lines.append(f"\nsmaller budgets than the paper's and standard's (PGD {budget['pgd_steps']}"
                      f" steps, APGD {budget['apgd_steps']} steps, Square {budget['square_queries']}"
                      " queries): not citable figures")
     lines += ["", sanity_text(result.get("sanity"))]
     return "\n".join(lines)
+
+
+def _budget_of(result: dict[str, Any]) -> AuditBudget:
+    """The budget a stored result was made with."""
+    return AuditBudget(**result["budget"])
 
 
 def sanity_text(sanity: dict[str, Any] | None) -> str:
@@ -202,6 +206,8 @@ def summary_line(results: dict[str, dict[str, Any]], dataset: str = "") -> str:
     if at_low:
         text += (f" At {low:g}/255, which the paper does not report, standard leaves "
                  + " and ".join(at_low) + ".")
+    if not all(_budget_of(r).citable for r in results.values()):
+        text += " Smaller attack budgets than the paper's and standard's: not citable figures."
     warned = [name for name, r in results.items() if r.get("sanity") and r["sanity"]["warnings"]]
     if warned:
         text += f" Sanity warnings on {', '.join(warned)}: see below."
@@ -238,7 +244,8 @@ def audit_markdown(results: dict[str, dict[str, Any]], dataset: str = "") -> str
              "paper: the authors' evaluation (PGD, mask objective, 4/255 and 8/255); standard: "
              "the fixed worst-case ensemble (APGD on the score and on the map, the paper's PGD, "
              "Square), per image and metric the worst. 'moved' is standard minus paper at "
-             f"{SHARED_EPSILON:g}/255: how much of the paper's figure the worst case keeps.",
+             f"{SHARED_EPSILON:g}/255: how far the worst case moves the paper's figure (a large "
+             "negative move: the paper's attack overstates the robustness).",
              "", "## Classes"]
     for name, result in results.items():
         parts += ["", class_table(name, result)]
