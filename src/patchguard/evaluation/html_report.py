@@ -93,8 +93,8 @@ def make_gallery(model, test_set, n: int = 6, epsilon: float = 0.0, steps: int =
                  batch_size: int = 16, device: Any = "cpu", class_name: str | None = None
                  ) -> Gallery:
     """Clean and attacked heatmaps of up to ``n`` test images (anomalous and normal mixed)."""
+    from ..models.postprocess import PostProcessor, draw_outline, value_range
     from .evaluator import predict_dataset
-    from .visualization import draw_outline, heatmap_overlay, normalise_maps
 
     labels = np.asarray([record.label for record in test_set.records])
     chosen = _pick(labels, n)
@@ -109,21 +109,19 @@ def make_gallery(model, test_set, n: int = 6, epsilon: float = 0.0, steps: int =
         adv = predict_dataset(model, subset, epsilon, steps, batch_size, device,
                               keep_images=True, progress=False, attack=attack,
                               objective=objective, restarts=restarts)
-    low, high = np.percentile(clean.maps.astype(np.float32), [1.0, 99.9])
+    shared, post = value_range(clean.maps), PostProcessor()
     items = []
     for i, path in enumerate(clean.paths):
         image = clean.images[i]
         mask = clean.masks[i] if clean.masks[i].any() else None
         tiles = {"image": draw_outline(image, mask) if mask is not None else image,
-                 "clean_map": heatmap_overlay(image, normalise_maps(clean.maps[i], low, high),
-                                              mask)}
+                 "clean_map": post.heatmap(image, clean.maps[i], mask, shared)}
         if adv is not None:
             delta = adv.images[i].astype(np.float32) - image.astype(np.float32)
             tiles["attacked"] = adv.images[i]
             tiles["perturbation"] = np.clip(127.5 + delta * PERTURBATION_GAIN, 0,
                                             255).astype(np.uint8)
-            tiles["attacked_map"] = heatmap_overlay(
-                adv.images[i], normalise_maps(adv.maps[i], low, high), mask)
+            tiles["attacked_map"] = post.heatmap(adv.images[i], adv.maps[i], mask, shared)
         name = f"{Path(path).parent.name}/{Path(path).name}"
         items.append(GalleryItem(name, int(clean.labels[i]), float(clean.scores[i]),
                                  None if adv is None else float(adv.scores[i]), tiles))
