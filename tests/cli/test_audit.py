@@ -150,9 +150,9 @@ def test_audit_takes_a_local_authors_file_or_a_patchguard_checkpoint(drive, data
     (["--checkpoint", "CKPT", "--classes", "bottle", "cable"], "several classes were given"),
 ])
 def test_bad_requests_end_in_a_message_with_nothing_written(drive, data, tmp_path, capsys,
-                                                            argv, message):
+                                                            reference, argv, message):
     checkpoint = tmp_path / "patchguard_mvtec_bottle.pth"
-    checkpoint.write_bytes(b"x")
+    torch.save(reference["state_dict"], checkpoint)
     argv = [str(checkpoint) if a == "CKPT" else a for a in argv]
     dataset = ["--dataset", "mvtec"] if "--dataset" not in argv else []
     assert main(["audit", *argv, *dataset, "--dataset-dir", str(data), "--output-dir",
@@ -160,3 +160,18 @@ def test_bad_requests_end_in_a_message_with_nothing_written(drive, data, tmp_pat
     err = capsys.readouterr().err
     assert re.search(re.escape(message), err) and "Traceback" not in err
     assert not (tmp_path / "out").exists() and drive.requests == []
+
+
+def test_audit_of_our_own_run_reads_its_data_and_class(tiny_data, tmp_path, capsys):
+    from patchguard.training.trainer import train
+
+    from conftest import tiny_config
+
+    checkpoint = train(tiny_config(tiny_data, tmp_path / "run", epochs=1, steps_train=1),
+                       progress=False)
+    assert main(["audit", "--checkpoint", str(checkpoint), "--output-dir", str(tmp_path / "a"),
+                 "--no-sanity", *QUICK]) == 0
+    result = json.loads((tmp_path / "a" / "widget" / "audit.json").read_text())
+    assert (result["dataset"], result["class_name"]) == ("mvtec", "widget")
+    assert result["rows"][0]["n_images"] == 8 and result["dataset_dir"] == str(tiny_data)
+    assert capsys.readouterr().out.count("On mvtec widget, standard moves") == 1

@@ -30,12 +30,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
     source.add_argument("--download", action="store_true", default=None,
                         help="download the authors' checkpoint of each class (and the data set "
                              "when --dataset-dir does not exist)")
-    flag(audit, "--dataset", default="mvtec", help="data set layout (default mvtec)")
+    flag(audit, "--dataset", default=None,
+         help="data set layout (default: the checkpoint's, or mvtec for the authors' files)")
     flag(audit, "--dataset-dir", default=None,
          help="root holding one folder per class (default: the checkpoint's; with --download "
               "datasets/DATASET)")
     classes = audit.add_mutually_exclusive_group()
-    classes.add_argument("--class-name", "--class_name", default=None, help="one class")
+    classes.add_argument("--class-name", "--class_name", default=None,
+                         help="one class (default: a patchguard checkpoint's own)")
     classes.add_argument("--classes", nargs="+", default=None, help="several classes")
     flag(audit, "--output-dir", default=None, help="default: audit/DATASET")
     flag(audit, "--batch-size", type=POSITIVE, default=16)
@@ -67,9 +69,22 @@ def _budget(args: argparse.Namespace):
 
 
 def _classes(args: argparse.Namespace) -> list[str]:
+    """The classes asked for (a patchguard checkpoint's own by default); sets the data set."""
     from ..utils.checks import InputError
 
     names = [args.class_name] if args.class_name else list(args.classes or [])
+    if args.checkpoint and Path(args.checkpoint).is_file():
+        from ..inference.authors import checkpoint_kind
+
+        if checkpoint_kind(args.checkpoint) == "patchguard":  # its data set and class
+            from .weights import _stored_config
+
+            config = _stored_config(Path(args.checkpoint))
+            if not names and config.get("class_name"):
+                names = [config["class_name"]]
+            args.dataset = args.dataset or config.get("dataset")
+    # The authors publish MVTec AD and VisA weights; their files record no data set.
+    args.dataset = args.dataset or "mvtec"
     if not names:
         raise InputError("--class-name", None, "is required", "give --class-name NAME or "
                          "--classes NAME [NAME ...]")
