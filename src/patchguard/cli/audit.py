@@ -19,7 +19,7 @@ RESULT_NAME = "audit.json"  # per class, in OUTPUT_DIR/<class>/, and the summary
 def register(verbs: argparse._SubParsersAction) -> None:
     """Add ``audit`` to the ``patchguard`` parser."""
     from ..evaluation.audit import PAPER_STEPS
-    from .weights import _import_flags
+    from .weights import import_flags
 
     audit = verbs.add_parser(
         "audit", help="the paper's attack beside standard on published (or any) checkpoints")
@@ -55,7 +55,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(audit, "--overwrite", action="store_true", default=None,
          help="redo classes whose stored audit was made with other settings or another model")
     common_flags(audit)
-    _import_flags(audit)  # how an authors' .pth is imported (default: their ViT-S/14, 224 px)
+    import_flags(audit)  # how an authors' .pth is imported (default: their ViT-S/14, 224 px)
 
 
 def _budget(args: argparse.Namespace):
@@ -77,9 +77,9 @@ def _classes(args: argparse.Namespace) -> list[str]:
         from ..inference.authors import checkpoint_kind
 
         if checkpoint_kind(args.checkpoint) == "patchguard":  # its data set and class
-            from .weights import _stored_config
+            from .weights import stored_config
 
-            config = _stored_config(Path(args.checkpoint))
+            config = stored_config(Path(args.checkpoint))
             if not names and config.get("class_name"):
                 names = [config["class_name"]]
             args.dataset = args.dataset or config.get("dataset")
@@ -150,7 +150,7 @@ def _import_local(args: argparse.Namespace, original: Path, target: Path) -> Pat
     from ..inference.authors import ORIGINAL_SHA256, import_original_checkpoint, imported_source
     from ..utils.checkpoint import load_checkpoint
     from ..utils.files import check_output_file
-    from .weights import _import_kwargs
+    from .weights import import_kwargs
 
     digest = file_digest(original)
     if target.is_file():
@@ -167,17 +167,17 @@ def _import_local(args: argparse.Namespace, original: Path, target: Path) -> Pat
     return import_original_checkpoint(
         original, target, dataset=args.dataset, class_name=target.parent.name,
         provenance={"original_location": str(original), ORIGINAL_SHA256: digest},
-        **_import_kwargs(args))
+        **import_kwargs(args))
 
 
 def _checkpoint(args: argparse.Namespace, name: str, out: Path, several: bool) -> Path:
     """The patchguard checkpoint to audit for one class: downloaded, imported or given."""
     if args.download:
         from ..inference.authors import download_original_checkpoint
-        from .weights import _import_kwargs
+        from .weights import import_kwargs
 
         return download_original_checkpoint(args.dataset, name, out / name / "last.pt",
-                                            progress=not args.quiet, **_import_kwargs(args))
+                                            progress=not args.quiet, **import_kwargs(args))
     from ..inference.authors import checkpoint_kind
 
     path = _local_checkpoint(args, name, several)

@@ -12,7 +12,7 @@ from pathlib import Path
 from .args import POSITIVE, flag
 
 
-def _import_flags(parser: argparse.ArgumentParser) -> None:
+def import_flags(parser: argparse.ArgumentParser) -> None:
     """The import settings, defaulting to the authors' model (as ``import-checkpoint``)."""
     from .tools import _image_size
 
@@ -52,7 +52,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(download, "--output-dir", default=None,
          help="where CLASS/last.pt and the original .pth go (default: weights/DATASET)")
     location_flags(download)
-    _import_flags(download)
+    import_flags(download)
     flag(download, "--overwrite", action="store_true", default=False,
          help="replace a checkpoint at OUTPUT_DIR/CLASS/last.pt that was not imported from "
               "this download")
@@ -65,7 +65,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
          help="JSON/YAML index of Drive ids (default: $PATCHGUARD_WEIGHTS_INDEX)")
 
 
-def _import_kwargs(args: argparse.Namespace) -> dict:
+def import_kwargs(args: argparse.Namespace) -> dict:
+    """The import settings of the flags, as keyword arguments of the import functions."""
     from ..config import DEFAULT_BACKBONE
 
     return {"backbone": args.backbone or DEFAULT_BACKBONE, "image_size": args.image_size,
@@ -83,7 +84,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     path = download_original_checkpoint(
         dataset, class_name, target, drive_id=args.drive_id, url=args.url, index=args.index,
         sha256=args.sha256, overwrite=args.overwrite, progress=not args.quiet,
-        **_import_kwargs(args))
+        **import_kwargs(args))
     original = path.parent / f"patchguard_{dataset}_{class_name}.pth"
     print(f"checkpoint: {path} (imported from {original})")
     print(f"next: patchguard test --checkpoint {path} --dataset-dir DATASET_DIR")
@@ -160,13 +161,13 @@ def prepare_test_download(args: argparse.Namespace) -> None:
         args.dataset_dir = ensure_data(args.dataset, args.dataset_dir, args.class_name,
                                        args.quiet)
         return
-    config = _stored_config(Path(args.checkpoint))
+    config = stored_config(Path(args.checkpoint))
     args.dataset_dir = ensure_data(args.dataset or config.get("dataset"),
                                    config.get("dataset_dir") or None,
                                    args.class_name or config.get("class_name"), args.quiet)
 
 
-def _stored_config(checkpoint: Path) -> dict:
+def stored_config(checkpoint: Path) -> dict:
     """A checkpoint's config, read without loading its tensors (memory-mapped)."""
     import torch
 
