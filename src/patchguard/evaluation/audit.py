@@ -87,11 +87,13 @@ def audit_class(model: Any, test_set: Any, budget: AuditBudget = AuditBudget(), 
     The result holds ``rows`` (each tagged with its ``side``), the ``sanity`` checks and
     warnings (None when skipped) and the ``budget``.
     """
-    paper = evaluate(model, test_set, (0.0, *PAPER_EPSILONS), budget.pgd_steps, batch_size,
-                     device, progress=progress, attacks=(PAPER_ATTACK,),
-                     objective=PAPER_OBJECTIVE)
-    worst = evaluate(model, test_set, STANDARD_EPSILONS, budget.pgd_steps, batch_size, device,
-                     progress=progress, attacks=("standard",), standard_members=budget.members())
+    # One evaluation per side of the table, each with its own attack settings.
+    paper = evaluate(model, test_set, epsilons=(0.0, *PAPER_EPSILONS), steps=budget.pgd_steps,
+                     batch_size=batch_size, device=device, progress=progress,
+                     attacks=(PAPER_ATTACK,), objective=PAPER_OBJECTIVE)
+    worst = evaluate(model, test_set, epsilons=STANDARD_EPSILONS, steps=budget.pgd_steps,
+                     batch_size=batch_size, device=device, progress=progress,
+                     attacks=("standard",), standard_members=budget.members())
     rows = [{**row, "side": PAPER_SIDE if row["attack"] != "standard" else STANDARD_SIDE}
             for row in (*paper, *worst)]
     sanity = None
