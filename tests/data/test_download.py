@@ -429,3 +429,21 @@ def test_bad_mask_downloads_end_in_a_message_and_leave_nothing(real_drive, tmp_p
     real_drive.drive[MVTEC_FG_ID] = good
     assert main(["data", "download", "--dataset", "mvtec", "--root", str(tmp_path)]) == 0
     assert (tmp_path / "mvtec/cable/train/foreground_mask/000.png").read_bytes() == b"c"
+
+
+def test_masks_only_for_a_data_set_extracted_by_hand(real_drive, tmp_path, capsys):
+    """The real MVTec AD entry: masks into a data set that has no download marker."""
+    from patchguard.cli import main
+
+    (tmp_path / "mvtec/bottle/train/good").mkdir(parents=True)
+    (tmp_path / "mvtec/bottle/train/foreground_mask").mkdir()
+    (tmp_path / "mvtec/bottle/train/foreground_mask/001.png").write_bytes(b"mine")
+    real_drive.drive[MVTEC_FG_ID] = _zip_bytes({"bottle/000.png": b"m0", "bottle/001.png": b"m1",
+                                                "cable/000.png": b"c0"})
+    assert main(["data", "download", "--dataset", "mvtec", "--root", str(tmp_path),
+                 "--masks-only"]) == 0
+    assert "placed for 1 class(es): bottle" in capsys.readouterr().out
+    masks = tmp_path / "mvtec/bottle/train/foreground_mask"
+    assert (masks / "000.png").read_bytes() == b"m0"
+    assert (masks / "001.png").read_bytes() == b"mine"  # kept without --overwrite
+    assert not (tmp_path / "mvtec/cable").exists()  # not in this data set: not created

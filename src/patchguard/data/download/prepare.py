@@ -234,6 +234,11 @@ def download_foreground(
             f"the foreground-mask archive(s) {[str(f) for f in files]} held no mask images for "
             f"any class of {name} ({', '.join(source.classes) or 'single class'})"
         )
+    info = _read_marker(ds_root / MARKER_NAME)
+    if info is not None and info.get("dataset") == source.name:
+        # A prepared data set remembers its masks: the next run does not fetch them again.
+        info.update(foreground_classes=placed, foreground_note="")
+        atomic_write_text(ds_root / MARKER_NAME, json.dumps(info, indent=2))
     return placed
 
 
@@ -277,11 +282,7 @@ def download_dataset(
         # to fetch them, or predates their ids): fetch them into the prepared data set.
         if foreground and (foreground_archive is not None or (
                 not info.get("foreground_classes") and _fetchable(source.foreground))):
-            info["foreground_classes"] = download_foreground(
-                name, root, progress, foreground_archive, overwrite
-            )
-            info["foreground_note"] = ""
-            atomic_write_text(marker, json.dumps(info, indent=2))
+            download_foreground(name, root, progress, foreground_archive, overwrite)
         log.info("%s already prepared at %s (remove %s to redo)", source.name, ds_root, marker)
         return ds_root
     root.mkdir(parents=True, exist_ok=True)
