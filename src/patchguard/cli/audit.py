@@ -92,8 +92,8 @@ def _classes(args: argparse.Namespace) -> list[str]:
 
 
 def _check_classes(args: argparse.Namespace, names: list[str]) -> None:
-    """Every class refused before anything is written: unknown names, missing folders."""
-    from ..data.layouts.classes import KNOWN_CLASSES
+    """Every class refused before anything is written: unknown or unpublished names, missing
+    folders or checkpoints."""
     from ..utils.checks import InputError
 
     if args.download:
@@ -113,12 +113,9 @@ def _check_classes(args: argparse.Namespace, names: list[str]) -> None:
     elif args.dataset_dir and not args.download:
         raise FileNotFoundError(f"--dataset-dir {args.dataset_dir} does not exist; give the "
                                 "data set root, or add --download to fetch it")
-    known = KNOWN_CLASSES.get(args.dataset)
-    if args.download and known:
+    if args.checkpoint:
         for name in names:
-            if name not in known:
-                raise InputError("--class-name", name, f"is not a {args.dataset} class",
-                                 f"choose from {', '.join(known)}")
+            _local_checkpoint(args, name, len(names) > 1)  # each class has its file
 
 
 def _local_checkpoint(args: argparse.Namespace, name: str, several: bool) -> Path:
