@@ -175,3 +175,18 @@ def test_audit_of_our_own_run_reads_its_data_and_class(tiny_data, tmp_path, caps
     assert (result["dataset"], result["class_name"]) == ("mvtec", "widget")
     assert result["rows"][0]["n_images"] == 8 and result["dataset_dir"] == str(tiny_data)
     assert capsys.readouterr().out.count("On mvtec widget, standard moves") == 1
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("page", "returned a page instead of file"),
+    ("truncated", "is not a PatchGuard checkpoint and was deleted"),
+])
+def test_a_bad_download_stops_the_audit_with_nothing_written(drive, data, tmp_path, capsys,
+                                                             fault, message):
+    if fault == "page":
+        drive.pages[IDS["bottle"]] = "Google Drive - Quota exceeded"
+    else:
+        drive.drive[IDS["bottle"]] = drive.drive[IDS["bottle"]][:4096]
+    assert _audit(data, tmp_path / "out", "--class-name", "bottle") == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
