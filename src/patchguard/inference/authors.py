@@ -93,6 +93,10 @@ def download_original_checkpoint(
     nothing: a complete download is not fetched twice and a checkpoint imported from that file
     is kept. Any other file at ``checkpoint`` is refused unless ``overwrite``. The import
     settings (backbone, image size, ...) default to the authors' model (ViT-S/14, 224 px).
+
+    No digest is published, so the first download's SHA-256 is recorded in the model card
+    (``train_summary``: ``original_sha256``) and a later download of the file next to that
+    import must match it: trust on first use. A ``sha256`` given here is checked instead.
     """
     from ..utils.checkpoint import load_checkpoint
     from ..utils.files import check_output_file
