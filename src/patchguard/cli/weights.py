@@ -60,7 +60,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
     listing = subs.add_parser("list", help="the classes with published weights and their "
                               "Google Drive file ids")
-    flag(listing, "--dataset", default=None, choices=["mvtec", "visa"])
+    flag(listing, "--dataset", default=None, help="mvtec or visa (default: both)")
     flag(listing, "--index", default=None,
          help="JSON/YAML index of Drive ids (default: $PATCHGUARD_WEIGHTS_INDEX)")
 
@@ -100,11 +100,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         INDEX_ENV,
         KNOWN_FILES,
         UNPUBLISHED,
+        check_dataset,
         read_index,
     )
 
     index = args.index or os.environ.get(INDEX_ENV) or None
-    for dataset in [args.dataset] if args.dataset else list(DRIVE_FOLDERS):
+    for dataset in [check_dataset(args.dataset)] if args.dataset else list(DRIVE_FOLDERS):
         from_index = read_index(index, dataset) if index else {}
         print(f"{dataset}: weights folder {DRIVE_FOLDERS[dataset]}")
         for (name_dataset, name), entry in KNOWN_FILES.items():
@@ -115,7 +116,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                      if entry.url else "not published by the authors")
             print(f"  {name:<12} {entry.filename:<36} {where}"
                   + (f" ({entry.source})" if entry.known else ""))
-    print(f"no published weights: {', '.join(UNPUBLISHED)}")
+    print(f"data sets without published weights: {', '.join(UNPUBLISHED)}")
     print("no SHA-256 is published: 'weights download' records the first download's in the "
           "model card (trust on first use)")
     return 0

@@ -119,6 +119,16 @@ UNPUBLISHED = tuple(name for name in KNOWN_CLASSES
                     if name not in DATASETS and name not in ("folder", "visa-patchguard"))
 
 
+def check_dataset(dataset: Any) -> str:
+    """A data set with published weights; any other data set of the paper says it has none."""
+    if isinstance(dataset, str) and dataset in UNPUBLISHED:
+        raise ManualDownloadError(
+            f"the authors publish no checkpoints for --dataset {dataset} (their README lists "
+            f"'-'; only {' and '.join(DATASETS)} have per-class weights). Train one with "
+            f"'patchguard train --dataset {dataset} ...', or give a checkpoint file.")
+    return choice("dataset (--dataset)", dataset, DATASETS)
+
+
 def check_dataset_class(dataset: Any, class_name: Any) -> tuple[str, str]:
     """The (dataset, class) pair, refused with the allowed values when unknown.
 
@@ -127,12 +137,7 @@ def check_dataset_class(dataset: Any, class_name: Any) -> tuple[str, str]:
     published ones. A known class without an id (MVTec AD ``zipper``) passes here: a location
     may still come from a flag or an index (:func:`resolve_weights` says what is missing).
     """
-    if isinstance(dataset, str) and dataset in UNPUBLISHED:
-        raise ManualDownloadError(
-            f"the authors publish no checkpoints for --dataset {dataset} (their README lists "
-            f"'-'; only {' and '.join(DATASETS)} have per-class weights). Train one with "
-            f"'patchguard train --dataset {dataset} ...', or give a checkpoint file.")
-    dataset = choice("dataset (--dataset)", dataset, DATASETS)
+    dataset = check_dataset(dataset)
     if not isinstance(class_name, str) or class_name not in KNOWN_CLASSES[dataset]:
         published = [name for name in KNOWN_CLASSES[dataset]
                      if AUTHORS_FILE_IDS[dataset].get(name)]
