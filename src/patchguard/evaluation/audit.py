@@ -222,21 +222,20 @@ def summary_table(results: dict[str, dict[str, Any]], markdown: bool = True) -> 
     for _, label in METRICS[:2]:
         header += [f"{label} clean", f"paper {SHARED_EPSILON:g}", f"standard {SHARED_EPSILON:g}",
                    "moved"]
-    body, columns_of = [], []
+    figures = {}  # class -> [clean, paper, standard, moved] per metric
     for name, result in results.items():
-        rows, line = result["rows"], [name]
+        rows, line = result["rows"], []
         for metric, _ in METRICS[:2]:
-            clean = _value(_row(rows, "clean", 0.0), metric)
             paper = _value(_row(rows, PAPER_ATTACK, SHARED_EPSILON), metric)
             worst = _value(_row(rows, "standard", SHARED_EPSILON), metric)
-            line += [clean, paper, worst, _difference(worst, paper)]
-        body.append(line)
-        columns_of.append(line[1:])
-    if len(body) > 1:
-        means = [_mean([values[i] for values in columns_of]) for i in range(len(header) - 1)]
-        body.append(["mean", *means])
-    body = [[v if not (i % 4 == 0 and i) or v is None or isinstance(v, str) else _signed(v)
-             for i, v in enumerate(line)] for line in body]
+            line += [_value(_row(rows, "clean", 0.0), metric), paper, worst,
+                     _difference(worst, paper)]
+        figures[name] = line
+    if len(figures) > 1:
+        figures["mean"] = [_mean(column) for column in zip(*figures.values())]
+    # Every fourth figure is a move: shown with its sign.
+    body = [[name, *(_signed(v) if i % 4 == 3 else v for i, v in enumerate(line))]
+            for name, line in figures.items()]
     return render_table(header, body, markdown=markdown, digits=3)
 
 
