@@ -17,8 +17,10 @@ from patchguard.cli import main
 from patchguard.inference.authors_index import INDEX_ENV
 from patchguard.models.factory import load_model
 
-from conftest import REFERENCE_DIR, make_mvtec_class
-from drive_server import drive_server
+from helpers.data import REFERENCE_DIR, make_mvtec_class
+from helpers.drive_server import drive_server
+
+pytestmark = pytest.mark.integration  # runs the command line end to end
 
 IDS = {"bottle": "1vAV5zzVxx6SqLlirkP0kibEileHxKflz",  # the authors' download_weight.py
        "cable": "1mNWWZXmr07bsxOkSY2FerNPM5nSMFIz6"}
@@ -62,6 +64,7 @@ def _row(rows, attack, epsilon):
     return next(r for r in rows if r["attack"] == attack and r["epsilon"] == epsilon)
 
 
+@pytest.mark.slow
 def test_audit_downloads_runs_both_sides_and_resumes(drive, data, tmp_path, capsys):
     out = tmp_path / "audit"
     # An audit cut short after its first class, then run for both: bottle is read back.
@@ -162,10 +165,11 @@ def test_bad_requests_end_in_a_message_with_nothing_written(drive, data, tmp_pat
     assert not (tmp_path / "out").exists() and drive.requests == []
 
 
+@pytest.mark.slow
 def test_audit_of_our_own_run_reads_its_data_and_class(tiny_data, tmp_path, capsys):
     from patchguard.training.trainer import train
 
-    from conftest import tiny_config
+    from helpers.models import tiny_config
 
     checkpoint = train(tiny_config(tiny_data, tmp_path / "run", epochs=1, steps_train=1),
                        progress=False)

@@ -15,7 +15,7 @@ from patchguard.models.original import convert_original_state_dict
 from patchguard.models.postprocess import PostProcessor, value_range
 from patchguard.utils.checkpoint import save_checkpoint
 
-from conftest import REFERENCE_DIR
+from helpers.data import REFERENCE_DIR
 
 
 def test_decisions_masks_and_heat_against_plain_formulas():
@@ -61,6 +61,7 @@ def calibrated(tmp_path):
     return save_checkpoint(tmp_path / "model.pt", payload), images
 
 
+@pytest.mark.integration
 def test_predict_and_export_carry_the_checkpoints_post_processing(calibrated, tmp_path):
     from patchguard.cli import main
     from patchguard.inference.detector import load
