@@ -129,7 +129,8 @@ def final_check(model: Any, path: Path, data: TestDataset, epsilons: list[float]
     row: dict[str, Any] = {"checkpoint": str(path), "n_eval": len(data), "seconds": {}}
     for name, kwargs in (("standard", {}), ("square", {"objective": "score", "queries": 1000})):
         started = time.perf_counter()
-        for r in evaluate(model, data, epsilons, 10, batch_size=len(data), progress=False,
+        for r in evaluate(model, data, epsilons=epsilons, steps=10, batch_size=len(data),
+                          progress=False,
                           attacks=(name,), **kwargs):
             row[f"{name}_{r['epsilon']:g}_img"] = round(float(r["image_auroc"]), 4)
             row[f"{name}_{r['epsilon']:g}_pix"] = round(float(r["pixel_auroc"]), 4)

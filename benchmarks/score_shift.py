@@ -38,7 +38,7 @@ def score_shift(checkpoint: str, dataset_dir: str, class_name: str, n_eval: int,
     data = eval_subset(dataset_dir, class_name, model.image_size, n_eval)
 
     def scores(eps: float) -> tuple[np.ndarray, np.ndarray]:
-        preds = predict_dataset(model, data, eps, steps if eps else 0, batch_size=len(data),
+        preds = predict_dataset(model, data, eps, steps, batch_size=len(data),
                                 progress=False, attack="apgd" if eps else "pgd",
                                 objective="score", seed=0)
         return np.asarray(preds.labels).astype(bool), np.asarray(preds.scores, dtype=float)

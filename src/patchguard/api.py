@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .adversarial.settings import AttackSettings
 from .config import TrainConfig, build_config
 from .evaluation.evaluator import evaluate, load_for_evaluation
 from .evaluation.reports import format_table, write_results
 from .training.trainer import train as _train
-from .utils import checks
 from .utils.device import resolve_device
 
 
@@ -46,29 +46,43 @@ def evaluate_checkpoint(
     dataset_dir: str | Path | None = None,
     class_name: str | None = None,
     dataset: str | None = None,
-    epsilons: Sequence[float] = (0, 8),
-    steps: int = 10,
-    batch_size: int = 16,
+    *,
+    settings: AttackSettings | None = None,
     device: str = "auto",
     json_path: str | Path | None = None,
     progress: bool = True,
-    attacks: Sequence[str] = ("pgd",),
-    objective: str = "mask",
-    queries: int | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
-    """Evaluate a checkpoint clean and under ``attacks`` (default the paper's PGD; e.g.
-    ``("pgd", "standard")``); data set and class default to the training's.
+    """Evaluate a checkpoint clean and under attack; data set and class default to the
+    training's.
 
-    Epsilons are in 1/255 units (0..255, 0 is the clean row); every argument is checked before
-    the checkpoint is loaded. Any other detector: :func:`patchguard.robustness.evaluate_detector`.
+    Args:
+        checkpoint: a ``.pt`` written by :func:`train` (or an imported one).
+        dataset_dir, class_name, dataset: the test data (default: the training's).
+        settings: the attacks, epsilons (1/255 units, 0 is the clean row), budgets, seed and
+            batching as one :class:`~patchguard.adversarial.settings.AttackSettings`
+            (default: the paper's PGD-10 at 8/255); its fields may also be given as keywords
+            (``epsilons``, ``steps``, ``batch_size``, ``attacks``, ``objective``,
+            ``queries``, ...).
+        device: ``auto``, ``cpu``, ``cuda``, ...
+        json_path: where to write the rows as JSON (optional).
+        progress: progress bars, and the table printed at the end.
+
+    Returns:
+        One row per attack and epsilon, clean first.
+
+    Example:
+        ``evaluate_checkpoint("runs/bottle/last.pt", epsilons=(0, 2, 8),
+        attacks=("pgd", "standard"))``
+
+    Every argument is checked before the checkpoint is loaded. Any other detector:
+    :func:`patchguard.robustness.evaluate_detector`.
     """
-    epsilons = [checks.epsilon("epsilons", eps) for eps in epsilons]
-    checks.integer("steps", steps, 1)
-    checks.integer("batch_size", batch_size, 1)
+    settings = AttackSettings.build(settings, **options)
     target = load_for_evaluation(checkpoint, dataset, dataset_dir, class_name,
                                  resolve_device(device))
-    rows = evaluate(target.model, target.test_set, epsilons, steps, batch_size, target.device,
-                    progress=progress, attacks=attacks, objective=objective, queries=queries)
+    rows = evaluate(target.model, target.test_set, settings, device=target.device,
+                    progress=progress)
     if json_path is not None:
         write_results(json_path, rows, {"dataset": target.dataset,
                                         "class_name": target.class_name,

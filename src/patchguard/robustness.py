@@ -31,15 +31,16 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .adversarial.detector import DetectorOutput, as_detector
-from .adversarial.names import DEFAULT_QUERIES, QUERY_ATTACKS
+from .adversarial.names import QUERY_ATTACKS
+from .adversarial.settings import AttackSettings
 from .adversarial.standard import STANDARD_MEMBERS, Member
 from .data.datasets import TensorTestSet
 from .evaluation.evaluator import evaluate
 from .evaluation.reports import format_table
 from .evaluation.sanity import SanityReport, sanity_check
 
-__all__ = ["DetectorEvaluation", "DetectorOutput", "Member", "STANDARD_MEMBERS",
-           "TensorTestSet", "evaluate_detector"]
+__all__ = ["AttackSettings", "DetectorEvaluation", "DetectorOutput", "Member",
+           "STANDARD_MEMBERS", "TensorTestSet", "evaluate_detector"]
 
 
 @dataclass
@@ -63,48 +64,65 @@ class DetectorEvaluation:
 def evaluate_detector(
     detector: Callable[[torch.Tensor], Any] | nn.Module,
     test_set: Dataset,
-    epsilons: Sequence[float] = (0, 8),
-    attacks: Sequence[str] = ("pgd",),
+    epsilons: Sequence[float] | None = None,
+    attacks: Sequence[str] | None = None,
     *,
-    objective: str | None = None,
-    steps: int = 10,
-    restarts: int = 1,
-    queries: int = DEFAULT_QUERIES,
+    settings: AttackSettings | None = None,
     patch_size: int | None = None,
     module: nn.Module | None = None,
     sanity: bool = False,
-    batch_size: int = 16,
     device: torch.device | str = "cpu",
-    workers: int = 0,
     progress: bool = False,
-    standard_members: Sequence[Member] | None = None,
+    **options: Any,
 ) -> DetectorEvaluation:
     """Evaluate ``detector`` clean and under ``attacks`` at ``epsilons`` (1/255 units).
 
-    ``test_set`` is a patchguard test set (``patchguard.data.datasets.load_test_set``), a
-    :class:`~patchguard.data.datasets.TensorTestSet` of in-memory images, labels and masks, or
-    any data set of the same samples (``image`` (3, H, W) in [0, 1], ``mask`` (1, H, W),
-    ``label``, ``has_mask``, ``path``, and a ``has_pixel_masks`` attribute). ``objective``
-    defaults to ``mask`` for a detector with patch logits and ``score`` otherwise; ``standard``
-    uses its own fixed members (``standard_members`` replaces them, and its rows then say
-    ``custom``). ``module`` is the ``nn.Module`` behind a plain function, so that scoring runs
-    in eval mode and its parameters stay frozen while the attacks take input gradients (found by
-    itself when ``detector`` is a module or a bound method of one). ``sanity`` also runs the
-    gradient-masking checks (epsilon sweep, more steps, Square, eps 128/255) with the first
-    gradient attack, as ``patchguard test --sanity`` does. Rows are those of ``patchguard
-    test``: image and pixel AUROC, AP, F1-max, AUPRO, budgets, ``images_per_s``.
+    Args:
+        detector: a callable ``images -> (scores, maps[, patch logits])`` or an ``nn.Module``.
+        test_set: a patchguard test set (``patchguard.data.datasets.load_test_set``), a
+            :class:`~patchguard.data.datasets.TensorTestSet` of in-memory images, labels and
+            masks, or any data set of the same samples (``image`` (3, H, W) in [0, 1],
+            ``mask`` (1, H, W), ``label``, ``has_mask``, ``path``, and a ``has_pixel_masks``
+            attribute).
+        epsilons, attacks: shorthands for those fields of ``settings`` (default ``(0, 8)``
+            and ``("pgd",)``).
+        settings: the attacks, epsilons, budgets, seed and batching as one
+            :class:`~patchguard.adversarial.settings.AttackSettings`; its fields may also be
+            given as keywords (``objective``, ``steps``, ``restarts``, ``queries``,
+            ``batch_size``, ``workers``, ``standard_members``, ``seed``, ``early_stop``).
+            The objective defaults to ``mask`` for a detector with patch logits and ``score``
+            otherwise; ``standard`` uses its own fixed members (``standard_members`` replaces
+            them, and its rows then say ``custom``).
+        patch_size: pixels per patch side when the detector returns patch logits.
+        module: the ``nn.Module`` behind a plain function, so that scoring runs in eval mode
+            and its parameters stay frozen while the attacks take input gradients (found by
+            itself when ``detector`` is a module or a bound method of one).
+        sanity: also run the gradient-masking checks (epsilon sweep, more steps, Square, eps
+            128/255) with the first gradient attack, as ``patchguard test --sanity`` does.
+        device, progress: where to run, and whether to show progress bars.
+
+    Returns:
+        The rows of ``patchguard test`` (image and pixel AUROC, AP, F1-max, AUPRO, budgets,
+        ``images_per_s``) and, with ``sanity``, the sanity report.
+
+    Example:
+        ``evaluate_detector(detector, test_set, (0, 2, 8), ("pgd", "standard"))``
     """
     wrapped = as_detector(detector, patch_size=patch_size, module=module)
-    if objective is None:
-        objective = "mask" if wrapped.has_patch_logits else "score"
-    rows = evaluate(wrapped, test_set, epsilons, steps, batch_size, device, workers, progress,
-                    attacks=attacks, objective=objective, restarts=restarts, queries=queries,
-                    standard_members=standard_members)
+    if epsilons is not None:
+        options["epsilons"] = tuple(epsilons)
+    if attacks is not None:
+        options["attacks"] = tuple(attacks)
+    if settings is None and options.get("objective") is None:
+        options["objective"] = "mask" if wrapped.has_patch_logits else "score"
+    settings = AttackSettings.build(settings, **options)
+    rows = evaluate(wrapped, test_set, settings, device=device, progress=progress)
     report = None
     if sanity:
-        gradient = [a for a in attacks if a not in (*QUERY_ATTACKS, "standard")]
-        attack, probe = (gradient[0], objective) if gradient else ("apgd", "score")
-        report = sanity_check(wrapped, test_set, attack=attack, objective=probe, steps=steps,
-                              batch_size=batch_size, device=device, progress=progress,
-                              square_queries=queries)
+        gradient = [a for a in settings.attacks if a not in (*QUERY_ATTACKS, "standard")]
+        attack, probe = (gradient[0], settings.objective) if gradient else ("apgd", "score")
+        report = sanity_check(wrapped, test_set, attack=attack, objective=probe,
+                              steps=settings.steps, batch_size=settings.batch_size,
+                              device=device, progress=progress,
+                              square_queries=settings.query_budget)
     return DetectorEvaluation(rows, report)

@@ -32,6 +32,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
          help="epsilons in 1/255 units, 0..255; 0 is the clean row (always included)")
     flag(test, "--steps-test", type=POSITIVE, default=10)
     attack_flags(test)
+    early_stop_flag(test)
     flag(test, "--batch-size", type=POSITIVE, default=16)
     flag(test, "--workers", type=NON_NEGATIVE, default=0)
     flag(test, "--json", default=None, help="results file (default: beside the checkpoint)")
@@ -59,6 +60,29 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(vis, "--max-images", type=POSITIVE, default=None,
          help="limit the number of test images")
     flag(vis, "--batch-size", type=POSITIVE, default=16)
+
+
+def attack_settings(args: argparse.Namespace, epsilons: list[float] | None = None,
+                    workers: int = 0):
+    """The one :class:`~patchguard.adversarial.settings.AttackSettings` of a ``test``,
+    ``benchmark`` or ``visualize`` command line (``visualize``: one attack, ``--steps``)."""
+    from ..adversarial.settings import AttackSettings
+
+    attacks = [args.attack] if isinstance(args.attack, str) else list(args.attack)
+    steps = getattr(args, "steps_test", None) or getattr(args, "steps", None)
+    options = {"epsilons": tuple(epsilons)} if epsilons is not None else {}
+    return AttackSettings(attacks=tuple(attacks), steps=steps, objective=args.objective,
+                          restarts=args.restarts, queries=args.queries,
+                          batch_size=args.batch_size, workers=workers,
+                          early_stop=not getattr(args, "no_early_stop", False), **options)
+
+
+def early_stop_flag(parser: argparse.ArgumentParser) -> None:
+    """--no-early-stop: run every attack on every image to its full budget."""
+    flag(parser, "--no-early-stop", action="store_true", default=None,
+         help="run standard's members on every image to their full budgets; by default an "
+         "image stops once it can no longer change a reported metric (the rows are identical "
+         "either way; see docs/evaluation-speed.md)")
 
 
 def sanity_notes(args: argparse.Namespace, model, test_set, device) -> str:
@@ -127,6 +151,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     json_path = Path(args.json or checkpoint.with_name("results.json"))
     check_report_paths(json_path, checkpoint)  # before any work, as every other input
     warn_epsilon_units("--epsilon-test", args.epsilon_test)
+    settings = attack_settings(args, sorted({0.0, *args.epsilon_test}), args.workers)
     loggers = check_loggers(args.logger or ())
     device = resolve_device(args.device or "auto")
     if args.download:  # the original's --use_weight_prep / --use_data_prep
@@ -139,11 +164,9 @@ def cmd_test(args: argparse.Namespace) -> int:
         logging.getLogger("patchguard").warning(
             "the test set of %s has no anomalous test images: AUROC, AP and F1 are undefined "
             "and reported as n/a", target.class_name)
-    epsilons = sorted({0.0, *args.epsilon_test})
     started = time.perf_counter()
-    rows = evaluate(target.model, target.test_set, epsilons, args.steps_test, args.batch_size,
-                    target.device, args.workers, progress=not args.quiet, attacks=args.attack,
-                    objective=args.objective, restarts=args.restarts, queries=args.queries)
+    rows = evaluate(target.model, target.test_set, settings, device=target.device,
+                    progress=not args.quiet)
     seconds = time.perf_counter() - started
     print(format_table(rows))
     meta = {"dataset": target.dataset, "class_name": target.class_name,
@@ -214,10 +237,9 @@ def cmd_visualize(args: argparse.Namespace) -> int:
                             keep_images=True, progress=progress, desc="clean")
     adv = None
     if args.epsilon > 0:
-        adv = predict_dataset(model, test_set, args.epsilon, args.steps, args.batch_size, device,
-                              keep_images=True, progress=progress, attack=args.attack,
-                              objective=args.objective, restarts=args.restarts,
-                              queries=args.queries, desc=f"{args.attack} eps {args.epsilon:g}/255")
+        adv = predict_dataset(model, test_set, args.epsilon, settings=attack_settings(args),
+                              device=device, keep_images=True, progress=progress,
+                              desc=f"{args.attack} eps {args.epsilon:g}/255")
     # A rerun with fewer images must not leave the previous run's panels beside the new ones.
     remove_own_outputs(out_dir, r"\d{4}_.+\.png|contact_sheet\.png")
     written = save_panels(

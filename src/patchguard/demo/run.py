@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..adversarial.settings import AttackSettings
 from ..adversarial.standard import Member
 from ..config import build_config
 from ..data.datasets import TestDataset, load_test_set
@@ -152,8 +153,9 @@ def _run_demo(
             last = train(config, progress=progress, overwrite=True)
             model, _ = load_model(last, torch_device)
             rows, predictions = evaluate_with_predictions(
-                model, test_set, DEMO_EVAL["epsilons"], DEMO_EVAL["steps"], device=torch_device,
-                progress=progress, keep_images=adversarial)
+                model, test_set, epsilons=tuple(DEMO_EVAL["epsilons"]),
+                steps=DEMO_EVAL["steps"], device=torch_device, progress=progress,
+                keep_images=adversarial)
             rows.append(_bounded_standard(model, test_set, torch_device, progress))
             meta = {"dataset": "demo", "class_name": class_name, "adv_train": adversarial,
                     "preset": config.preset, "epochs": config.epochs, "checkpoint": str(last)}
@@ -185,10 +187,10 @@ def _bounded_standard(model: Any, test_set: TestDataset, device: Any, progress: 
                       ) -> dict[str, Any]:
     """The demo's bounded ``standard`` row (see :data:`DEMO_STANDARD`)."""
     subset = standard_subset(test_set, DEMO_STANDARD["per_label"])
-    rows = evaluate_with_predictions(
-        model, subset, (DEMO_STANDARD["epsilon"],), DEMO_EVAL["steps"], device=device,
-        progress=progress, attacks=("standard",),
-        standard_members=DEMO_STANDARD["members"])[0]
+    settings = AttackSettings(attacks=("standard",), epsilons=(DEMO_STANDARD["epsilon"],),
+                              steps=DEMO_EVAL["steps"], standard_members=DEMO_STANDARD["members"])
+    rows = evaluate_with_predictions(model, subset, settings, device=device,
+                                     progress=progress)[0]
     row = rows[0]
     normal = sum(1 for r in subset.records if r.label == 0)
     row["subset"] = (f"{len(subset)} of {len(test_set)} test images ({normal} normal, "

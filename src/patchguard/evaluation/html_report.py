@@ -106,8 +106,8 @@ def make_gallery(model, test_set, n: int = 6, epsilon: float = 0.0, steps: int =
                             keep_images=True, progress=False)
     adv = None
     if epsilon > 0:
-        adv = predict_dataset(model, subset, epsilon, steps, batch_size, device,
-                              keep_images=True, progress=False, attack=attack,
+        adv = predict_dataset(model, subset, epsilon, steps, batch_size=batch_size,
+                              device=device, keep_images=True, progress=False, attack=attack,
                               objective=objective, restarts=restarts)
     shared, post = value_range(clean.maps), PostProcessor()
     items = []
