@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..adversarial.settings import AttackSettings
 from ..adversarial.standard import (
     STANDARD_APGD_STEPS,
     STANDARD_MEMBERS,
@@ -74,6 +75,16 @@ class AuditBudget:
                             queries=self.square_queries if m.queries is not None else None)
                      for m in STANDARD_MEMBERS)
 
+    def settings(self, batch_size: int = 16) -> tuple[AttackSettings, AttackSettings]:
+        """One attack-settings value per side of the table: the paper's, then standard's."""
+        paper = AttackSettings(attacks=(PAPER_ATTACK,), epsilons=(0.0, *PAPER_EPSILONS),
+                               steps=self.pgd_steps, objective=PAPER_OBJECTIVE,
+                               batch_size=batch_size)
+        worst = AttackSettings(attacks=("standard",), epsilons=STANDARD_EPSILONS,
+                               steps=self.pgd_steps, standard_members=self.members(),
+                               batch_size=batch_size)
+        return paper, worst
+
     def to_dict(self) -> dict[str, Any]:
         """The budgets as recorded in the results (and compared when an audit resumes)."""
         return asdict(self)
@@ -87,13 +98,9 @@ def audit_class(model: Any, test_set: Any, budget: AuditBudget = AuditBudget(), 
     The result holds ``rows`` (each tagged with its ``side``), the ``sanity`` checks and
     warnings (None when skipped) and the ``budget``.
     """
-    # One evaluation per side of the table, each with its own attack settings.
-    paper = evaluate(model, test_set, epsilons=(0.0, *PAPER_EPSILONS), steps=budget.pgd_steps,
-                     batch_size=batch_size, device=device, progress=progress,
-                     attacks=(PAPER_ATTACK,), objective=PAPER_OBJECTIVE)
-    worst = evaluate(model, test_set, epsilons=STANDARD_EPSILONS, steps=budget.pgd_steps,
-                     batch_size=batch_size, device=device, progress=progress,
-                     attacks=("standard",), standard_members=budget.members())
+    paper_settings, standard_settings = budget.settings(batch_size)
+    paper = evaluate(model, test_set, paper_settings, device=device, progress=progress)
+    worst = evaluate(model, test_set, standard_settings, device=device, progress=progress)
     rows = [{**row, "side": PAPER_SIDE if row["attack"] != "standard" else STANDARD_SIDE}
             for row in (*paper, *worst)]
     sanity = None
