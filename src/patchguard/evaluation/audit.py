@@ -156,7 +156,8 @@ def class_table(name: str, result: dict[str, Any], markdown: bool = True) -> str
     first = rows[0] if rows else {}
     lines = [f"### {name}" if markdown else name,
              f"{first.get('n_images', '?')} test images ({first.get('n_anomalous', '?')} "
-             f"anomalous); checkpoint {first.get('checkpoint', '?')}", "",
+             "anomalous)" + (f"; checkpoint {first['checkpoint']}" if first.get("checkpoint")
+                             else ""), "",
              render_table(header, body, markdown=markdown, digits=3)]
     if not _budget_of(result).citable:
         lines.append(f"\nsmaller budgets than the paper's and standard's (PGD {budget['pgd_steps']}"
