@@ -1,6 +1,6 @@
 """Train one recipe on one class and print clean / PGD AUROCs as a JSON line.
 
-Used to choose the ``fast`` preset (README, Presets). Example:
+Used to choose the ``fast`` preset (docs/training.md, Presets). Example:
     python benchmarks/recipe_sweep.py --class-name gravel \\
         --set '{"epochs": 6, "feature_layers": [6], "reg_layers": [2, 4, 6], "batch_size": 8}'
 Without --dataset-dir the demo data set is built at 112 px (48 training images per class).

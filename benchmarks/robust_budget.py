@@ -3,7 +3,7 @@ along the way, evaluate every checkpoint clean, under the faithful PGD-10 (mask 
 under the strongest attack available, at 2/255 and 8/255; JSON lines plus a plot of AUROC
 against training CPU minutes.
 
-Example (one core, one thread; the README's "Robustness training" lists the runs made):
+Example (one core, one thread; docs/robustness-study.md lists the runs made):
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/robust_budget.py \\
         --dataset-dir /tmp/demo112 --class-name gravel --recipe fast --epochs 16 \\
         --eval-at 0.5 1 --n-eval 12 --out /tmp/budget
@@ -42,11 +42,11 @@ from patchguard.evaluation.evaluator import evaluate, predict_dataset
 from patchguard.evaluation.metrics import compute_all
 from patchguard.evaluation.sanity import sanity_check
 from patchguard.models.factory import load_model
-from patchguard.training import checkpoints, trainer
+from patchguard.training import run_state, trainer
 
 # name -> (preset, overrides); image size 112 for all (the demo data's size here).
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
-    # METHOD.md at 112 px (PGD-10 mask objective, lr 8e-4 everywhere, feature layer 12)
+    # docs/method.md at 112 px (PGD-10 mask objective, lr 8e-4 everywhere, feature layer 12)
     "paper": ("paper", {"image_size": 112}),
     "paper-random": ("paper", {"image_size": 112, "pretrained": False}),
     "fast": ("fast", {"image_size": 112}),
@@ -159,7 +159,7 @@ def train_recipe(name: str, args: argparse.Namespace, run_dir: Path) -> tuple[li
     config = build_config(preset, None, values)
     wanted = sorted({max(1, round(f * args.epochs)) for f in args.eval_at})
 
-    class KeepEpochs(checkpoints.CheckpointPolicy):
+    class KeepEpochs(run_state.CheckpointPolicy):
         """The trainer's policy, plus an epoch file at each wanted epoch (also in the first
         half, where the trainer's own --save-every files start later)."""
 

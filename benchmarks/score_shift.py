@@ -13,7 +13,7 @@ pushed up, anomalous ones down) at each epsilon. Printed per model and epsilon:
 - ``ratio``: (rise + fall) / separation. Above 1 the attack overturns a typical
   (normal, anomalous) pair, and the attacked AUROC heads for 0; robustness needs it below 1.
 
-Example (the README's "Why the scores give way"):
+Example (docs/robustness-study.md, "Why the scores give way"):
     OMP_NUM_THREADS=1 python benchmarks/score_shift.py RUN_A/last.pt RUN_B/last.pt \\
         --dataset-dir DEMO112 --class-name gravel
 """

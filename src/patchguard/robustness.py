@@ -24,17 +24,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .adversarial.detector import DetectorOutput, as_detector
+from .adversarial.attackable import DetectorOutput, as_detector
 from .adversarial.names import QUERY_ATTACKS
 from .adversarial.settings import AttackSettings
 from .adversarial.standard import STANDARD_MEMBERS, Member
-from .data.datasets import TensorTestSet
+from .data.datasets import TensorTestSet, TestDataset
 from .evaluation.evaluator import evaluate
 from .evaluation.reports import format_table
 from .evaluation.sanity import SanityReport, sanity_check
@@ -78,14 +78,16 @@ def evaluate_detector(
     """Evaluate ``detector`` clean and under ``attacks`` at ``epsilons`` (1/255 units).
 
     Args:
-        detector: a callable ``images -> (scores, maps[, patch logits])`` or an ``nn.Module``.
+        detector: a differentiable callable ``images -> (scores, maps[, patch logits])`` or
+            an ``nn.Module`` returning that; it must not run under ``torch.no_grad()`` inside.
         test_set: a patchguard test set (``patchguard.data.datasets.load_test_set``), a
-            :class:`~patchguard.data.datasets.TensorTestSet` of in-memory images, labels and
-            masks, or any data set of the same samples (``image`` (3, H, W) in [0, 1],
-            ``mask`` (1, H, W), ``label``, ``has_mask``, ``path``, and a ``has_pixel_masks``
-            attribute).
-        epsilons, attacks: shorthands for those fields of ``settings`` (default ``(0, 8)``
-            and ``("pgd",)``).
+            ``TensorTestSet`` of in-memory images, labels and masks, or any data set of the
+            same samples (``image`` (3, H, W) in [0, 1], ``mask`` (1, H, W), ``label``,
+            ``has_mask``, ``path``, and a ``has_pixel_masks`` attribute).
+        epsilons: shorthand for that field of ``settings``: L-infinity budgets in 1/255
+            units, 0 is the clean row (default ``(0, 8)``).
+        attacks: shorthand for that field of ``settings``: ``pgd``, ``pgd-rs``, ``fgsm``,
+            ``apgd``, ``worst``, ``square``, ``standard`` (default ``("pgd",)``).
         settings: the attacks, epsilons, budgets, seed and batching as one
             :class:`~patchguard.adversarial.settings.AttackSettings`; its fields may also be
             given as keywords (``objective``, ``steps``, ``restarts``, ``queries``,
@@ -99,16 +101,29 @@ def evaluate_detector(
             itself when ``detector`` is a module or a bound method of one).
         sanity: also run the gradient-masking checks (epsilon sweep, more steps, Square, eps
             128/255) with the first gradient attack, as ``patchguard test --sanity`` does.
-        device, progress: where to run, and whether to show progress bars.
+        device: where the detector runs.
+        progress: show progress bars.
+        **options: fields of ``AttackSettings`` by name, replacing those of ``settings``.
 
     Returns:
-        The rows of ``patchguard test`` (image and pixel AUROC, AP, F1-max, AUPRO, budgets,
-        ``images_per_s``) and, with ``sanity``, the sanity report.
+        A ``DetectorEvaluation``: ``rows``, one dict per attack and epsilon as
+            ``patchguard test`` writes them (image and pixel AUROC, AP, F1-max, AUPRO,
+            budgets, ``images_per_s``), and ``sanity``, the report of the checks when asked
+            for.
 
     Example:
-        ``evaluate_detector(detector, test_set, (0, 2, 8), ("pgd", "standard"))``
+        ```python
+        from patchguard.robustness import TensorTestSet, evaluate_detector
+
+        test_set = TensorTestSet(images, labels, masks)   # images (n, 3, H, W) in [0, 1]
+        result = evaluate_detector(lambda x: my_model(x), test_set, epsilons=(0, 2, 8),
+                                   attacks=("pgd", "standard"), module=my_model, sanity=True)
+        print(result.table())
+        ```
     """
     wrapped = as_detector(detector, patch_size=patch_size, module=module)
+    # The evaluation reads only the samples and ``has_pixel_masks``, which any such set offers.
+    test_set = cast(TestDataset, test_set)
     if epsilons is not None:
         options["epsilons"] = tuple(epsilons)
     if attacks is not None:

@@ -90,7 +90,7 @@ def run_attack(
 ) -> AttackResult:
     """Run attack ``name`` (see ``ATTACKS``); return adversarial images and per-image final loss.
 
-    ``detector`` is a PatchGuard-like model or any detector (:mod:`.detector`); ``epsilon`` is
+    ``detector`` is a PatchGuard-like model or any detector (:mod:`.attackable`); ``epsilon`` is
     in [0, 1] pixel units; ``targets`` (B, N) are patch targets (None without patch logits);
     ``labels`` (B,) are 0 normal / 1 anomalous (None: derived from ``targets``); ``masks`` are
     (B, [1,] H, W) ground-truth masks or None; ``members`` only applies to ``worst`` (attack

@@ -1,5 +1,6 @@
 """The PGD loop (:func:`signed_gradient_ascent`) that training and evaluation share, the
-faithful training-time PGD of the paper on it, and the single-step training attacks.
+faithful training-time PGD of the paper (docs/method.md, section 4) on it, and the single-step
+training attacks.
 
 The faithful PGD is kept exactly as the original: step size 2.5 * eps / steps, no random
 start, signed gradient ascent, the last iterate; only input gradients are taken.

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .detector import AttackableDetector, as_detector, eval_mode
+from .attackable import AttackableDetector, as_detector, eval_mode
 from .names import DEFAULT_QUERIES
 from .objectives import PerImageObjective, needs_patch_logits, resolve_objective
 from .pgd import input_gradients_only, project_linf
@@ -40,7 +40,7 @@ class AttackBudget:
 class AttackProblem:
     """One attack problem: detector, clean images, objective inputs; gives losses and gradients.
 
-    ``detector`` is anything :func:`.detector.as_detector` accepts. ``targets`` (B, N) are patch
+    ``detector`` is anything :func:`.attackable.as_detector` accepts. ``targets`` (B, N) are patch
     targets (1 = anomalous patch) or None for a detector without patch logits; ``labels`` (B,)
     are 0 normal / 1 anomalous (None: derived from ``targets``).
     """

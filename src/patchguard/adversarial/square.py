@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .detector import eval_mode
+from .attackable import eval_mode
 from .early_stop import scores_from_score_objective
 from .problem import AttackBudget, AttackProblem, AttackResult, uniform, update_best
 

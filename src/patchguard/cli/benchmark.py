@@ -38,8 +38,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(bench, "--epsilon-test", type=EPSILON_ARG, nargs="+", default=[0, 8],
          help="epsilons in 1/255 units, 0..255; 0 is the clean row (always included)")
     flag(bench, "--steps-test", type=POSITIVE, default=10)
-    # The paper's PGD and, beside it, the fixed standard evaluation (README "Robustness
-    # evaluation"); --attack pgd skips standard, which costs about 1650 clean passes per image.
+    # The paper's PGD and, beside it, the fixed standard evaluation (docs/evaluation.md);
+    # --attack pgd skips standard, which costs about 1650 clean passes per image.
     attack_flags(bench, default=("pgd", "standard"))
     early_stop_flag(bench)
     flag(bench, "--batch-size", type=POSITIVE, default=16)
@@ -77,7 +77,7 @@ def _class_results_path(root: Path, name: str) -> Path:
 def _train_class(args: argparse.Namespace, name: str, root: Path) -> None:
     """Train one class of a sweep, resuming a partial run; no-op when it is complete."""
     from ..config import build_config
-    from ..training.checkpoints import resume_config
+    from ..training.run_state import resume_config
     from ..training.trainer import train
     from ..utils.checkpoint import load_checkpoint
 

@@ -143,8 +143,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint; print the table and write the JSON rows and reports."""
     from ..evaluation.evaluator import evaluate, load_for_evaluation
     from ..evaluation.reports import format_table, write_reports
-    from ..evaluation.tracking import check_loggers
     from ..inference.card import write_results_sidecar
+    from ..tracking import check_loggers
     from ..utils.device import resolve_device
 
     checkpoint = Path(args.checkpoint)
@@ -195,7 +195,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 def _log_test(args: argparse.Namespace, loggers: list[str], json_path: Path, target,
               rows: list[dict], seconds: float) -> None:
     """``test --logger``: the rows and the evaluation's images/s, at the checkpoint's epoch."""
-    from ..evaluation.tracking import open_trackers
+    from ..tracking import open_trackers
 
     log_dir = Path(args.log_dir) if args.log_dir else json_path.parent / "logs"
     step = int((target.state or {}).get("epoch") or 0)

@@ -1,5 +1,5 @@
-"""Clean and adversarial evaluation: scores, maps and metric rows under one
-:class:`~patchguard.adversarial.settings.AttackSettings`."""
+"""Clean and adversarial evaluation (docs/method.md, section 6): scores, maps and metric rows
+under one :class:`~patchguard.adversarial.settings.AttackSettings`."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..adversarial import standard
-from ..adversarial.attacks import DEFAULT_WORST_MEMBERS, attack_per_metric
-from ..adversarial.detector import (
+from ..adversarial.attackable import (
     AttackableDetector,
     CallableDetector,
     PatchLogitDetector,
     as_detector,
 )
+from ..adversarial.attacks import DEFAULT_WORST_MEMBERS, attack_per_metric
 from ..adversarial.early_stop import ImageStop, ScoreBounds
 from ..adversarial.names import ATTACK_NAMES, OBJECTIVE_NAMES, QUERY_ATTACKS
 from ..adversarial.objectives import PATCH_OBJECTIVES
@@ -209,7 +209,7 @@ def predict_dataset(
 ) -> Predictions:
     """Score every test image, clean (epsilon 0) or attacked at ``epsilon`` (1/255 units).
 
-    ``model`` is PatchGuard or any detector (:func:`patchguard.adversarial.detector.as_detector`);
+    ``model`` is PatchGuard or any detector (:func:`patchguard.adversarial.attackable.as_detector`);
     the attack is the first of ``settings.attacks`` (default: the paper's PGD with the mask
     objective); ``steps`` and any :class:`~patchguard.adversarial.settings.AttackSettings`
     field given as a keyword (``attack``, ``batch_size``, ``objective``, ``queries``,

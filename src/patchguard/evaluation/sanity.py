@@ -61,7 +61,7 @@ def sanity_check(
 ) -> SanityReport:
     """Epsilon sweep, more steps, huge epsilon, Square: flag any sign of gradient masking.
 
-    ``model`` is PatchGuard or any detector (:func:`patchguard.adversarial.detector.as_detector`);
+    ``model`` is PatchGuard or any detector (:func:`patchguard.adversarial.attackable.as_detector`);
     ``limits`` are :class:`SanityLimits` fields given as keywords (or ``limits=`` one value).
     Checks, on the AUROCs the objective targets (image for ``score``, pixel for ``map``, both
     for ``mask``; pixel only with masks), with ``tolerance`` for noise:

@@ -195,8 +195,17 @@ class Detector:
             keep_images: also return the resized uint8 inputs (``Prediction.images``).
             progress: show a progress bar.
 
-        Unreadable or truncated inputs are listed in ``Prediction.failed`` as (path, reason);
-        they never raise. ``decisions`` is None when there is no image threshold.
+        Returns:
+            A ``Prediction`` of the readable inputs in input order: ``scores``,
+                ``decisions`` (None when there is no image threshold), ``maps``, ``paths``, and
+                ``failed``, the unreadable or truncated inputs as (path, reason); they never raise.
+
+        Example:
+            ```python
+            detector = patchguard.load("runs/bottle/last.pt")
+            result = detector.predict(["part_001.png", "line_images/"])
+            flagged = [p for p, d in zip(result.paths, result.decisions) if d]
+            ```
         """
         parts = list(self.predict_batches(images_or_paths, batch_size, threshold,
                                           pixel_threshold, keep_images, progress))
@@ -205,7 +214,21 @@ class Detector:
 
 
 def load(checkpoint: str | Path, device: str | torch.device = "auto") -> Detector:
-    """Load a patchguard checkpoint (weights_only) as a :class:`Detector` in eval mode."""
+    """Load a patchguard checkpoint (weights_only) as a :class:`Detector` in eval mode.
+
+    Args:
+        checkpoint: a patchguard checkpoint (``last.pt``).
+        device: ``auto`` (a GPU when there is one), ``cpu``, ``cuda``, or a torch device.
+
+    Returns:
+        A ``Detector`` with the checkpoint's image and pixel thresholds.
+
+    Example:
+        ```python
+        detector = patchguard.load("runs/bottle/last.pt")
+        print(detector.card())
+        ```
+    """
     torch_device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     model, state = load_model(checkpoint, torch_device)
     return Detector(model, state, torch_device)

@@ -1,6 +1,6 @@
 """Import checkpoints of the original PatchGuard implementation (rohban-lab/PatchGuard).
 
-The original saves a plain ``state_dict`` of its ``PatchGuard`` module (METHOD.md section 8):
+The original saves a plain ``state_dict`` of its ``PatchGuard`` module (docs/method.md, section 7):
 
 * ``feature_extractor.pretrained_model.*``: the timm ViT, the same keys as ours (our
   :class:`~patchguard.models.backbone.FeatureExtractor` keeps the attribute name for this reason);
@@ -40,9 +40,9 @@ ORIGINAL_BLOCK_KEYS = {
 }
 
 BLOCK_PREFIX = "discriminator.transformer_encoder."
-# The original's default regularised layers and its KL coefficients (METHOD.md). Its loss pairs
-# the coefficients with the regularised layers by position, whatever their block numbers: the
-# authors' reference run with layers [2, 4, 6] used 0.005 / 0.01 / 0.05.
+# The original's default regularised layers and its KL coefficients (docs/method.md, section 3).
+# Its loss pairs the coefficients with the regularised layers by position, whatever their block
+# numbers: the authors' reference run with layers [2, 4, 6] used 0.005 / 0.01 / 0.05.
 DEFAULT_REG = {6: 0.005, 9: 0.01, 12: 0.05}
 ORIGINAL_COEFFICIENTS = (0.005, 0.01, 0.05)
 _NAME_PATTERN = re.compile(r"^patchguard_([A-Za-z0-9]+)_(.+?)(?:_pgd\d+_last_epoch)?$")
