@@ -76,7 +76,7 @@ def write_test_report(json_path: Path, rows: list[dict[str, Any]], checkpoint: P
 def test_gallery(args: argparse.Namespace, target, json_path: Path):
     """``test --gallery N``: clean and attacked heatmaps of N test images, saved for reports."""
     from ..evaluation.html_report import make_gallery, save_gallery
-    from .evaluate import attack_settings
+    from .attack_settings import attack_settings
 
     if not args.gallery:
         return None
@@ -92,7 +92,7 @@ def benchmark_gallery(args: argparse.Namespace, target, folder: Path,
                       epsilons: list[float]) -> None:
     """``benchmark --gallery N``: one class's gallery, kept for benchmark.html."""
     from ..evaluation.html_report import make_gallery, save_gallery
-    from .evaluate import attack_settings
+    from .attack_settings import attack_settings
 
     save_gallery(make_gallery(target.model, target.test_set, args.gallery, max(epsilons),
                               attack_settings(args), device=target.device,
