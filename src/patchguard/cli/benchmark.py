@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .args import EPSILON_ARG, NON_NEGATIVE, POSITIVE, attack_flags, common_flags, flag
-from .evaluate import attack_settings, early_stop_flag
+from .attack_settings import attack_settings, early_stop_flag
 
 OFFLINE_BACKBONE = "resnet18"  # random-init default of PatchCore and PaDiM: downloads nothing
 

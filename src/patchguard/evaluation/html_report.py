@@ -88,13 +88,16 @@ def _pick(labels: np.ndarray, n: int) -> list[int]:
     return sorted(spread(anomalous, n_bad) + spread(normal, n_good))
 
 
-def make_gallery(model, test_set, n: int = 6, epsilon: float = 0.0, steps: int = 10,
-                 attack: str = "pgd", objective: str = "mask", restarts: int = 1,
-                 batch_size: int = 16, device: Any = "cpu", class_name: str | None = None
-                 ) -> Gallery:
-    """Clean and attacked heatmaps of up to ``n`` test images (anomalous and normal mixed)."""
+def make_gallery(model, test_set, n: int = 6, epsilon: float = 0.0, settings: Any = None, *,
+                 device: Any = "cpu", class_name: str | None = None, **options: Any) -> Gallery:
+    """Clean and attacked heatmaps of up to ``n`` test images (anomalous and normal mixed),
+    attacked by the first attack of ``settings`` (an ``AttackSettings``; its fields may also be
+    given as keywords, e.g. ``attack="pgd", steps=10``)."""
+    from ..adversarial.settings import AttackSettings
     from ..models.postprocess import PostProcessor, draw_outline, value_range
     from .evaluator import predict_dataset
+
+    used = AttackSettings.build(settings, **options)
 
     labels = np.asarray([record.label for record in test_set.records])
     chosen = _pick(labels, n)
@@ -102,13 +105,12 @@ def make_gallery(model, test_set, n: int = 6, epsilon: float = 0.0, steps: int =
     subset.records = [test_set.records[i] for i in chosen]
     if not subset.records:
         return Gallery([], class_name=class_name)
-    clean = predict_dataset(model, subset, 0.0, batch_size=batch_size, device=device,
+    clean = predict_dataset(model, subset, 0.0, settings=used, device=device,
                             keep_images=True, progress=False)
     adv = None
     if epsilon > 0:
-        adv = predict_dataset(model, subset, epsilon, steps, batch_size=batch_size,
-                              device=device, keep_images=True, progress=False, attack=attack,
-                              objective=objective, restarts=restarts)
+        adv = predict_dataset(model, subset, epsilon, settings=used, device=device,
+                              keep_images=True, progress=False)
     shared, post = value_range(clean.maps), PostProcessor()
     items = []
     for i, path in enumerate(clean.paths):
@@ -125,9 +127,9 @@ def make_gallery(model, test_set, n: int = 6, epsilon: float = 0.0, steps: int =
         name = f"{Path(path).parent.name}/{Path(path).name}"
         items.append(GalleryItem(name, int(clean.labels[i]), float(clean.scores[i]),
                                  None if adv is None else float(adv.scores[i]), tiles))
-    return Gallery(items, attack if adv is not None else None, float(epsilon),
-                   steps if adv is not None else 0, objective if adv is not None else None,
-                   class_name)
+    return Gallery(items, used.attacks[0] if adv is not None else None, float(epsilon),
+                   used.steps if adv is not None else 0,
+                   used.objective if adv is not None else None, class_name)
 
 
 def _png(array: np.ndarray) -> bytes:
