@@ -25,7 +25,7 @@ from .args import (
     common_flags,
     flag,
 )
-from .evaluate import attack_settings, early_stop_flag
+from .attack_settings import attack_settings, early_stop_flag
 
 OFFLINE_BACKBONE = "resnet18"  # random-init default of PatchCore and PaDiM: downloads nothing
 

@@ -217,13 +217,9 @@ def _write_images(part: Any, heat_dir: Path, mask_dir: Path | None, out_dir: Pat
     import numpy as np
     from PIL import Image
 
-    from ..evaluation.visualization import heatmap_overlay
-
-    # A sigmoid centred on the pixel threshold (0 without one): one colour scale shared by
-    # every image, with the decision boundary mid-scale; per-image min-max would paint noise
-    # red, and the raw sigmoid left short-trained models uniformly blue.
-    centre = part.pixel_threshold if part.pixel_threshold is not None else 0.0
-    heat = 1.0 / (1.0 + np.exp(-2.0 * (part.maps - centre)))
+    # The detector's post-processing draws the heatmaps and thresholds the masks (one colour
+    # scale and one rule for predict, serve and the API).
+    masks = part.masks() if mask_dir is not None else None
     rows = []
     for i, path in enumerate(part.paths):
         # Inputs come back in their order, failed ones left out: the next one of this name.
@@ -233,13 +229,12 @@ def _write_images(part: Any, heat_dir: Path, mask_dir: Path | None, out_dir: Pat
         name = names[cursor[0]][:-4]
         cursor[0] += 1
         heat_file = heat_dir / f"{name}.png"
-        Image.fromarray(heatmap_overlay(part.images[i], heat[i])).save(heat_file)
+        Image.fromarray(part.post.heatmap(part.images[i], part.maps[i])).save(heat_file)
         written.append(heat_file)
         mask_file = None
         if mask_dir is not None:
             mask_file = mask_dir / f"{name}.png"
-            mask = (part.maps[i] >= part.pixel_threshold).astype(np.uint8) * 255
-            Image.fromarray(mask).save(mask_file)
+            Image.fromarray(masks[i].astype(np.uint8) * 255).save(mask_file)
             written.append(mask_file)
         decision = ""
         if part.decisions is not None:
@@ -281,6 +276,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     from ..inference.detector import load
     from ..inference.thresholds import calibrate_thresholds, few_normals_note, write_thresholds
+    from ..models.postprocess import PostProcessor
     from ..utils.device import resolve_device
 
     detector = load(args.checkpoint, resolve_device(args.device or "auto"))
@@ -323,11 +319,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         previous = detector.info.get("thresholds") or {}
         thresholds["pixel"] = previous.get("pixel")
     write_thresholds(args.checkpoint, thresholds, normal_scores=normal)
-    fpr = float(np.mean(normal.astype(np.float64) >= thresholds["image"]))
+    post = PostProcessor.from_checkpoint({"thresholds": thresholds})  # decides as predict will
+    fpr = float(np.mean(post.decide(normal)))
     print(f"image threshold {thresholds['image']:.6g} ({thresholds['method']}): "
           f"false-positive rate {fpr:.4f} on {normal.size} normal image(s)")
     if anomalous.size:
-        tpr = float(np.mean(anomalous.astype(np.float64) >= thresholds["image"]))
+        tpr = float(np.mean(post.decide(anomalous)))
         print(f"  detection rate {tpr:.4f} on {anomalous.size} anomalous image(s), "
               f"F1 {thresholds.get('f1', float('nan')):.4f}")
     if thresholds["pixel"] is not None:

@@ -10,8 +10,9 @@ Example::
 
 Thresholds live in the checkpoint under ``thresholds`` (computed by
 :func:`.thresholds.calibrate_thresholds`, written by :func:`.thresholds.write_thresholds` or
-``patchguard calibrate``). Without an image threshold ``Prediction.decisions`` is ``None`` (never
-a guess); pass ``threshold=`` to decide anyway.
+``patchguard calibrate``); what follows from them (decisions, masks, heatmap colours) is the
+model's :class:`~patchguard.models.postprocess.PostProcessor`. Without an image threshold
+``Prediction.decisions`` is ``None`` (never a guess); pass ``threshold=`` to decide anyway.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 from ..models.factory import load_model
 from ..models.patchguard import PatchGuard
+from ..models.postprocess import PostProcessor
 from ..utils import checks
 from ..utils.device import resolve_device
 from .card import model_card
@@ -48,12 +50,14 @@ class Prediction:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def post(self) -> PostProcessor:
+        """The thresholds these results were decided with, and their heatmap colours."""
+        return PostProcessor(self.threshold, self.pixel_threshold)
+
     def masks(self) -> np.ndarray:
         """Binary defect masks (n, H, W): map >= the pixel threshold."""
-        if self.pixel_threshold is None:
-            raise ValueError("no pixel threshold: calibrate the checkpoint ('patchguard "
-                             "calibrate') or pass pixel_threshold= to predict()")
-        return self.maps >= self.pixel_threshold
+        return self.post.masks(self.maps)
 
 
 def _concat(parts: list[Prediction], failed: list[tuple[str, str]]) -> Prediction:
@@ -86,9 +90,22 @@ class Detector:
         # Keep the metadata, not a second copy of the weights (or the optimizer state).
         self.info = {k: v for k, v in (checkpoint or {}).items()
                      if k not in ("model", "optimizer", "scheduler", "rng")}
-        thresholds = self.info.get("thresholds") or {}
-        self.threshold: float | None = thresholds.get("image")
-        self.pixel_threshold: float | None = thresholds.get("pixel")
+        self.post = PostProcessor.from_checkpoint(self.info)
+
+    @property
+    def threshold(self) -> float | None:
+        """The image threshold (score >= it is anomalous), or None."""
+        return self.post.image_threshold
+
+    @threshold.setter
+    def threshold(self, value: float | None) -> None:
+        self.post = PostProcessor(None if value is None else float(value),
+                                  self.post.pixel_threshold)
+
+    @property
+    def pixel_threshold(self) -> float | None:
+        """The pixel threshold (map >= it is a defect pixel), or None."""
+        return self.post.pixel_threshold
 
     @property
     def image_size(self) -> int:
@@ -115,11 +132,13 @@ class Detector:
         """
         # The checks of the command line's --batch-size, --threshold and --pixel-threshold.
         checks.integer("batch_size (--batch-size)", batch_size, 1)
-        image_threshold = (self.threshold if threshold is None
-                           else checks.number("threshold (--threshold)", threshold))
-        map_threshold = (self.pixel_threshold if pixel_threshold is None
-                         else checks.number("pixel_threshold (--pixel-threshold)",
-                                            pixel_threshold))
+        if threshold is not None:
+            threshold = checks.number("threshold (--threshold)", threshold)
+        if pixel_threshold is not None:
+            pixel_threshold = checks.number("pixel_threshold (--pixel-threshold)",
+                                            pixel_threshold)
+        post = self.post.overridden(threshold, pixel_threshold)
+        image_threshold, map_threshold = post.image_threshold, post.pixel_threshold
         items, failed = expand_inputs(images_or_paths)
         size = self.image_size
         from tqdm.auto import tqdm
@@ -136,8 +155,7 @@ class Detector:
             scores_np = scores.float().cpu().numpy()
             result = Prediction(
                 scores=scores_np,
-                decisions=(None if image_threshold is None
-                           else scores_np.astype(np.float64) >= image_threshold),
+                decisions=post.decide(scores_np),
                 maps=maps.float().cpu().numpy(),
                 paths=list(batch_names),
                 failed=list(failed),

@@ -49,7 +49,7 @@ ORIGINAL_COEFFICIENTS = (0.005, 0.01, 0.05)
 _NAME_PATTERN = re.compile(r"^patchguard_([A-Za-z0-9]+)_(.+?)(?:_pgd\d+_last_epoch)?$")
 
 
-def _unwrap(payload: Any) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(payload: Any) -> dict[str, torch.Tensor]:
     """The tensor dict inside what torch.load returned (plain, or under 'state_dict'/'model')."""
     if isinstance(payload, dict):
         for key in ("state_dict", "model"):
@@ -113,7 +113,7 @@ def convert_original_state_dict(
     infers it from the positional encodings. Raises ValueError listing every unused, missing or
     mis-shaped key; the result loads into :class:`PatchGuard` with ``strict=True``.
     """
-    state_dict = _unwrap(state_dict)
+    state_dict = unwrap_state_dict(state_dict)
     pos_key = "discriminator.positional_encodings"
     if pos_key not in state_dict:
         raise ValueError(f"no {pos_key!r}: not a state dict of the original PatchGuard (keys "
@@ -215,7 +215,7 @@ def load_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} is already a patchguard checkpoint, not one of the original "
                          f"PatchGuard code: use it as it is (patchguard info --checkpoint "
                          f"{path})")
-    return _unwrap(payload)
+    return unwrap_state_dict(payload)
 
 
 def names_from_filename(path: str | Path) -> tuple[str | None, str | None]:
