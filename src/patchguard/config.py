@@ -19,10 +19,14 @@ DEFAULT_BACKBONE = "vit_small_patch14_dinov2.lvd142m"
 # Training attacks (issue 12): pgd is METHOD.md's; the others are cheaper alternatives.
 TRAIN_ATTACKS = ("pgd", "fgsm-rs", "n-fgsm", "free")
 TRAIN_OBJECTIVES = ("mask", "score")
+# The detector on top of the backbone: PatchGuard's discriminator (the paper), or a patch memory
+# bank scored by nearest-neighbour distance (models/knn.py; built, not trained).
+HEADS = ("discriminator", "knn")
 
 # Keys the network is built from: a checkpoint's stored config must hold valid ones.
 MODEL_KEYS = ("backbone", "image_size", "feature_layers", "reg_layers", "dsc_layers",
-              "dsc_hidden", "dsc_heads", "dsc_dropout", "top_k", "map_sigma", "map_radius")
+              "dsc_hidden", "dsc_heads", "dsc_dropout", "top_k", "map_sigma", "map_radius",
+              "head")
 
 
 @dataclass
@@ -49,6 +53,15 @@ class TrainConfig:
     top_k: int = 3
     map_sigma: float = 6.0
     map_radius: int = 7
+    head: str = "discriminator"  # discriminator | knn (models/knn.py: no optimiser)
+    knn_bank_size: int = 0  # knn: patches kept in the memory bank (0: every training patch)
+    knn_coreset: str = "greedy"  # knn: how a smaller bank is chosen: greedy | random
+    # robust backbone fine-tuning before training (training/robustify.py, cached per class and
+    # settings); 0 skips it, and so does --no-adv-train (the recipe's non-robust twin)
+    robustify_epsilon: float = 0.0  # in 1/255 units
+    robustify_steps: int = 3  # PGD steps of its attack on the feature distance
+    robustify_epochs: int = 4
+    robustify_images: list[str] = field(default_factory=list)  # extra unlabelled image folders
     # optimisation
     epochs: int = 1000
     batch_size: int = 16
@@ -241,6 +254,12 @@ _STR = checks.text
 _BOOL = checks.boolean
 _LAYERS = lambda name, value: checks.integer_list(name, value, 1)  # noqa: E731
 
+
+def _list(name: str, value: Any) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise InputError(name, value, "must be a list", f"e.g. {name.split()[0]}: [folder]")
+    return list(value)
+
 # The domain of every TrainConfig key (README "Errors and safety"; upper bounds that depend on
 # the backbone, such as block numbers and the patch grid, are checked when training starts).
 FIELD_CHECKS: dict[str, Any] = {
@@ -264,6 +283,14 @@ FIELD_CHECKS: dict[str, Any] = {
     "top_k": _ints(1),
     "map_sigma": _numbers(0.0, min_open=True),
     "map_radius": _ints(0, fix="0 means no smoothing"),
+    "head": lambda name, value: checks.choice(name, value, HEADS),
+    "knn_bank_size": _ints(0, fix="0 keeps every training patch"),
+    "knn_coreset": lambda name, value: checks.choice(name, value, ("greedy", "random")),
+    "robustify_epsilon": _numbers(0.0, 255.0, fix="0 skips the backbone fine-tuning"),
+    "robustify_steps": _ints(1),
+    "robustify_epochs": _ints(1),
+    "robustify_images": lambda name, value: [checks.text(name, item, allow_empty=False)
+                                             for item in _list(name, value)],
     "epochs": _ints(1),
     "batch_size": _ints(1),
     "lr": _numbers(0.0, min_open=True, fix="the paper uses 8e-4; --backbone-lr 0 freezes the "
@@ -308,12 +335,13 @@ FIELD_CHECKS: dict[str, Any] = {
 _NUMERIC_KEYS = {key: int for key in (
     "image_size", "dsc_layers", "dsc_hidden", "dsc_heads", "top_k", "map_radius", "epochs",
     "batch_size", "warmup_epochs", "steps_train", "seed", "workers", "save_every",
-    "free_replays", "late_steps_train", "frozen_blocks", "probe_every")}
+    "free_replays", "late_steps_train", "frozen_blocks", "probe_every", "knn_bank_size",
+    "robustify_steps", "robustify_epochs")}
 _NUMERIC_KEYS.update({key: float for key in (
     "dsc_dropout", "map_sigma", "lr", "backbone_lr", "weight_decay", "min_lr_ratio",
     "epsilon_train", "pseudo_size_scale", "val_fraction", "target_fpr",
     "checkpoint_every_min", "eps_ramp", "late_fraction", "trades_weight",
-    "rank_weight")})
+    "rank_weight", "robustify_epsilon")})
 _NUMERIC_LISTS = {"feature_layers": int, "reg_layers": int, "reg_coefficients": float}
 
 

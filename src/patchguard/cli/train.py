@@ -64,6 +64,21 @@ def register(verbs: argparse._SubParsersAction) -> None:
          help="freeze the patch embedding and the first N backbone blocks")
     flag(train, "--probe-every", type=int, default=None,
          help="every N epochs, robust AUROC on held-out images (catastrophic overfitting)")
+    flag(train, "--head", default=None, choices=["discriminator", "knn"],
+         help="discriminator: PatchGuard's (default); knn: a patch memory bank scored by "
+              "nearest-neighbour distance, built in one pass (no optimiser)")
+    flag(train, "--knn-bank-size", type=int, default=None,
+         help="knn: patches kept in the bank (0: all; else a --knn-coreset of them)")
+    flag(train, "--knn-coreset", default=None, choices=["greedy", "random"])
+    flag(train, "--robustify-epsilon", type=float, default=None,
+         help="first fine-tune the backbone's features to resist this L-inf radius (1/255; "
+              "patchguard robustify, cached per class and settings); 0 skips it, and so does "
+              "--no-adv-train")
+    flag(train, "--robustify-steps", type=int, default=None)
+    flag(train, "--robustify-epochs", type=int, default=None)
+    flag(train, "--robustify-images", nargs="+", default=None,
+         help="extra unlabelled image folders for that fine-tuning ('skimage': scikit-image's "
+              "photographs)")
     flag(train, "--no-reg", dest="reg", action="store_const", const=False, default=None)
     flag(train, "--bf16", action="store_const", const=True, default=None,
          help="bf16 autocast (for GPUs; runs slower on CPUs)")
