@@ -60,7 +60,7 @@ class TrainConfig:
     # settings); 0 skips it, and so does --no-adv-train (the recipe's non-robust twin)
     robustify_epsilon: float = 0.0  # in 1/255 units
     robustify_steps: int = 3  # PGD steps of its attack on the feature distance
-    robustify_epochs: int = 4
+    robustify_epochs: int = 8
     robustify_images: list[str] = field(default_factory=list)  # extra unlabelled image folders
     # optimisation
     epochs: int = 1000

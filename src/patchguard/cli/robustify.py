@@ -34,7 +34,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(verb, "--steps", type=POSITIVE, default=3, help="PGD steps of the training attack")
     flag(verb, "--clean-weight", type=float, default=1.0,
          help="weight of ||f_ft(x) - f_orig(x)||^2 beside the adversarial term")
-    flag(verb, "--epochs", type=POSITIVE, default=4)
+    flag(verb, "--epochs", type=POSITIVE, default=8)
     flag(verb, "--batch-size", type=POSITIVE, default=8)
     flag(verb, "--lr", type=float, default=5e-5)
     flag(verb, "--holdout", type=int, default=8,

@@ -61,7 +61,7 @@ class RobustifySettings:
     epsilon: float = 4.0
     steps: int = 3
     clean_weight: float = 1.0
-    epochs: int = 4
+    epochs: int = 8
     batch_size: int = 8
     lr: float = 5e-5
     weight_decay: float = 1e-4
@@ -162,6 +162,19 @@ def feature_stability(model: nn.Module, images: torch.Tensor, epsilons: Sequence
     finally:
         model.train(was_training)
     return result
+
+
+@torch.no_grad()
+def feature_drift(model: nn.Module, original: nn.Module, images: torch.Tensor,
+                  batch_size: int = 16) -> float:
+    """Mean over images of ``||f_ft(x) - f_orig(x)|| / ||f_orig(x)||``: how far fine-tuning moved
+    the clean features (what the detector was built on)."""
+    drifts = []
+    for batch in images.split(batch_size):
+        reference = original(batch)
+        drifts.append((model(batch) - reference).flatten(1).norm(dim=1)
+                      / reference.flatten(1).norm(dim=1).clamp_min(1e-12))
+    return round(float(torch.cat(drifts).mean()), 4) if drifts else float("nan")
 
 
 def _folder_images(folder: str) -> list[Path]:
@@ -394,11 +407,12 @@ def robustify(
     finally:
         bar.close()
     train_cpu = time.process_time() - train_cpu_started
-    after = {}
+    after, drift = {}, None
     if not interrupted and len(held):
         cpu = time.process_time()
         after = feature_stability(model, held, settings.eval_epsilons, settings.eval_steps,
                                   seed=settings.seed)
+        drift = feature_drift(model, original, held)
         measure_cpu += time.process_time() - cpu
     tail = losses[-max(1, steps_per_epoch):]
     card = {
@@ -421,7 +435,9 @@ def robustify(
             "what": "mean relative feature shift ||f(x+d)-f(x)|| / ||f(x)|| under PGD-"
                     f"{settings.eval_steps} on that shift, on the {len(held)} held-out class "
                     "images (lower is more stable)",
-            "before": before, "after": after},
+            "before": before, "after": after,
+            "clean_drift": drift,
+            "clean_drift_what": "mean ||f_ft(x)-f_orig(x)|| / ||f_orig(x)|| on the same images"},
     }
     tensors = {k: v.detach().to("cpu").contiguous().clone()
                for k, v in model.vit.state_dict().items()}
