@@ -326,7 +326,8 @@ def main() -> None:
                        "train_wall_min": round(secs / 60, 2), "run_wall_min": round(wall / 60, 2),
                        "threads": args.threads, "set": {**RECIPES[name][1],
                                                         **json.loads(args.set)},
-                       "loss": round(log[epoch - 1].get("loss", float("nan")), 4), **probes,
+                       "loss": (round(log[epoch - 1]["loss"], 4) if "loss" in log[epoch - 1]
+                                else None), **probes,
                        **evaluate_checkpoint(run_dir / f"epoch_{epoch:04d}.pt", data, attack,
                                              args.epsilons)}
                 print(json.dumps(row), flush=True)

@@ -429,7 +429,7 @@ def train(
     if config.head == "knn":  # a memory bank, built in one pass: no optimiser, no epochs
         from .memory_bank import build_memory_bank
 
-        return build_memory_bank(config, progress)
+        return build_memory_bank(config, split_validation, validation_thresholds, progress)
     ctx = init_distributed(config.device)
     try:
         with cuda_speed_settings(resolve_device(config.device), config.tf32):
