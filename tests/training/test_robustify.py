@@ -158,3 +158,29 @@ def test_cli_verb_writes_the_backbone_and_its_card(tiny_data, tmp_path, capsys):
                  "--backbone", TINY_BACKBONE, "--no-pretrained", "--image-size", "64",
                  "--output", str(tmp_path / "bad.pt"), "--quiet"]) == 2
     assert ".safetensors" in capsys.readouterr().err
+
+
+def test_one_command_runs_the_preset_and_its_twin_skips_the_fine_tuning(tiny_data, tmp_path,
+                                                                         monkeypatch):
+    import patchguard
+
+    monkeypatch.setenv("PATCHGUARD_CACHE", str(tmp_path / "cache"))
+    tiny = dict(dataset_dir=str(tiny_data), class_name="widget", backbone=TINY_BACKBONE,
+                pretrained=False, image_size=TINY_SIZE, feature_layers=[3], reg_layers=[2, 3],
+                reg_coefficients=[0.01, 0.05], robustify_images=[], robustify_epochs=1,
+                workers=0, device="cpu")
+    last = patchguard.train(preset="robust-features", output_dir=str(tmp_path / "robust"),
+                            progress=False, **tiny)
+    cached = sorted((tmp_path / "cache" / "robust_backbones").glob("widget-*.safetensors"))
+    assert len(cached) == 1
+    model, state = patchguard.load_model(last)
+    assert state["config"]["head"] == "knn"
+    assert state["config"]["backbone_weights"] == str(cached[0])
+    saved = load_file(str(cached[0]))
+    vit = model.feature_extractor.pretrained_model.state_dict()
+    assert all(torch.equal(vit[k], v) for k, v in saved.items())
+    twin = patchguard.train(preset="robust-features", adv_train=False,
+                            output_dir=str(tmp_path / "twin"), progress=False, **tiny)
+    _, twin_state = patchguard.load_model(twin)
+    assert twin_state["config"]["backbone_weights"] is None
+    assert len(list((tmp_path / "cache" / "robust_backbones").iterdir())) == 2  # file + card

@@ -20,7 +20,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(train, "--output-dir", default=None, help="where checkpoints and logs go")
     flag(train, "--preset", default=None, choices=sorted(PRESETS),
          help="paper: METHOD.md exactly (default); fast: short budgets; robust: the best "
-              "robustness found so far at CPU budgets (does not reach issue 12's target)")
+              "robustness found so far at CPU budgets (does not reach issue 12's target); "
+              "robust-features: a kNN head on a backbone fine-tuned without labels")
     flag(train, "--epochs", type=int, default=None)
     flag(train, "--batch-size", type=int, default=None)
     flag(train, "--image-size", type=int, default=None)

@@ -503,7 +503,8 @@ def robust_backbone_for(config: TrainConfig, progress: bool = True) -> TrainConf
                     "as %s)", settings.epsilon, settings.epochs, path)
         robustify(path, settings, overwrite=True, progress=progress, pool=pool,
                   device=_device(config.device))
-    return dataclasses.replace(config, backbone_weights=str(path))
+    # pretrained: the file is now the weights to load (from random ones too, --no-pretrained)
+    return dataclasses.replace(config, backbone_weights=str(path), pretrained=True)
 
 
 def _weights_id(path: str | None) -> Any:
