@@ -22,7 +22,7 @@ from patchguard.data.layouts import load_records
 from patchguard.data.pseudo_anomaly import PseudoAnomalyGenerator
 from patchguard.data.pseudo_anomaly.severity import min_patch_size
 from patchguard.models.factory import load_model
-from patchguard.training.trainer import probe_images, split_validation
+from patchguard.training.heldout import probe_images, split_validation
 
 
 def main() -> None:

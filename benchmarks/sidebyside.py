@@ -48,8 +48,16 @@ def api() -> types.SimpleNamespace:
         from patchguard.training import trainer
         from patchguard.training.optim import build_optimizer
 
-        ns.training_step, ns.make_loader = trainer.training_step, trainer.make_loader
-        ns.cuda_speed_settings = getattr(trainer, "cuda_speed_settings", None)
+        if hasattr(trainer, "training_step"):  # before the step moved to training.task
+            ns.training_step, ns.make_loader = trainer.training_step, trainer.make_loader
+            ns.cuda_speed_settings = getattr(trainer, "cuda_speed_settings", None)
+        else:
+            from patchguard.training.loader import make_loader
+            from patchguard.training.task import training_step
+            from patchguard.utils.device import cuda_speed_settings
+
+            ns.training_step, ns.make_loader = training_step, make_loader
+            ns.cuda_speed_settings = cuda_speed_settings
         ns.layout = "packages"
     except ImportError:  # the flat layout of a0df06f
         from patchguard import training as trainer

@@ -12,7 +12,7 @@ import torch
 
 from patchguard.adversarial.attacks import run_attack
 
-from conftest import TINY_SIZE, tiny_model
+from helpers.models import TINY_SIZE, tiny_model
 
 torchattacks = pytest.importorskip("torchattacks")
 

@@ -5,7 +5,7 @@ import torch
 
 from patchguard.adversarial.apgd import apgd_checkpoints
 from patchguard.adversarial.attacks import ATTACKS, run_attack
-from patchguard.adversarial.detector import DetectorOutput, as_detector
+from patchguard.adversarial.detector import DetectorOutput
 from patchguard.adversarial.objectives import (
     OBJECTIVES,
     map_loss,
@@ -16,7 +16,8 @@ from patchguard.adversarial.objectives import (
 from patchguard.adversarial.pgd import pgd_attack
 from patchguard.evaluation.metrics import auroc
 
-from conftest import TINY_SIZE, tiny_model
+from helpers.attacks import attack_batch, objective_value
+from helpers.models import TINY_SIZE, tiny_model
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -91,23 +92,6 @@ def test_zero_epsilon_returns_input():
 EPS = 8 / 255
 
 
-def _batch(seed: int = 1, n: int = 4):
-    """Images, patch targets, labels and pixel masks: the first half anomalous."""
-    torch.manual_seed(seed)
-    x = torch.rand(n, 3, TINY_SIZE, TINY_SIZE)
-    labels = torch.zeros(n)
-    labels[: n // 2] = 1
-    masks = torch.zeros(n, 1, TINY_SIZE, TINY_SIZE)
-    masks[: n // 2, :, 4:36, 8:24] = 1  # touches patches (0,0), (0,1), (1,0), (1,1), (2,0), (2,1)
-    targets = (torch.nn.functional.max_pool2d(masks, 16).flatten(1) > 0).float()
-    return x, targets, labels, masks
-
-
-def _objective_value(model, objective, x, targets, labels, masks):
-    with torch.no_grad():
-        return OBJECTIVES[objective](as_detector(model)(x), targets, labels, masks)
-
-
 def _output(model, logits):
     """The detector output of PatchGuard-like ``model`` for given patch logits."""
     return DetectorOutput(lambda: model.image_score(logits), lambda: model.anomaly_map(logits),
@@ -158,15 +142,15 @@ GRADIENT_ATTACKS = sorted(set(ATTACKS) - {"square", "standard"})
 @pytest.mark.parametrize("name", GRADIENT_ATTACKS)
 def test_attack_in_ball_raises_objective_and_spares_parameter_gradients(name, objective):
     model = tiny_model().eval()
-    x, targets, labels, masks = _batch()
+    x, targets, labels, masks = attack_batch()
     generator = torch.Generator().manual_seed(0)
     adv, loss = run_attack(name, model, x, targets, labels, EPS, 4, objective=objective,
                            masks=masks, generator=generator)
     assert adv.shape == x.shape and loss.shape == (4,)
     assert (adv - x).abs().max() <= EPS + 1e-6
     assert adv.min() >= 0 and adv.max() <= 1
-    clean = _objective_value(model, objective, x, targets, labels, masks)
-    after = _objective_value(model, objective, adv, targets, labels, masks)
+    clean = objective_value(model, objective, x, targets, labels, masks)
+    after = objective_value(model, objective, adv, targets, labels, masks)
     torch.testing.assert_close(loss, after)  # the reported loss is the objective at the result
     assert after.mean() > clean.mean()
     assert all(p.grad is None for p in model.parameters())
@@ -178,7 +162,7 @@ def test_attack_in_ball_raises_objective_and_spares_parameter_gradients(name, ob
 
 def test_worst_is_at_least_as_strong_as_each_member_on_every_image():
     model = tiny_model().eval()
-    x, targets, labels, masks = _batch(seed=3)
+    x, targets, labels, masks = attack_batch(seed=3)
     members = ["pgd", "apgd", "pgd-rs", "fgsm"]
     adv, worst = run_attack("worst", model, x, targets, labels, EPS, 3, objective="score",
                             masks=masks, generator=torch.Generator().manual_seed(5),
@@ -197,19 +181,19 @@ def test_worst_is_at_least_as_strong_as_each_member_on_every_image():
 
 def test_worst_compares_in_eval_mode_and_restores_the_mode():
     model = tiny_model(dsc_dropout=0.5).train()
-    x, targets, labels, masks = _batch()
+    x, targets, labels, masks = attack_batch()
     adv, loss = run_attack("worst", model, x, targets, labels, EPS, 2, members=["pgd", "fgsm"])
     assert model.training and all(m.training for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
     # With dropout active a train-mode loss would be random; the reported one is eval-mode.
-    torch.testing.assert_close(loss, _objective_value(model.eval(), "mask", adv, targets,
+    torch.testing.assert_close(loss, objective_value(model.eval(), "mask", adv, targets,
                                                       labels, masks))
 
 
 @pytest.mark.parametrize("name", ["pgd-rs", "apgd"])
 def test_restarts_never_make_it_weaker(name):
     model = tiny_model().eval()
-    x, targets, labels, masks = _batch(seed=4)
+    x, targets, labels, masks = attack_batch(seed=4)
     _, one = run_attack(name, model, x, targets, labels, EPS, 3, objective="score",
                         restarts=1, generator=torch.Generator().manual_seed(7))
     _, three = run_attack(name, model, x, targets, labels, EPS, 3, objective="score",
@@ -275,16 +259,16 @@ def test_apgd_starts_randomly_and_first_steps_two_epsilon():
 
 def test_zero_epsilon_attacks_return_the_input():
     model = tiny_model().eval()
-    x, targets, labels, masks = _batch()
+    x, targets, labels, masks = attack_batch()
     for name in ATTACKS:
         adv, loss = run_attack(name, model, x, targets, labels, 0.0, 3)
         assert torch.equal(adv, x)
-        torch.testing.assert_close(loss, _objective_value(model, "mask", x, targets, labels, None))
+        torch.testing.assert_close(loss, objective_value(model, "mask", x, targets, labels, None))
 
 
 def test_unknown_names_are_rejected():
     model = tiny_model().eval()
-    x, targets, labels, _ = _batch()
+    x, targets, labels, _ = attack_batch()
     with pytest.raises(ValueError, match="unknown attack"):
         run_attack("cw", model, x, targets, labels, EPS, 1)
     with pytest.raises(ValueError, match="unknown objective"):
@@ -316,12 +300,3 @@ def test_apgd_step_size_halving_converges_where_fixed_steps_oscillate():
     # Measured 0.014 eps with the schedule, 0.22 eps with condition 1 switched off.
     assert (adv - centre).abs().max() < 0.05 * EPS
     assert (loss <= 0).all() and (loss > -1e-5).all()
-
-
-def test_attack_names_for_the_cli_match_the_registries():
-    from patchguard.adversarial.names import ATTACK_NAMES, DEFAULT_QUERIES, OBJECTIVE_NAMES
-    from patchguard.adversarial.problem import AttackBudget
-
-    assert list(ATTACK_NAMES) == list(ATTACKS)
-    assert list(OBJECTIVE_NAMES) == list(OBJECTIVES)
-    assert AttackBudget().queries == DEFAULT_QUERIES == 1000

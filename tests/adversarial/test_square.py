@@ -2,14 +2,14 @@
 
 import pytest
 import torch
-from test_attacks import _batch, _objective_value
 
 from patchguard.adversarial.attacks import run_attack
 from patchguard.adversarial.objectives import OBJECTIVES
 from patchguard.adversarial.square import DEFAULT_P_INIT, square_fraction, square_side
 from patchguard.evaluation.metrics import auroc
 
-from conftest import TINY_SIZE, QuantisedInput, tiny_model
+from helpers.attacks import attack_batch, objective_value
+from helpers.models import TINY_SIZE, QuantisedInput, tiny_model
 
 EPS = 8 / 255
 
@@ -58,12 +58,12 @@ class _Recorder(torch.nn.Module):
 @pytest.mark.parametrize("objective", sorted(OBJECTIVES))
 def test_square_with_each_objective_stays_on_the_ball_and_only_improves(objective):
     recorder = _Recorder(tiny_model().eval())
-    x, targets, labels, masks = _batch()
+    x, targets, labels, masks = attack_batch()
     adv, loss = run_attack("square", recorder, x, targets, labels, EPS, 0, objective=objective,
                            masks=masks, generator=torch.Generator().manual_seed(0), queries=60)
     model = recorder.model
-    start = _objective_value(model, objective, recorder.inputs[0], targets, labels, masks)
-    after = _objective_value(model, objective, adv, targets, labels, masks)
+    start = objective_value(model, objective, recorder.inputs[0], targets, labels, masks)
+    after = objective_value(model, objective, adv, targets, labels, masks)
     torch.testing.assert_close(loss, after)  # the reported loss is the objective at the result
     assert (after >= start).all() and (after > start).any()
     # Every pixel sits on a vertex of the ball, or at 0 or 1 where the vertex lies outside.
@@ -92,7 +92,7 @@ class _Flat(torch.nn.Module):
 
 def test_square_counts_queries_queries_without_gradients_in_eval_mode():
     model = _Flat().train()
-    x, targets, labels, _ = _batch()
+    x, targets, labels, _ = attack_batch()
     run_attack("square", model, x, targets, labels, EPS, 0, queries=25, restarts=2,
                generator=torch.Generator().manual_seed(0))
     assert len(model.inputs) == 2 * 25  # initial query + 24 proposals, per restart
@@ -142,7 +142,7 @@ def _square(model, x, targets, labels, seed, queries, restarts=1):
 
 def test_square_is_deterministic_under_a_seed():
     model = tiny_model().eval()
-    x, targets, labels, _ = _batch(seed=2)
+    x, targets, labels, _ = attack_batch(seed=2)
     first, again, other = (_square(model, x, targets, labels, s, 30) for s in (3, 3, 4))
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert not torch.equal(first[0], other[0])
@@ -150,7 +150,7 @@ def test_square_is_deterministic_under_a_seed():
 
 def test_square_restarts_never_make_it_weaker():
     model = tiny_model().eval()
-    x, targets, labels, _ = _batch(seed=4)
+    x, targets, labels, _ = attack_batch(seed=4)
     _, one = _square(model, x, targets, labels, 7, 20)
     _, three = _square(model, x, targets, labels, 7, 20, restarts=3)
     assert (three >= one).all()

@@ -3,7 +3,6 @@
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
-from test_attacks import _batch, _objective_value
 
 from patchguard.adversarial import standard
 from patchguard.adversarial.apgd import APGD_MIN_STEPS
@@ -15,7 +14,8 @@ from patchguard.adversarial.standard import (
     attack_standard_per_metric,
 )
 
-from conftest import tiny_model
+from helpers.attacks import attack_batch, objective_value
+from helpers.models import tiny_model
 
 EPS = 8 / 255
 # Budgets do not change what is checked here (how the worst case is picked), only the cost.
@@ -39,7 +39,7 @@ def _image_auroc(model, labels, images):
 
 def test_standard_is_the_per_image_worst_of_its_members_for_each_metric():
     model = tiny_model().eval()
-    x, targets, labels, masks = _batch(seed=3, n=6)
+    x, targets, labels, masks = attack_batch(seed=3, n=6)
     problem = AttackProblem(model, x, targets, labels, EPS, "score", masks)
     result = attack_standard_per_metric(
         problem, AttackBudget(generator=torch.Generator().manual_seed(5)), members=CHEAP)
@@ -47,13 +47,13 @@ def test_standard_is_the_per_image_worst_of_its_members_for_each_metric():
     generator = torch.Generator().manual_seed(5)
     alone = [run_attack(m.attack, model, x, targets, labels, EPS, m.steps, objective=m.objective,
                         masks=masks, generator=generator, queries=m.queries)[0] for m in CHEAP]
-    scores = torch.stack([_objective_value(model, "score", a, targets, labels, masks)
+    scores = torch.stack([objective_value(model, "score", a, targets, labels, masks)
                           for a in alone])
-    maps = torch.stack([_objective_value(model, "map", a, targets, labels, masks) for a in alone])
+    maps = torch.stack([objective_value(model, "map", a, targets, labels, masks) for a in alone])
     # Higher objective = worse for the model: per image, standard's attacker objective is at
     # least every member's (the per-image worst case) and equal to the best member's.
-    image_value = _objective_value(model, "score", result.image, targets, labels, masks)
-    pixel_value = _objective_value(model, "map", result.pixel, targets, labels, masks)
+    image_value = objective_value(model, "score", result.image, targets, labels, masks)
+    pixel_value = objective_value(model, "map", result.pixel, targets, labels, masks)
     assert (image_value >= scores - 1e-6).all() and (pixel_value >= maps - 1e-6).all()
     torch.testing.assert_close(image_value, scores.max(dim=0).values)
     torch.testing.assert_close(pixel_value, maps.max(dim=0).values)
@@ -72,7 +72,7 @@ def test_standard_is_the_per_image_worst_of_its_members_for_each_metric():
 def test_plain_standard_ignores_steps_and_picks_by_the_objective(monkeypatch):
     monkeypatch.setattr(standard, "STANDARD_MEMBERS", CHEAP)
     model = tiny_model().eval()
-    x, targets, labels, masks = _batch(seed=6)
+    x, targets, labels, masks = attack_batch(seed=6)
     problem = AttackProblem(model, x, targets, labels, EPS, "map", masks)
     per_metric = attack_standard_per_metric(
         problem, AttackBudget(generator=torch.Generator().manual_seed(1)))
@@ -86,7 +86,7 @@ def test_plain_standard_ignores_steps_and_picks_by_the_objective(monkeypatch):
 
 def test_a_detector_without_patch_logits_skips_the_mask_member():
     model = tiny_model().eval()
-    x, targets, labels, masks = _batch(seed=2)
+    x, targets, labels, masks = attack_batch(seed=2)
 
     def plain(images):  # scores and maps only: no mask objective possible
         logits = model(images, with_attention=False).logits

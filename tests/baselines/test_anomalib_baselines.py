@@ -26,7 +26,7 @@ from patchguard.baselines import (  # noqa: E402
 )
 from patchguard.data.datasets import load_test_set  # noqa: E402
 
-from conftest import make_mvtec_class  # noqa: E402
+from helpers.data import make_mvtec_class  # noqa: E402
 
 SIZE = 64
 EPS = 8 / 255

@@ -18,7 +18,10 @@ import torch
 from patchguard.cli import main
 from patchguard.evaluation.reports import class_table
 
-from conftest import TINY_BACKBONE, make_mvtec_class
+from helpers.data import make_mvtec_class
+from helpers.models import TINY_BACKBONE
+
+pytestmark = pytest.mark.integration  # runs the command line or a whole path end to end
 
 TINY_FLAGS = [  # test_cli's tiny PatchGuard: test_vit, 64 px, 2 epochs
     "--backbone", TINY_BACKBONE, "--no-pretrained", "--image-size", "64",
@@ -151,13 +154,6 @@ def test_missing_anomalib_names_the_extra_before_any_work(monkeypatch, tmp_path,
     assert code == 2
     assert "pip install 'patchguard[anomalib]'" in capsys.readouterr().err
     assert not (tmp_path / "benchmark.md").exists()
-
-
-def test_baseline_choices_are_the_registry():
-    from patchguard.baselines import BASELINES
-    from patchguard.cli.benchmark import BASELINE_CHOICES
-
-    assert list(BASELINE_CHOICES) == list(BASELINES)
 
 
 def _row(method, attack, eps, image, pixel, objective=None, **extra):

@@ -8,7 +8,10 @@ from PIL import Image
 from patchguard.cli import main
 from patchguard.utils.checkpoint import load_checkpoint
 
-from conftest import TINY_BACKBONE, make_mvtec_class
+from helpers.data import make_mvtec_class
+from helpers.models import TINY_BACKBONE
+
+pytestmark = pytest.mark.integration  # runs the command line or a whole path end to end
 
 TINY_FLAGS = [
     "--backbone", TINY_BACKBONE, "--no-pretrained", "--image-size", "64",
@@ -60,6 +63,7 @@ def _independent_scores(trained):
     return labels, scores.numpy(), masks, maps.numpy()
 
 
+@pytest.mark.slow
 def test_test_prints_table_and_writes_json_rows(trained, capsys):
     from sklearn.metrics import roc_auc_score
 
@@ -142,6 +146,7 @@ def test_test_without_pixel_masks_reports_null(tmp_path, trained):
     assert rows[1]["targets"].startswith("all-ones")
 
 
+@pytest.mark.slow
 def test_cli_resume_continues_the_saved_run(tmp_path):
     make_mvtec_class(tmp_path / "data")
     base = ["train", "--dataset-dir", str(tmp_path / "data"), "--class-name", "widget",
@@ -161,6 +166,7 @@ def test_cli_resume_continues_the_saved_run(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_test_writes_csv_markdown_plot_and_sanity_notes(trained, capsys):
     out_json = trained / "sane" / "rows.json"
     code = main(["test", "--checkpoint", str(trained / "run" / "last.pt"), "--steps-test", "2",
@@ -187,6 +193,7 @@ def _cheap_standard(monkeypatch):
     monkeypatch.setattr(standard, "STANDARD_MEMBERS", cheap)
 
 
+@pytest.mark.slow
 def test_test_runs_square_and_standard_and_lists_the_members(trained, capsys, monkeypatch):
     _cheap_standard(monkeypatch)
     out_json = trained / "std" / "rows.json"
@@ -221,6 +228,7 @@ def test_benchmark_writes_paper_style_table(trained, tmp_path):
                  str(tmp_path / "ckpts"), "--quiet"]) == 2
 
 
+@pytest.mark.slow
 def test_benchmark_reports_standard_beside_pgd_by_default(trained, tmp_path, monkeypatch):
     import shutil
 
@@ -259,6 +267,7 @@ def test_data_foreground_for_every_class_then_info(tmp_path, capsys):
     assert out.rstrip().endswith("2 class(es) OK")
 
 
+@pytest.mark.slow
 def test_benchmark_train_sweep_skips_finished_classes_and_resumes(tmp_path):
     for name in ("a", "b"):
         make_mvtec_class(tmp_path / "data", name=name)
@@ -297,6 +306,7 @@ def _save(path, value, size=40, mode="RGB"):
     Image.fromarray(array).save(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["folder", "btad", "brats2021"])
 def test_train_and_test_on_other_layouts(tmp_path, layout):
     """Trees written from the README's layout descriptions, trained and tested end to end."""
@@ -332,6 +342,7 @@ def test_train_and_test_on_other_layouts(tmp_path, layout):
     assert rows[0]["n_images"] == 8 and rows[0]["pixel_auroc"] is not None
 
 
+@pytest.mark.slow
 def test_train_flags_of_the_robustness_options_reach_the_config(tmp_path):
     make_mvtec_class(tmp_path / "data")
     flags = list(TINY_FLAGS)

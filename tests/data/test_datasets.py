@@ -10,7 +10,7 @@ from patchguard.data.layouts import load_records
 from patchguard.data.pseudo_anomaly import PseudoAnomalyGenerator
 from patchguard.data.records import DatasetError
 
-from conftest import make_mvtec_class
+from helpers.data import make_mvtec_class
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "P", "RGB"])

@@ -14,7 +14,7 @@ import pytest
 from patchguard.data import download as dl
 from patchguard.data.download import transfer
 
-from drive_server import DriveHandler, DriveState, drive_server
+from helpers.drive_server import DriveHandler, DriveState, drive_server
 
 
 class _State(DriveState):

@@ -26,7 +26,7 @@ from patchguard.data.images import read_mask
 from patchguard.data.layouts.folders import mvtec_like_records
 from patchguard.models.backbone import create_backbone
 
-from conftest import TINY_BACKBONE, TINY_SIZE
+from helpers.models import TINY_BACKBONE, TINY_SIZE
 
 
 def _disc_image(rng: np.random.Generator, size: int = 96, inverse: bool = False,

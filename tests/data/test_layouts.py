@@ -18,7 +18,7 @@ from patchguard.data.layouts import (
 )
 from patchguard.data.records import DatasetError
 
-from conftest import make_mvtec_class
+from helpers.data import make_mvtec_class
 
 SIZE = 16
 

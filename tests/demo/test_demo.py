@@ -1,9 +1,13 @@
 import json
 import logging
 
+import pytest
+
 from patchguard.demo.run import _each_line_once, run_demo, summary_table
 
-from conftest import TINY_BACKBONE
+from helpers.models import TINY_BACKBONE
+
+pytestmark = pytest.mark.integration  # runs the command line or a whole path end to end
 
 
 def test_demo_end_to_end_with_a_tiny_model(tmp_path, capsys):

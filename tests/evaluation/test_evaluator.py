@@ -5,7 +5,8 @@ from patchguard.data.datasets import TestDataset
 from patchguard.data.layouts import load_records
 from patchguard.evaluation.evaluator import attack_targets, evaluate
 
-from conftest import make_mvtec_class, tiny_model
+from helpers.data import make_mvtec_class
+from helpers.models import tiny_model
 
 
 def test_attack_targets_all_ones_for_anomalous_images_without_masks():

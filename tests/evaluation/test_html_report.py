@@ -15,7 +15,8 @@ from PIL import Image
 from patchguard.cli import main
 from patchguard.evaluation.html_report import _pick
 
-from conftest import TINY_BACKBONE, make_mvtec_class
+from helpers.data import make_mvtec_class
+from helpers.models import TINY_BACKBONE
 
 TINY_FLAGS = [
     "--backbone", TINY_BACKBONE, "--no-pretrained", "--image-size", "64",

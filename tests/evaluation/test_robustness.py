@@ -16,7 +16,7 @@ from patchguard.evaluation.evaluator import evaluate, load_for_evaluation
 from patchguard.robustness import evaluate_detector
 from patchguard.training.trainer import train
 
-from conftest import TINY_SIZE, tiny_config
+from helpers.models import TINY_SIZE, tiny_config
 
 CHEAP = (Member("apgd", "score", steps=3), Member("apgd", "map", steps=3),
          Member("pgd", "mask", steps=3), Member("square", "score", queries=15))

@@ -3,7 +3,8 @@ from patchguard.data.datasets import TestDataset
 from patchguard.data.layouts import load_records
 from patchguard.evaluation.sanity import sanity_check
 
-from conftest import QuantisedInput, make_mvtec_class, tiny_model
+from helpers.data import make_mvtec_class
+from helpers.models import QuantisedInput, tiny_model
 
 
 def _data(tmp_path):

@@ -10,7 +10,8 @@ from patchguard.data.datasets import TestDataset
 from patchguard.data.layouts import load_records
 from patchguard.evaluation.evaluator import evaluate, predict_dataset
 
-from conftest import make_mvtec_class, tiny_model
+from helpers.data import make_mvtec_class
+from helpers.models import tiny_model
 
 EPS = 8 / 255
 CHEAP = (Member("apgd", "score", steps=3), Member("apgd", "map", steps=3),

@@ -12,7 +12,8 @@ from patchguard.cli import main
 from patchguard.evaluation import tracking
 from patchguard.evaluation.tracking import Tracker, Trackers
 
-from conftest import TINY_BACKBONE, make_mvtec_class
+from helpers.data import make_mvtec_class
+from helpers.models import TINY_BACKBONE
 
 TINY_FLAGS = [
     "--backbone", TINY_BACKBONE, "--no-pretrained", "--image-size", "64",
@@ -111,7 +112,7 @@ def test_resumed_run_keeps_one_value_per_epoch(logged, tmp_path):
 def test_python_api_takes_loggers(tmp_path):
     import patchguard
 
-    from conftest import tiny_config
+    from helpers.models import tiny_config
 
     make_mvtec_class(tmp_path / "data", n_train=4)
     config = tiny_config(tmp_path / "data", tmp_path / "run", epochs=1)

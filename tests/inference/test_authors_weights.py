@@ -29,8 +29,8 @@ from patchguard.inference.authors_index import (
 from patchguard.models.factory import load_model
 from patchguard.utils.checks import InputError
 
-from conftest import REFERENCE_DIR, make_mvtec_class
-from drive_server import drive_server
+from helpers.data import REFERENCE_DIR, make_mvtec_class
+from helpers.drive_server import drive_server
 
 TINY_ID = "TINYFILE_0001"
 TINY_IMPORT = ["--backbone", "test_vit", "--image-size", "64", "--feature-layers", "6",

@@ -23,7 +23,8 @@ from patchguard.models.factory import load_model
 from patchguard.training.trainer import train
 from patchguard.utils.checkpoint import load_checkpoint
 
-from conftest import make_mvtec_class, tiny_config
+from helpers.data import make_mvtec_class
+from helpers.models import tiny_config
 
 
 def run_cli(argv: list[str]) -> int:

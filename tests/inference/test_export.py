@@ -13,7 +13,8 @@ from patchguard.cli.tools import COMMANDS, register
 from patchguard.models.factory import load_model
 from patchguard.training.trainer import train
 
-from conftest import TINY_SIZE, make_mvtec_class, tiny_config
+from helpers.data import make_mvtec_class
+from helpers.models import TINY_SIZE, tiny_config
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")

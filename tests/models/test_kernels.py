@@ -8,7 +8,7 @@ from patchguard.models import kernels
 from patchguard.models.kernels import CpuLinear, use_cpu_linear
 from patchguard.models.patchguard import DiscriminatorBlock, self_attention
 
-from conftest import TINY_SIZE, tiny_model
+from helpers.models import TINY_SIZE, tiny_model
 
 needs_onednn = pytest.mark.skipif(not kernels.ENABLED, reason="no oneDNN in this build")
 

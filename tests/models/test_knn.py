@@ -15,7 +15,7 @@ from patchguard.robustness import TensorTestSet, evaluate_detector
 from patchguard.training.trainer import train
 from patchguard.utils.checks import InputError
 
-from conftest import TINY_BACKBONE, TINY_SIZE, tiny_config
+from helpers.models import TINY_BACKBONE, TINY_SIZE, tiny_config
 
 
 def _model(top_k: int = 2) -> PatchKNN:

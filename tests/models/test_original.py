@@ -10,7 +10,7 @@ import torch
 
 from patchguard.models.original import convert_original_state_dict, names_from_filename
 
-from conftest import REFERENCE_DIR
+from helpers.data import REFERENCE_DIR
 
 ARGS = dict(backbone="test_vit", feature_layers=[6], reg_layers=[2, 4, 6])
 

@@ -4,7 +4,7 @@ from scipy.ndimage import gaussian_filter
 
 from patchguard.models.patchguard import PatchGuard, gaussian_blur, gaussian_kernel1d
 
-from conftest import TINY_SIZE, tiny_model
+from helpers.models import TINY_SIZE, tiny_model
 
 
 @pytest.mark.parametrize("feature_layers", [[3], [2, 4]])

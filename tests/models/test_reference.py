@@ -26,7 +26,7 @@ from patchguard.models.patchguard import PatchGuard, patch_targets
 from patchguard.training.losses import attention_kl_regularizer, patch_bce_loss
 from patchguard.utils.checkpoint import load_checkpoint
 
-from conftest import REFERENCE_DIR
+from helpers.data import REFERENCE_DIR
 
 # The authors' settings of the reference run (tests/fixtures/reference/README.md).
 AUTHORS_ARGS = dict(backbone="test_vit", image_size=64, feature_layers=[6], reg_layers=[2, 4, 6],
@@ -140,6 +140,7 @@ def test_evaluation_reproduces_the_authors_clean_and_attacked_scores(reference, 
                                                    abs=1e-9)
 
 
+@pytest.mark.integration
 def test_cli_import_of_the_authors_file_reproduces_their_scores(reference, tmp_path, capsys):
     original = tmp_path / "patchguard_mvtec_bottle.pth"
     torch.save(reference["state_dict"], original)

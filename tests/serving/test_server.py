@@ -30,7 +30,7 @@ from PIL import Image
 from patchguard.inference.detector import Detector
 from patchguard.utils.checkpoint import model_fingerprint, save_checkpoint
 
-from conftest import tiny_model
+from helpers.models import tiny_model
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")

@@ -18,10 +18,11 @@ from patchguard.data.datasets import TrainDataset
 from patchguard.data.layouts import load_records
 from patchguard.data.pseudo_anomaly import PseudoAnomalyGenerator
 from patchguard.models.patchguard import PatchGuard
+from patchguard.training.loader import make_loader
 from patchguard.training.optim import build_optimizer
-from patchguard.training.trainer import make_loader, training_step
+from patchguard.training.task import training_step
 
-from conftest import tiny_config
+from helpers.models import tiny_config
 
 EPSILON_TRAIN, STEPS_TRAIN = 8.0, 3  # 8/255; three steps of 2.5 * eps / 3 reach the boundary
 COEFFICIENTS = [0.5, 2.0]  # large, so that a missing regulariser is far outside float noise

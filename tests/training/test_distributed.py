@@ -3,13 +3,17 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from patchguard.models.factory import load_model
 from patchguard.training.distributed import DistContext, GlobalBatchSampler
 from patchguard.training.trainer import train
 
-from conftest import TINY_BACKBONE, make_mvtec_class, tiny_config
+from helpers.data import make_mvtec_class
+from helpers.models import TINY_BACKBONE, tiny_config
+
+pytestmark = pytest.mark.integration  # runs the command line or a whole path end to end
 
 
 def test_ranks_split_each_global_batch_of_the_single_process_order():
@@ -31,6 +35,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process(tmp_path):
     make_mvtec_class(tmp_path / "data")  # 8 training images, global batch 4: 2 steps/epoch
     overrides = dict(epochs=2, batch_size=4, dsc_dropout=0.0, steps_train=2)

@@ -1,7 +1,8 @@
-"""Same seed, same losses: today's training step against numbers stored from commit a0df06f.
+"""Same seed, same losses: today's training step against the losses of the code before the speed
+work (the oneDNN kernels, the merged attack, the training task), stored once.
 
-The reference (numerics_reference_a0df06f.json) was produced once by running the code of
-a0df06f, before the speed work, with the command in numerics_reference.py. The speed work
+The reference (tests/fixtures/training_losses_reference.json) was produced by running that
+older code with the command in tests/helpers/numerics_reference.py. The speed work
 changes kernels (oneDNN instead of MKL GEMMs), batching (one attack over both views) and
 summation order, so losses may differ by float rounding only: 1e-5 relative is the bound.
 
@@ -16,15 +17,17 @@ is the same distribution but not the same numbers.
 import json
 from pathlib import Path
 
-import numerics_reference as ref
 import pytest
 import torch
 
-REFERENCE = json.loads((Path(__file__).with_name("numerics_reference_a0df06f.json")).read_text())
+from helpers import numerics_reference as ref
+
+REFERENCE = json.loads((Path(__file__).parents[1] / "fixtures" / "training_losses_reference.json")
+                       .read_text())
 
 
 @pytest.mark.parametrize("case", sorted(ref.CASES))
-def test_losses_match_the_reference_of_a0df06f(case):
+def test_training_step_losses_match_the_stored_losses_of_the_unoptimised_code(case):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

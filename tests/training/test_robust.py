@@ -21,6 +21,7 @@ from patchguard.data.datasets import TrainDataset
 from patchguard.data.layouts import load_records
 from patchguard.data.pseudo_anomaly import PseudoAnomalyGenerator
 from patchguard.models.patchguard import PatchGuard, patch_targets
+from patchguard.training.loader import make_loader
 from patchguard.training.losses import (
     attention_kl_regularizer,
     pairwise_ranking_loss,
@@ -29,11 +30,12 @@ from patchguard.training.losses import (
 from patchguard.training.optim import build_optimizer
 from patchguard.training.probe import OverfittingProbe
 from patchguard.training.robust import PerturbationBank, adv_schedule
-from patchguard.training.trainer import free_training_step, make_loader, train
+from patchguard.training.task import training_step
+from patchguard.training.trainer import train
 from patchguard.utils.checkpoint import load_checkpoint
 from patchguard.utils.checks import InputError
 
-from conftest import tiny_config
+from helpers.models import tiny_config
 
 EPS = 8 / 255
 
@@ -157,7 +159,7 @@ def test_free_replays_one_backward_and_one_step_each(free_setup, replays):
     first.register_hook(lambda grad: backwards.append(1))
     optimizer.register_step_post_hook(lambda *args: steps.append(1))
     bank = PerturbationBank(n, (3, config.image_size, config.image_size), torch.device("cpu"))
-    free_training_step(model, batch, optimizer, config, torch.device("cpu"), bank=bank)
+    training_step(model, batch, optimizer, config, torch.device("cpu"), bank=bank)
     assert len(backwards) == replays and len(steps) == replays
     delta = bank.get(batch["index"])
     assert delta.abs().max() <= EPS + 1e-6
@@ -178,14 +180,15 @@ def test_free_perturbation_comes_from_the_training_loss_backward(free_setup):
         output.attentions, config.reg_coefficients)
     (grad,) = torch.autograd.grad(loss, clean)
     bank = PerturbationBank(n, (3, config.image_size, config.image_size), torch.device("cpu"))
-    free_training_step(model, batch, build_optimizer(model, config), config,
-                       torch.device("cpu"), bank=bank)
+    training_step(model, batch, build_optimizer(model, config), config,
+                  torch.device("cpu"), bank=bank)
     delta = bank.get(batch["index"])
     inside = (batch["image"] > EPS) & (batch["image"] < 1 - EPS) & (grad.abs() > 1e-9)
     assert inside.sum() > 100
     torch.testing.assert_close(delta[inside], EPS * grad.sign()[inside], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", ["pgd", "fgsm-rs", "n-fgsm", "free"])
 def test_every_training_attack_trains_and_logs(tiny_data, tmp_path, attack):
     extra = {"carry_perturbations": attack != "n-fgsm", "eps_ramp": 0.9, "trades_weight": 0.5,

@@ -18,7 +18,7 @@ from patchguard.models.factory import build_model
 from patchguard.training import robustify as rb
 from patchguard.utils.checks import InputError
 
-from conftest import TINY_BACKBONE, TINY_SIZE, tiny_config
+from helpers.models import TINY_BACKBONE, TINY_SIZE, tiny_config
 
 
 def _settings(**kwargs) -> rb.RobustifySettings:

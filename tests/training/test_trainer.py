@@ -4,18 +4,23 @@ import pytest
 import torch
 
 from patchguard.config import TrainConfig
+from patchguard.models.patchguard import PatchGuard
+from patchguard.training import task
 from patchguard.training import trainer as training
+from patchguard.training.loader import make_loader
 from patchguard.training.optim import build_optimizer, lr_factor
 from patchguard.training.trainer import train
 from patchguard.utils.checkpoint import load_checkpoint
+from patchguard.utils.device import cuda_speed_settings
 
-from conftest import tiny_config
+from helpers.models import tiny_config
 
 
 def _weights(path):
     return load_checkpoint(path)["model"]
 
 
+@pytest.mark.slow
 def test_training_writes_checkpoint_log_and_learns(tiny_data, tmp_path):
     config = tiny_config(tiny_data, tmp_path / "run", epochs=3)
     last = train(config, progress=False)
@@ -43,7 +48,7 @@ def test_no_adv_and_no_reg_switch_views_off(tiny_data, tmp_path):
 def test_training_step_leaves_only_optimizer_updates(tiny_data, tmp_path, monkeypatch):
     """The attack must not leak gradients into the optimiser step (input gradients only)."""
     calls = []
-    real = training.pgd_attack
+    real = task.pgd_attack
 
     def spy(model, *args, **kwargs):
         before = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
@@ -53,11 +58,12 @@ def test_training_step_leaves_only_optimizer_updates(tiny_data, tmp_path, monkey
                          for a, b in zip(after, before)))
         return out
 
-    monkeypatch.setattr(training, "pgd_attack", spy)
+    monkeypatch.setattr(task, "pgd_attack", spy)
     train(tiny_config(tiny_data, tmp_path, epochs=1), progress=False)
     assert calls and all(calls)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every_min, workers", [(10, 0), (0, 2)])
 def test_resume_after_interrupt_is_exact(tiny_data, tmp_path, monkeypatch, every_min, workers):
     """Ctrl-C mid-epoch, resume: the same weights as a run never stopped, bit for bit; with the
@@ -66,7 +72,7 @@ def test_resume_after_interrupt_is_exact(tiny_data, tmp_path, monkeypatch, every
     settings = dict(epochs=3, checkpoint_every_min=every_min, workers=workers)
     straight = train(tiny_config(tiny_data, tmp_path / "a", **settings), progress=False)
 
-    real_step = training.training_step
+    real_step = task.TrainingTask.step
     count = {"n": 0}
 
     def interrupting_step(*args, **kwargs):
@@ -76,11 +82,11 @@ def test_resume_after_interrupt_is_exact(tiny_data, tmp_path, monkeypatch, every
         return real_step(*args, **kwargs)
 
     config = tiny_config(tiny_data, tmp_path / "b", **settings)
-    monkeypatch.setattr(training, "training_step", interrupting_step)
+    monkeypatch.setattr(task.TrainingTask, "step", interrupting_step)
     with pytest.raises(KeyboardInterrupt):
         train(config, progress=False)
     assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1
-    monkeypatch.setattr(training, "training_step", real_step)
+    monkeypatch.setattr(task.TrainingTask, "step", real_step)
     resumed = train(config, resume=tmp_path / "b" / "last.pt", progress=False)
 
     a, b = _weights(straight), _weights(resumed)
@@ -105,7 +111,7 @@ def test_backbone_lr_groups_and_cosine_schedule():
     config = TrainConfig(backbone="test_vit", image_size=64, pretrained=False, lr=1e-3,
                          backbone_lr=1e-5, epochs=4, feature_layers=[2], reg_layers=[2],
                          reg_coefficients=[0.01])
-    model = training.PatchGuard.from_config(config)
+    model = PatchGuard.from_config(config)
     optimizer = build_optimizer(model, config)
     assert [g["lr"] for g in optimizer.param_groups] == [1e-5, 1e-3]
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.01]
@@ -126,7 +132,7 @@ def test_auto_foreground_generates_masks_and_training_uses_them(tmp_path, monkey
     from patchguard.data import foreground
     from patchguard.data.foreground import generate
 
-    from conftest import make_mvtec_class
+    from helpers.data import make_mvtec_class
 
     # The real DINOv2 model is too big for a unit test: the threshold method stands in for it.
     monkeypatch.setattr(generate, "auto_masks", lambda images, *a, **k: (
@@ -146,7 +152,7 @@ def test_merged_attack_equals_separate_attacks_without_dropout():
     """One PGD run over two stacked batches gives each batch its own run's result."""
     from patchguard.adversarial.pgd import pgd_attack
 
-    from conftest import TINY_SIZE, tiny_model
+    from helpers.models import TINY_SIZE, tiny_model
 
     model = tiny_model(dsc_dropout=0.0).train()
     torch.manual_seed(1)
@@ -161,16 +167,16 @@ def test_merged_attack_equals_separate_attacks_without_dropout():
 
 def test_step_result_reads_the_device_losses_once():
     values = torch.tensor([3.0, 0.5, 1.0, 2.0])
-    result = training.StepResult(values, ["clean", "pseudo"])
+    result = task.StepResult(values, ["clean", "pseudo"])
     assert (result.total, result.reg, result.views) == (3.0, 0.5, {"clean": 1.0, "pseudo": 2.0})
     values.fill_(0)  # the first read is kept: later reads do not touch the device again
     assert result.total == 3.0
     meter = training.LossMeter()
-    meter.add(training.StepResult(torch.tensor([3.0, 0.5, 1.0, 2.0]), ["clean", "pseudo"]), 4)
-    meter.add(training.StepResult(torch.tensor([1.0, 0.0, 0.5, 0.5]), ["clean", "pseudo"]), 2)
+    meter.add(task.StepResult(torch.tensor([3.0, 0.5, 1.0, 2.0]), ["clean", "pseudo"]), 4)
+    meter.add(task.StepResult(torch.tensor([1.0, 0.0, 0.5, 0.5]), ["clean", "pseudo"]), 2)
     assert meter.seen == 6
     assert meter.totals() == {"loss": 14.0, "reg": 2.0, "clean": 5.0, "pseudo": 9.0}
-    meter.add(training.StepResult(torch.tensor([float("inf"), 0, 0, 0]), ["clean", "pseudo"]), 1)
+    meter.add(task.StepResult(torch.tensor([float("inf"), 0, 0, 0]), ["clean", "pseudo"]), 1)
     with pytest.raises(FloatingPointError):
         meter.totals()
 
@@ -186,7 +192,7 @@ def test_persistent_loader_gives_each_epochs_order_and_pseudo_anomalies(tiny_dat
     records = load_records("mvtec", tiny_data, "widget", "train")
     dataset = TrainDataset(records, 64, PseudoAnomalyGenerator(4), seed=5)
     config = TrainConfig(batch_size=3, workers=2, seed=5, device="cpu")
-    loader = training.make_loader(dataset, config, 0)
+    loader = make_loader(dataset, config, 0)
     rng_before = torch.get_rng_state()
     for epoch in (0, 1, 2):
         loader.sampler.set_epoch(epoch)
@@ -201,6 +207,7 @@ def test_persistent_loader_gives_each_epochs_order_and_pseudo_anomalies(tiny_dat
     assert torch.equal(torch.get_rng_state(), rng_before)
 
 
+@pytest.mark.slow
 def test_training_is_identical_for_any_worker_count(tiny_data, tmp_path):
     runs = [train(tiny_config(tiny_data, tmp_path / str(w), epochs=2, workers=w), progress=False)
             for w in (0, 2)]
@@ -212,7 +219,7 @@ def test_training_is_identical_for_any_worker_count(tiny_data, tmp_path):
 @pytest.mark.parametrize("every_min", [0, 10])
 def test_non_finite_loss_stops_training_before_a_checkpoint(tiny_data, tmp_path, monkeypatch,
                                                            every_min):
-    real = training.patch_bce_loss
+    real = task.patch_bce_loss
     calls = {"n": 0}
 
     def poisoned(logits, targets):
@@ -220,7 +227,7 @@ def test_non_finite_loss_stops_training_before_a_checkpoint(tiny_data, tmp_path,
         loss = real(logits, targets)
         return loss * float("nan") if calls["n"] > 8 else loss  # from epoch 2 (4 views x 2)
 
-    monkeypatch.setattr(training, "patch_bce_loss", poisoned)
+    monkeypatch.setattr(task, "patch_bce_loss", poisoned)
     config = tiny_config(tiny_data, tmp_path, epochs=3, checkpoint_every_min=every_min)
     with pytest.raises(FloatingPointError, match="not finite"):
         train(config, progress=False)
@@ -269,6 +276,7 @@ def test_periodic_file_and_last_pt_stay_independent(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every_min, writes", [(10, 1), (0, 3)])
 def test_last_pt_written_on_the_time_policy(tiny_data, tmp_path, monkeypatch, every_min, writes):
     from patchguard.training import checkpoints
@@ -286,7 +294,7 @@ def test_sigterm_leaves_the_last_completed_epoch_like_ctrl_c(tiny_data, tmp_path
     import os
     import signal
 
-    real_step = training.training_step
+    real_step = task.TrainingTask.step
     count = {"n": 0}
 
     def terminated_step(*args, **kwargs):
@@ -295,7 +303,7 @@ def test_sigterm_leaves_the_last_completed_epoch_like_ctrl_c(tiny_data, tmp_path
             os.kill(os.getpid(), signal.SIGTERM)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(training, "training_step", terminated_step)
+    monkeypatch.setattr(task.TrainingTask, "step", terminated_step)
     handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(tiny_data, tmp_path, epochs=3), progress=False)
@@ -303,15 +311,25 @@ def test_sigterm_leaves_the_last_completed_epoch_like_ctrl_c(tiny_data, tmp_path
     assert signal.getsignal(signal.SIGTERM) is handler  # restored
 
 
-def test_cuda_speed_settings_touch_nothing_on_a_cpu():
-    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    with training.cuda_speed_settings(torch.device("cpu"), tf32=True):
-        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
+@pytest.mark.parametrize("start, tf32", [((False, False), True), ((True, True), False),
+                                         ((False, True), True)])
+def test_cuda_speed_settings_touch_nothing_on_a_cpu(monkeypatch, start, tf32):
+    """From known TF32 flags, each the opposite of what ``tf32`` would set on CUDA: on a CPU
+    they stay as they were, inside the block and after it."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", start[0])
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", start[1])
+
+    def flags():
+        return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+
+    with cuda_speed_settings(torch.device("cpu"), tf32=tf32):
+        assert flags() == start
+    assert flags() == start
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 def test_cuda_speed_settings_turn_tf32_on_and_restore():
     flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    with training.cuda_speed_settings(torch.device("cuda"), tf32=True):
+    with cuda_speed_settings(torch.device("cuda"), tf32=True):
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags

@@ -1,4 +1,5 @@
-"""The evaluation attacks' registry :data:`ATTACKS`, the per-image worst case ``worst``, and
+"""The evaluation attacks (registered by name in :data:`.names.ATTACKS`, re-exported here), the
+per-image worst case ``worst``, and
 :func:`run_attack` / :func:`run_attack_per_metric`, which every caller goes through.
 
 Every attack is a function ``(problem, budget) -> (adversarial images, per-image loss)`` of an
@@ -15,17 +16,13 @@ from dataclasses import replace
 
 import torch
 
-from .apgd import attack_apgd
-from .gradient import attack_fgsm, attack_pgd, attack_pgd_rs
-from .names import DEFAULT_QUERIES
+from .names import ATTACKS, DEFAULT_QUERIES
 from .objectives import PerImageObjective
 from .problem import AttackBudget, AttackProblem, AttackResult, update_best
-from .square import attack_square
 from .standard import (
     IMAGE_OBJECTIVE,
     Member,
     MetricAdversarials,
-    attack_standard,
     attack_standard_per_metric,
 )
 
@@ -51,21 +48,8 @@ def attack_worst(problem: AttackProblem, budget: AttackBudget) -> AttackResult:
     return best_x, best_loss
 
 
-ATTACKS: dict[str, Attack] = {
-    "pgd": attack_pgd,
-    "pgd-rs": attack_pgd_rs,
-    "fgsm": attack_fgsm,
-    "apgd": attack_apgd,
-    "worst": attack_worst,
-    "square": attack_square,
-    "standard": attack_standard,
-}
-
-
 def lookup(name: str) -> Attack:
-    """The attack called ``name`` (see :data:`ATTACKS`)."""
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}: choose from {sorted(ATTACKS)}")
+    """The attack called ``name`` (see :data:`.names.ATTACKS`; ValueError naming the others)."""
     return ATTACKS[name]
 
 

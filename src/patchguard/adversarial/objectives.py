@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .detector import DetectorOutput
+from .names import OBJECTIVES, PATCH_OBJECTIVES
 
 # Training-time objective: (logits, targets) -> scalar summed over the batch.
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -21,8 +22,6 @@ Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PerImageObjective = Callable[
     [DetectorOutput, torch.Tensor | None, torch.Tensor, torch.Tensor | None], torch.Tensor
 ]
-# Objectives that need the detector's patch logits and patch targets.
-PATCH_OBJECTIVES = ("mask",)
 
 
 def mask_difference(values: torch.Tensor, anomalous: torch.Tensor) -> torch.Tensor:
@@ -55,13 +54,10 @@ def training_score_objective(model: torch.nn.Module) -> Objective:
     return objective
 
 
-def training_objective(name: str, model: torch.nn.Module) -> Objective:
-    """The objective a training attack ascends: ``mask`` (METHOD.md) or ``score``."""
-    if name == "mask":
-        return mask_objective
-    if name == "score":
-        return training_score_objective(model)
-    raise ValueError(f"unknown training objective {name!r}: choose mask or score")
+def training_mask_objective(model: torch.nn.Module) -> Objective:
+    """Training-time ``mask`` objective (the paper's): :func:`mask_objective`, whatever the
+    model."""
+    return mask_objective
 
 
 def mask_loss(
@@ -128,13 +124,6 @@ def _as_pixel_masks(masks: torch.Tensor, size: torch.Size) -> torch.Tensor:
     return masks
 
 
-OBJECTIVES: dict[str, PerImageObjective] = {
-    "mask": mask_loss,
-    "score": score_loss,
-    "map": map_loss,
-}
-
-
 def needs_patch_logits(objective: str | PerImageObjective) -> bool:
     """Whether ``objective`` is one that needs patch logits and patch targets (``mask``)."""
     return objective in PATCH_OBJECTIVES or objective is mask_loss
@@ -144,6 +133,4 @@ def resolve_objective(objective: str | PerImageObjective) -> PerImageObjective:
     """A per-image objective by name (see :data:`OBJECTIVES`), or the callable itself."""
     if callable(objective):
         return objective
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}: choose from {sorted(OBJECTIVES)}")
     return OBJECTIVES[objective]

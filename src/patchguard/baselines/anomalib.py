@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from .registry import BASELINES
+
 logger = logging.getLogger(__name__)
 
 ANOMALIB_HINT = "pip install 'patchguard[anomalib]'"
@@ -183,20 +185,16 @@ class Baseline:
         return ("layer2", "layer3") if self.name == "patchcore" else ("layer1", "layer2", "layer3")
 
 
-BASELINES: dict[str, Baseline] = {
-    "patchcore": Baseline("patchcore", "PatchCore", "Patchcore", "wide_resnet50_2",
-                          patchcore_forward),
-    "padim": Baseline("padim", "PaDiM", "Padim", "resnet18", padim_forward),
-    "efficient_ad": Baseline("efficient_ad", "EfficientAd", "EfficientAd", None,
-                             efficient_ad_forward, train_batch_size=1, min_image_size=256,
-                             needs_holdout=True),
-}
+# The values behind the names of .registry.BASELINES.
+PATCHCORE = Baseline("patchcore", "PatchCore", "Patchcore", "wide_resnet50_2", patchcore_forward)
+PADIM = Baseline("padim", "PaDiM", "Padim", "resnet18", padim_forward)
+EFFICIENT_AD = Baseline("efficient_ad", "EfficientAd", "EfficientAd", None,
+                        efficient_ad_forward, train_batch_size=1, min_image_size=256,
+                        needs_holdout=True)
 
 
 def get_baseline(name: str) -> Baseline:
     """The registered baseline ``name``; ValueError listing the others."""
-    if name not in BASELINES:
-        raise ValueError(f"unknown baseline {name!r}; available: {', '.join(BASELINES)}")
     return BASELINES[name]
 
 

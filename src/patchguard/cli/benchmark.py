@@ -17,14 +17,12 @@ from typing import Any
 
 from .args import EPSILON_ARG, NON_NEGATIVE, POSITIVE, attack_flags, common_flags, flag
 
-# The names of patchguard.baselines.BASELINES, here so that --help imports no torch (a test
-# keeps the two equal).
-BASELINE_CHOICES = ("patchcore", "padim", "efficient_ad")
 OFFLINE_BACKBONE = "resnet18"  # random-init default of PatchCore and PaDiM: downloads nothing
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
     """Add ``benchmark`` to the ``patchguard`` parser."""
+    from ..baselines.registry import BASELINES
     from ..config import PRESETS
 
     bench = verbs.add_parser("benchmark", help="evaluate several classes: paper-style table")
@@ -53,7 +51,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
          help="test images per class shown clean and attacked in benchmark.html (default 4)")
     flag(bench, "--jobs", type=POSITIVE, default=None,
          help="classes trained at once, one per GPU (default: the number of GPUs, or 1)")
-    flag(bench, "--baselines", nargs="+", default=None, choices=BASELINE_CHOICES,
+    flag(bench, "--baselines", nargs="+", default=None, choices=list(BASELINES),
          help="also train these anomalib detectors on each class and attack them the same way "
               "(needs pip install 'patchguard[anomalib]'); kept in CHECKPOINT_DIR/<class>/"
               "baselines/")

@@ -7,15 +7,16 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig
+from ..config import HEADS, TrainConfig
 from ..utils.checkpoint import load_checkpoint
 from .knn import PatchKNN
 from .patchguard import PatchGuard
 
 
 def model_class(config: TrainConfig) -> type[PatchGuard] | type[PatchKNN]:
-    """The network a config describes: PatchGuard (head discriminator) or PatchKNN (head knn)."""
-    return PatchKNN if config.head == "knn" else PatchGuard
+    """The network a config describes: its ``head``'s entry in :data:`patchguard.config.HEADS`
+    (PatchGuard for the discriminator, PatchKNN for knn)."""
+    return HEADS[config.head]
 
 
 def build_model(config: TrainConfig, load_weights: bool = True) -> tuple[PatchGuard, str]:

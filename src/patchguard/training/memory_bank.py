@@ -13,9 +13,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +26,7 @@ from ..models.knn import PatchKNN, select_coreset
 from ..utils.checkpoint import save_checkpoint
 from ..utils.device import resolve_device
 from ..version import __version__
+from .heldout import split_validation, validation_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +49,9 @@ def bank_features(model: PatchKNN, dataset: TestDataset, batch_size: int,
     return torch.cat(rows)
 
 
-def build_memory_bank(config: TrainConfig, split_validation: Callable[..., tuple[list, list]],
-                      validation_thresholds: Callable[..., dict[str, Any]],
-                      progress: bool = True) -> Path:
-    """Fill a kNN model's bank from the class's training images; write ``last.pt``.
-
-    ``split_validation`` and ``validation_thresholds`` are the trainer's (passed in, so that
-    the held-out split and the thresholds are PatchGuard's own, without an import cycle).
-    """
+def build_memory_bank(config: TrainConfig, progress: bool = True) -> Path:
+    """Fill a kNN model's bank from the class's training images; write ``last.pt`` (the
+    held-out split and the thresholds are PatchGuard's own)."""
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)

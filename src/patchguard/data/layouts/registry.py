@@ -8,13 +8,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ...utils.registry import Registry
 from ..records import DatasetError, SampleRecord
 from .folders import brats_records, btad_records, folder_records, mvtec_like_records
 from .visa import visa_patchguard_records, visa_records
 
 Layout = Callable[[str | Path, str, str], list[SampleRecord]]
 
-LAYOUTS: dict[str, Layout] = {
+LAYOUTS: Registry[Layout] = Registry("dataset layout", {
     "mvtec": mvtec_like_records,
     "visa": visa_records,
     "visa-patchguard": visa_patchguard_records,
@@ -25,7 +26,7 @@ LAYOUTS: dict[str, Layout] = {
     "brats2021": brats_records,
     "headct": mvtec_like_records,
     "folder": folder_records,
-}
+})
 
 
 def get_layout(dataset: str) -> Layout:

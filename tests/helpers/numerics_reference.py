@@ -1,10 +1,12 @@
 """Per-step training losses of a fixed tiny setting, for tests/training/test_numerics.py.
 
+The stored losses are tests/fixtures/training_losses_reference.json.
+
 Runs on the flat layout of commit a0df06f (the code before the speed work) and on today's
 packages, so the stored reference comes from the old code and the test from the new:
 
     git worktree add /tmp/pg-a0df06f a0df06f
-    PYTHONPATH=/tmp/pg-a0df06f/src OMP_NUM_THREADS=1 python3 tests/training/numerics_reference.py
+    PYTHONPATH=/tmp/pg-a0df06f/src OMP_NUM_THREADS=1 python3 tests/helpers/numerics_reference.py
 
 It prints a JSON object {case: [[total, reg, clean, adv_clean, pseudo, adv_pseudo], ...]}.
 """
@@ -47,7 +49,7 @@ def run_case(lr: float, steps: int) -> list[list[float]]:
     try:  # today's packages
         from patchguard.models.patchguard import PatchGuard
         from patchguard.training.optim import build_optimizer
-        from patchguard.training.trainer import training_step
+        from patchguard.training.task import training_step
     except ImportError:  # the flat layout of a0df06f
         from patchguard.model import PatchGuard
         from patchguard.training import build_optimizer, training_step
