@@ -83,6 +83,9 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "knn-rb4": ("robust", {"head": "knn", **ROBUSTIFY_4}),
     "knn-rb8": ("robust", {"head": "knn", **ROBUSTIFY_4, "robustify_epsilon": 8.0}),
     "dsc-rb4": ("robust", {**ROBUSTIFY_4, "backbone_lr": 0.0}),
+    # the preset that packages knn-rb4, and its twin (= knn: the bank on the original backbone)
+    "robust-features": ("robust-features", {}),
+    "robust-features-noadv": ("robust-features", {"adv_train": False}),
 }
 STRONG_STEPS = 50
 

@@ -174,13 +174,11 @@ def test_one_command_runs_the_preset_and_its_twin_skips_the_fine_tuning(tiny_dat
     cached = sorted((tmp_path / "cache" / "robust_backbones").glob("widget-*.safetensors"))
     assert len(cached) == 1
     model, state = patchguard.load_model(last)
+    assert state["config"]["head"] == "knn"
     assert state["config"]["backbone_weights"] == str(cached[0])
-    # the preset freezes the robust backbone (lr 0) under adversarial training of the head
     saved = load_file(str(cached[0]))
     vit = model.feature_extractor.pretrained_model.state_dict()
     assert all(torch.equal(vit[k], v) for k, v in saved.items())
-    log = (last.parent / "train_log.jsonl").read_text()
-    assert "adv_clean" in log
     twin = patchguard.train(preset="robust-features", adv_train=False,
                             output_dir=str(tmp_path / "twin"), progress=False, **tiny)
     _, twin_state = patchguard.load_model(twin)
