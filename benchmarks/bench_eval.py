@@ -62,8 +62,10 @@ class Evaluation:
         dataset = self.pg.TestDataset(records, self.config.image_size)  # fresh: no cache
         sidebyside.synchronize(self.device)
         started = sidebyside.timer()
-        rows = self.pg.evaluate(self.model, dataset, self.cmd["epsilons"], self.cmd["steps"],
-                                self.cmd["batch_size"], self.device, self.cmd["workers"],
+        # Keywords only: the old positional order and today's settings value both take them.
+        rows = self.pg.evaluate(self.model, dataset, epsilons=self.cmd["epsilons"],
+                                steps=self.cmd["steps"], batch_size=self.cmd["batch_size"],
+                                device=self.device, workers=self.cmd["workers"],
                                 progress=False)
         sidebyside.synchronize(self.device)
         return sidebyside.timer() - started, rows

@@ -1,97 +1,155 @@
-"""Cost of the ``standard`` evaluation (images/s) per epsilon, and of each of its members.
+"""``standard`` with and without exact early stopping, side by side: passes and images/s.
 
-A randomly initialised model (no download); the cost of an attack does not depend on the
-weights. Default: the fast preset's ViT-S/14 at 112 px, feature layer 6, regularised 2 4 6, one
-batch. Also in units of a clean scoring pass of the same batch, which carries across machines.
-``--members demo`` times the demo's bounded members instead (patchguard.demo.run).
+On demo data (``patchguard.demo.dataset``), it trains small checkpoints (undefended and
+adversarially trained, a few epochs each; or takes ``--checkpoints``), then evaluates
+``standard`` on each test set alternately with early stopping on and off (``--rounds`` times),
+and prints per checkpoint: the model passes per image, their ratio, the median images/s of
+each and their ratio, and whether the rows (every metric and setting field) are identical.
+
+Early stopping only engages without pixel metrics (see docs/evaluation-speed.md), so the test
+set is given without its pixel masks; ``--with-masks`` shows the masked case (no change).
 
     OMP_NUM_THREADS=1 taskset -c 1 env PYTHONPATH=src python benchmarks/bench_standard.py \\
-        --images 2 --epsilons 8 --threads 1
+        --out /tmp/bench_standard --image-size 64 --backbone test_vit --epochs 4
+    ... --image-size 112 --backbone "" --epochs 0 --adv-preset robust --members demo \\
+        --epsilons 2 8 --classes grass
+
+Speed figures are ratios from one run (alternating on/off, medians); absolute times depend on
+the machine and its load.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import statistics
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from patchguard.adversarial.problem import AttackBudget, AttackProblem
-from patchguard.adversarial.standard import (
-    STANDARD_MEMBERS,
-    attack_standard_per_metric,
-    member_candidates,
-)
-from patchguard.models.patchguard import PatchGuard
+from patchguard.adversarial.settings import AttackSettings
+from patchguard.adversarial.standard import STANDARD_MEMBERS
+from patchguard.data.datasets import TensorTestSet, load_test_set
+from patchguard.evaluation.evaluator import evaluate
+
+DIAGNOSTIC = ("seconds", "images_per_s", "passes_per_image", "image_worst_from",
+              "pixel_worst_from")
+
+
+def _train(root: Path, out: Path, class_name: str, args: argparse.Namespace,
+           adversarial: bool) -> Path:
+    """A small checkpoint on the demo class (``fast`` preset, few epochs)."""
+    from patchguard.api import train
+
+    run = out / "runs" / class_name / ("adversarial" if adversarial else "undefended")
+    if (run / "last.pt").exists():
+        return run / "last.pt"
+    overrides: dict[str, Any] = dict(
+        preset=args.adv_preset if adversarial else "fast", dataset="mvtec",
+        dataset_dir=str(root), class_name=class_name, output_dir=str(run),
+        image_size=args.image_size, adv_train=adversarial, device="cpu", workers=0,
+        val_fraction=0.0)
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    if args.backbone:
+        overrides.update(backbone=args.backbone, pretrained=False, feature_layers=[3],
+                         reg_layers=[2, 3], reg_coefficients=[0.01, 0.05], dsc_hidden=64)
+    return train(progress=False, overwrite=True, **overrides)
+
+
+def _test_set(root: Path, class_name: str, size: int, limit: int, with_masks: bool):
+    """Up to ``limit`` test images, normal and anomalous alternating; masks only if asked."""
+    full = load_test_set("mvtec", root, class_name, size)
+    normal = [i for i, r in enumerate(full.records) if r.label == 0]
+    anomalous = [i for i, r in enumerate(full.records) if r.label == 1]
+    chosen = [i for pair in zip(normal, anomalous) for i in pair][:limit]
+    samples = [full[i] for i in chosen]
+    images = torch.stack([s["image"] for s in samples])
+    labels = torch.tensor([int(s["label"]) for s in samples])
+    masks = torch.stack([s["mask"][0] for s in samples]) if with_masks else None
+    return TensorTestSet(images, labels, masks)
+
+
+def _metrics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k not in DIAGNOSTIC} for r in rows]
 
 
 def main() -> None:
-    """Time the whole of ``standard`` (and with --each, each member alone); print images/s."""
+    """Train or take checkpoints; time standard with and without early stopping."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="vit_small_patch14_dinov2.lvd142m")
-    parser.add_argument("--image-size", type=int, default=112)
-    parser.add_argument("--feature-layers", type=int, nargs="+", default=[6])
-    parser.add_argument("--reg-layers", type=int, nargs="+", default=[2, 4, 6])
-    parser.add_argument("--images", type=int, default=4, help="one batch of this many images")
-    parser.add_argument("--epsilons", type=float, nargs="+", default=[8], help="in 1/255")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", required=True, help="folder for the demo data and runs")
+    parser.add_argument("--classes", nargs="+", default=["gravel"])
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--backbone", default="test_vit",
+                        help="random-init backbone (empty: the fast preset's pretrained one)")
+    parser.add_argument("--epochs", type=int, default=4, help="0: the preset's")
+    parser.add_argument("--adv-preset", default="fast",
+                        help="preset of the adversarially trained checkpoint (e.g. robust)")
+    parser.add_argument("--checkpoints", nargs="*", default=None,
+                        help="evaluate these instead of training (first class's data)")
+    parser.add_argument("--images", type=int, default=12, help="test images per checkpoint")
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[8.0], help="in 1/255")
     parser.add_argument("--members", choices=["standard", "demo"], default="standard")
-    parser.add_argument("--each", action="store_true", help="also time each member alone")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--with-masks", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    # The no-pixel-masks warning is this benchmark's own choice (early stopping needs it).
+    logging.getLogger("patchguard").setLevel(logging.ERROR)
     torch.manual_seed(0)
+    out = Path(args.out)
+    root = out / "data"
+    from patchguard.demo.dataset import build_demo_dataset
+
+    build_demo_dataset(root, classes=args.classes, image_size=args.image_size)
     members = STANDARD_MEMBERS
     if args.members == "demo":
         from patchguard.demo.run import DEMO_STANDARD
 
         members = DEMO_STANDARD["members"]
-    model = PatchGuard(args.backbone, image_size=args.image_size,
-                       feature_layers=args.feature_layers, reg_layers=args.reg_layers).eval()
-    n, size = args.images, args.image_size
-    x = torch.rand(n, 3, size, size)
-    labels = torch.zeros(n)
-    labels[: n // 2] = 1
-    masks = torch.zeros(n, 1, size, size)
-    masks[: n // 2, :, size // 4: size // 2, size // 4: size // 2] = 1
-    grid = size // model.patch_size
-    targets = (torch.nn.functional.adaptive_max_pool2d(masks, grid).flatten(1) > 0).float()
-    print(f"{args.backbone} {size} px, feature layers {args.feature_layers}, reg layers "
-          f"{args.reg_layers}, {n} images, {args.threads} thread(s), members "
-          f"{', '.join(m.describe() for m in members)}")
-
-    def clean_seconds() -> float:
-        """Median time of one clean scoring pass over the batch (5 runs)."""
-        times = []
-        for _ in range(5):
-            started = time.perf_counter()
-            model.predict(x)
-            times.append(time.perf_counter() - started)
-        return sorted(times)[2]
-
-    for eps in args.epsilons:
-        problem = AttackProblem(model, x, targets, labels, eps / 255, "score", masks)
-        before = clean_seconds()
-        if args.each:
-            for member in members:
+    targets: list[tuple[str, Path, str]] = []
+    if args.checkpoints:
+        targets = [(Path(c).parent.name, Path(c), args.classes[0]) for c in args.checkpoints]
+    else:
+        for name in args.classes:
+            for adversarial in (False, True):
                 started = time.perf_counter()
-                member_candidates(problem, AttackBudget(generator=torch.Generator()
-                                                        .manual_seed(0)), (member,))
-                seconds = time.perf_counter() - started
-                print(f"eps {eps:g}/255  {member.describe():<28} {seconds:8.1f} s  "
-                      f"{n / seconds:.4f} img/s", flush=True)
-        started = time.perf_counter()
-        result = attack_standard_per_metric(
-            problem, AttackBudget(generator=torch.Generator().manual_seed(0)), members)
-        model.predict(result.image)
-        model.predict(result.pixel)
-        seconds = time.perf_counter() - started
-        clean = (before + clean_seconds()) / 2  # the clean pass on either side, for the load
-        print(f"eps {eps:g}/255  standard (attack + scoring)    {seconds:8.1f} s  "
-              f"{n / seconds:.4f} img/s  {seconds / n:.1f} s/image  = {seconds / clean:.0f} "
-              f"clean passes (clean {n / clean:.1f} img/s); image worst from "
-              f"{result.image_member.tolist()}, pixel worst from {result.pixel_member.tolist()}",
-              flush=True)
+                path = _train(root, out, name, args, adversarial)
+                print(f"trained {path} in {time.perf_counter() - started:.0f} s", flush=True)
+                targets.append(("adversarial" if adversarial else "undefended", path, name))
+    from patchguard.models.factory import load_model
 
+    print(f"standard members: {', '.join(m.describe() for m in members)}; "
+          f"{torch.get_num_threads()} thread(s); pixel masks "
+          f"{'kept' if args.with_masks else 'left out'}")
+    print(f"{'checkpoint':<28} {'eps':>4} {'passes/img on':>13} {'off':>8} {'saved':>6} "
+          f"{'img/s ratio':>11} {'AUROC clean':>11} {'attacked':>9} identical")
+    for label, path, name in targets:
+        model, _ = load_model(path, torch.device("cpu"))
+        data = _test_set(root, name, args.image_size, args.images, args.with_masks)
+        for eps in args.epsilons:
+            settings = AttackSettings(attacks=("standard",), epsilons=(0, eps),
+                                      standard_members=members, batch_size=args.batch_size,
+                                      seed=args.seed)
+            evaluate(model, data, settings, progress=False, epsilons=(0,))  # warm-up
+            speed: dict[bool, list[float]] = {True: [], False: []}
+            rows: dict[bool, list[dict[str, Any]]] = {}
+            for _ in range(args.rounds):
+                for early in (True, False):  # alternating, so load drifts hit both alike
+                    result = evaluate(model, data, settings, progress=False, early_stop=early)
+                    speed[early].append(result[1]["images_per_s"])
+                    rows[early] = result
+            on, off = rows[True][1], rows[False][1]
+            ratio = statistics.median(speed[True]) / statistics.median(speed[False])
+            saved = 1 - on["passes_per_image"] / off["passes_per_image"]
+            same = _metrics(rows[True]) == _metrics(rows[False])
+            print(f"{name + '/' + label:<28} {eps:>4g} {on['passes_per_image']:>13.1f} "
+                  f"{off['passes_per_image']:>8.1f} {saved:>6.1%} {ratio:>10.2f}x "
+                  f"{rows[True][0]['image_auroc']:>11.3f} {on['image_auroc']:>9.3f} {same}",
+                  flush=True)
 
 if __name__ == "__main__":
     main()

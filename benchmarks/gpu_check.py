@@ -138,7 +138,7 @@ def _checkpoint_write(runner) -> float:
     """Seconds to write one last.pt (model and AdamW state) to local disk."""
     import torch
 
-    from patchguard.training.checkpoints import checkpoint_payload
+    from patchguard.training.run_state import checkpoint_payload
     from patchguard.utils.checkpoint import save_checkpoint
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(runner.optimizer, lambda step: 1.0)

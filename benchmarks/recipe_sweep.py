@@ -1,6 +1,6 @@
 """Train one recipe on one class and print clean / PGD AUROCs as a JSON line.
 
-Used to choose the ``fast`` preset (README, Presets). Example:
+Used to choose the ``fast`` preset (docs/training.md, Presets). Example:
     python benchmarks/recipe_sweep.py --class-name gravel \\
         --set '{"epochs": 6, "feature_layers": [6], "reg_layers": [2, 4, 6], "batch_size": 8}'
 Without --dataset-dir the demo data set is built at 112 px (48 training images per class).
@@ -48,7 +48,7 @@ def main() -> None:
     train_s = time.perf_counter() - started
     model, _ = load_model(last)
     test_set = load_test_set(config.dataset, root, args.class_name, config.image_size)
-    rows = evaluate(model, test_set, args.epsilons, 10, progress=False)
+    rows = evaluate(model, test_set, epsilons=args.epsilons, steps=10, progress=False)
     print(json.dumps({"class": args.class_name, "set": overrides, "train_s": round(train_s),
                       **{f"{r['attack']}{r['epsilon']:g}_{kind}": round(r[f'{kind}_auroc'], 3)
                          for r in rows for kind in ("image", "pixel")}}))

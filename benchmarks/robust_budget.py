@@ -3,7 +3,7 @@ along the way, evaluate every checkpoint clean, under the faithful PGD-10 (mask 
 under the strongest attack available, at 2/255 and 8/255; JSON lines plus a plot of AUROC
 against training CPU minutes.
 
-Example (one core, one thread; the README's "Robustness training" lists the runs made):
+Example (one core, one thread; docs/robustness-study.md lists the runs made):
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/robust_budget.py \\
         --dataset-dir /tmp/demo112 --class-name gravel --recipe fast --epochs 16 \\
         --eval-at 0.5 1 --n-eval 12 --out /tmp/budget
@@ -42,13 +42,13 @@ from patchguard.evaluation.evaluator import evaluate, predict_dataset
 from patchguard.evaluation.metrics import compute_all
 from patchguard.evaluation.sanity import sanity_check
 from patchguard.models.factory import load_model
-from patchguard.training import checkpoints, trainer
+from patchguard.training import run_state, trainer
 
 ROBUSTIFY_4 = {"robustify_epsilon": 4.0, "robustify_steps": 3, "robustify_epochs": 8,
                "robustify_images": ["skimage"]}
 # name -> (preset, overrides); image size 112 for all (the demo data's size here).
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
-    # METHOD.md at 112 px (PGD-10 mask objective, lr 8e-4 everywhere, feature layer 12)
+    # docs/method.md at 112 px (PGD-10 mask objective, lr 8e-4 everywhere, feature layer 12)
     "paper": ("paper", {"image_size": 112}),
     "paper-random": ("paper", {"image_size": 112, "pretrained": False}),
     "fast": ("fast", {"image_size": 112}),
@@ -144,7 +144,8 @@ def final_check(model: Any, path: Path, data: TestDataset, epsilons: list[float]
     row: dict[str, Any] = {"checkpoint": str(path), "n_eval": len(data), "seconds": {}}
     for name, kwargs in (("standard", {}), ("square", {"objective": "score", "queries": 1000})):
         started = time.perf_counter()
-        for r in evaluate(model, data, epsilons, 10, batch_size=len(data), progress=False,
+        for r in evaluate(model, data, epsilons=epsilons, steps=10, batch_size=len(data),
+                          progress=False,
                           attacks=(name,), **kwargs):
             row[f"{name}_{r['epsilon']:g}_img"] = round(float(r["image_auroc"]), 4)
             row[f"{name}_{r['epsilon']:g}_pix"] = round(float(r["pixel_auroc"]), 4)
@@ -173,7 +174,7 @@ def train_recipe(name: str, args: argparse.Namespace, run_dir: Path) -> tuple[li
     config = build_config(preset, None, values)
     wanted = sorted({max(1, round(f * args.epochs)) for f in args.eval_at})
 
-    class KeepEpochs(checkpoints.CheckpointPolicy):
+    class KeepEpochs(run_state.CheckpointPolicy):
         """The trainer's policy, plus an epoch file at each wanted epoch (also in the first
         half, where the trainer's own --save-every files start later)."""
 
@@ -198,8 +199,9 @@ def train_recipe(name: str, args: argparse.Namespace, run_dir: Path) -> tuple[li
 def robustify_minutes(checkpoint: Path) -> float:
     """CPU minutes of the robust backbone fine-tuning a run started from (its card), or 0."""
     from patchguard.training.robustify import card_path_for
+    from patchguard.utils.checkpoint import load_checkpoint
 
-    state = checkpoints.load_checkpoint(checkpoint)
+    state = load_checkpoint(checkpoint)
     weights = state["config"].get("backbone_weights")
     card = card_path_for(weights) if weights else None
     if card is None or not card.is_file():

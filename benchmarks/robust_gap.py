@@ -3,7 +3,7 @@ normal against pseudo-anomalous images (the training probe's images and ``score`
 clean, under FGSM and under PGD-10 from a random start, on training images and on the held-out
 images, at 2/255 and 8/255.
 
-Example (the figures in the README's "What each budget buys"):
+Example (the figures in docs/robustness-study.md):
     OMP_NUM_THREADS=1 python benchmarks/robust_gap.py RUN/last.pt
 Robust on training images but not on held-out ones: a generalisation gap (more data,
 augmentation, fewer trained parameters). Not robust on training images either: the training

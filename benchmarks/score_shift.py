@@ -13,7 +13,7 @@ pushed up, anomalous ones down) at each epsilon. Printed per model and epsilon:
 - ``ratio``: (rise + fall) / separation. Above 1 the attack overturns a typical
   (normal, anomalous) pair, and the attacked AUROC heads for 0; robustness needs it below 1.
 
-Example (the README's "Why the scores give way"):
+Example (docs/robustness-study.md, "Why the scores give way"):
     OMP_NUM_THREADS=1 python benchmarks/score_shift.py RUN_A/last.pt RUN_B/last.pt \\
         --dataset-dir DEMO112 --class-name gravel
 """
@@ -38,7 +38,7 @@ def score_shift(checkpoint: str, dataset_dir: str, class_name: str, n_eval: int,
     data = eval_subset(dataset_dir, class_name, model.image_size, n_eval)
 
     def scores(eps: float) -> tuple[np.ndarray, np.ndarray]:
-        preds = predict_dataset(model, data, eps, steps if eps else 0, batch_size=len(data),
+        preds = predict_dataset(model, data, eps, steps, batch_size=len(data),
                                 progress=False, attack="apgd" if eps else "pgd",
                                 objective="score", seed=0)
         return np.asarray(preds.labels).astype(bool), np.asarray(preds.scores, dtype=float)

@@ -152,3 +152,20 @@ def test_committed_options_page_is_generated_from_the_declarations():
     page = Path(__file__).parents[1] / "docs" / "options.md"
     assert page.read_text(encoding="utf-8") == options_markdown() + "\n", (
         "docs/options.md is out of date: run python docs/gen_options.py")
+
+
+def test_train_command_line_reads_a_sectioned_yaml_like_a_flat_one(tmp_path):
+    from patchguard.cli import parse_args
+
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("epochs: 3\nlr: 1e-3\nreg: false\nreg_layers: [2, 4]\n")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("optimisation:\n  epochs: 3\n  lr: 1e-3\n  reg: false\n"
+                      "model:\n  reg_layers: [2, 4]\n")
+    a = parse_args(["train", "--config", str(flat)])
+    b = parse_args(["train", "--config", str(nested)])
+    assert {k: v for k, v in vars(a).items() if k != "config"} == {
+        k: v for k, v in vars(b).items() if k != "config"}
+    assert (b.epochs, b.lr, b.reg, b.reg_layers) == (3, 1e-3, False, [2, 4])
+    # A flag given on the command line still wins over the file.
+    assert parse_args(["train", "--config", str(nested), "--epochs", "5"]).epochs == 5

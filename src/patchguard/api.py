@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .adversarial.settings import AttackSettings
 from .config import TrainConfig, build_config
 from .evaluation.evaluator import evaluate, load_for_evaluation
 from .evaluation.reports import format_table, write_results
 from .training.robustify import RobustifyResult, RobustifySettings, robustify
 from .training.trainer import train as _train
-from .utils import checks
 from .utils.device import resolve_device
 
 __all__ = ["RobustifyResult", "RobustifySettings", "evaluate_checkpoint", "robustify", "train"]
@@ -32,9 +32,32 @@ def train(
 
     Every argument is checked against its domain first (InputError, a ValueError, naming it).
     An ``output_dir`` that already holds a run is refused unless ``resume`` continues it or
-    ``overwrite`` replaces it. ``loggers`` (``tensorboard``, ``mlflow``, ``csv``) also log each
-    epoch to ``log_dir`` (default ``output_dir/logs``). Example:
-    ``patchguard.train(dataset_dir="mvtec", class_name="bottle", preset="fast")``.
+    ``overwrite`` replaces it.
+
+    Args:
+        config: every setting of the run; when None, one is built from ``preset`` (default
+            ``"paper"``) and ``overrides``.
+        resume: a checkpoint (or a run folder, meaning its ``last.pt``) to continue exactly.
+        progress: show progress bars and per-epoch lines.
+        overwrite: replace a run already in ``output_dir`` (after every input is checked).
+        loggers: experiment trackers to log each epoch to: ``tensorboard``, ``mlflow``,
+            ``csv``.
+        log_dir: where the trackers write (default ``output_dir/logs``).
+        **overrides: settings of ``TrainConfig`` by name (for example ``dataset_dir``,
+            ``class_name``, ``epochs``, ``output_dir``; docs/options.md lists them all), plus
+            ``preset``; with ``config`` given they replace its fields.
+
+    Returns:
+        The path of the run's ``last.pt`` (model, optimiser and scheduler state, config,
+            thresholds when images were held out).
+
+    Example:
+        ```python
+        import patchguard
+
+        last = patchguard.train(dataset_dir="data/mvtec", class_name="bottle",
+                                preset="fast", output_dir="runs/bottle", epochs=20)
+        ```
     """
     if config is None:
         config = build_config(overrides.pop("preset", "paper"), overrides=overrides)
@@ -49,29 +72,52 @@ def evaluate_checkpoint(
     dataset_dir: str | Path | None = None,
     class_name: str | None = None,
     dataset: str | None = None,
-    epsilons: Sequence[float] = (0, 8),
-    steps: int = 10,
-    batch_size: int = 16,
+    *,
+    settings: AttackSettings | None = None,
     device: str = "auto",
     json_path: str | Path | None = None,
     progress: bool = True,
-    attacks: Sequence[str] = ("pgd",),
-    objective: str = "mask",
-    queries: int | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
-    """Evaluate a checkpoint clean and under ``attacks`` (default the paper's PGD; e.g.
-    ``("pgd", "standard")``); data set and class default to the training's.
+    """Evaluate a checkpoint clean and under attack; data set and class default to the
+    training's.
 
-    Epsilons are in 1/255 units (0..255, 0 is the clean row); every argument is checked before
-    the checkpoint is loaded. Any other detector: :func:`patchguard.robustness.evaluate_detector`.
+    Every argument is checked before the checkpoint is loaded. Any other detector:
+    :func:`patchguard.robustness.evaluate_detector`.
+
+    Args:
+        checkpoint: a ``.pt`` written by :func:`train` (or an imported one).
+        dataset_dir: the data set's root (default: the one the checkpoint was trained on).
+        class_name: the class to test (default: the training's).
+        dataset: the layout (``mvtec``, ``visa``, ``folder``, ...; default: the training's).
+        settings: the attacks, epsilons (1/255 units, 0 is the clean row), budgets, seed and
+            batching as one :class:`~patchguard.adversarial.settings.AttackSettings`
+            (default: the paper's PGD-10 at 8/255); its fields may also be given as keywords
+            (``epsilons``, ``steps``, ``batch_size``, ``attacks``, ``objective``,
+            ``queries``, ...). Quote ``standard`` (or at least ``objective="score"``) as
+            robustness, never the paper's PGD alone.
+        device: ``auto``, ``cpu``, ``cuda``, ...
+        json_path: where to write the rows as JSON (optional).
+        progress: progress bars, and the table printed at the end.
+        **options: fields of ``AttackSettings`` by name, replacing those of ``settings``.
+
+    Returns:
+        One dict per attack and epsilon, the clean row first, as ``patchguard test`` writes
+            them: ``image_auroc``, ``pixel_auroc``, AP, F1-max, AUPRO, the attack's settings
+            and its cost.
+
+    Example:
+        ```python
+        rows = patchguard.evaluate_checkpoint("runs/bottle/last.pt", epsilons=(0, 2, 8),
+                                              attacks=("pgd", "standard"))
+        print([(r["attack"], r["epsilon"], r["image_auroc"]) for r in rows])
+        ```
     """
-    epsilons = [checks.epsilon("epsilons", eps) for eps in epsilons]
-    checks.integer("steps", steps, 1)
-    checks.integer("batch_size", batch_size, 1)
+    settings = AttackSettings.build(settings, **options)
     target = load_for_evaluation(checkpoint, dataset, dataset_dir, class_name,
                                  resolve_device(device))
-    rows = evaluate(target.model, target.test_set, epsilons, steps, batch_size, target.device,
-                    progress=progress, attacks=attacks, objective=objective, queries=queries)
+    rows = evaluate(target.model, target.test_set, settings, device=target.device,
+                    progress=progress)
     if json_path is not None:
         write_results(json_path, rows, {"dataset": target.dataset,
                                         "class_name": target.class_name,

@@ -74,11 +74,15 @@ class Domain:
 
 def _interval(minimum: float | None, maximum: float | None, min_open: bool = False,
               max_open: bool = False) -> str:
+    def number(value: float) -> str:
+        return str(value) if isinstance(value, int) else f"{value:g}"
+
     if minimum is not None and maximum is not None:
-        return (f"{'(' if min_open else '['}{minimum:g}, {maximum:g}{')' if max_open else ']'}")
+        return (f"in {'(' if min_open else '['}{number(minimum)}, {number(maximum)}"
+                f"{')' if max_open else ']'}")
     if minimum is not None:
-        return f"{'>' if min_open else '>='} {minimum:g}"
-    return "" if maximum is None else f"{'<' if max_open else '<='} {maximum:g}"
+        return f"{'>' if min_open else '>='} {number(minimum)}"
+    return "" if maximum is None else f"{'<' if max_open else '<='} {number(maximum)}"
 
 
 def ints(minimum: int | None = None, maximum: int | None = None, fix: str = "") -> Domain:
@@ -280,7 +284,7 @@ class RuntimeOptions:
     seed: int = option(0, ints(0, 2**32 - 1), "random seed")
     workers: int = option(4, Domain(checks.workers, "integer in [0, 256]"),
                           "data loader worker processes")
-    device: str = option("auto", Domain(checks.device, "auto, cpu, cuda, cuda:N, mps"),
+    device: str = option("auto", Domain(checks.device, "a device name torch knows"),
                          "auto (default), cpu, cuda, cuda:1, ...")
     bf16: bool = option(False, BOOLEAN, "bf16 autocast (for GPUs; runs slower on CPUs)")
     compile: bool = option(False, BOOLEAN, "torch.compile the attack's forward pass and the "
@@ -470,7 +474,7 @@ PRESETS.register("fast", {
     "auto_foreground": True,
 }, "short budgets (minutes on a CPU): own backbone lr, fewer epochs and attack steps")
 # "robust": the best found on the demo's gravel class up to 30 CPU minutes per recipe
-# (benchmarks/robust_budget.py, README "Robustness training"); it does NOT reach issue 12's
+# (benchmarks/robust_budget.py, docs/robustness-study.md); it does NOT reach issue 12's
 # target: on gravel its image AUROC under `standard` is 0 at 2/255 and 8/255 (clean 0.972,
 # faithful PGD-10 0.667 / 0.278, pixel AUROC under standard 0.529 / 0.009, 4.2 CPU
 # minutes); on the other demo classes 0.250 (brick) and 0.500 (grass) at 2/255 under

@@ -24,22 +24,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .adversarial.detector import DetectorOutput, as_detector
-from .adversarial.names import DEFAULT_QUERIES, QUERY_ATTACKS
+from .adversarial.attackable import DetectorOutput, as_detector
+from .adversarial.names import QUERY_ATTACKS
+from .adversarial.settings import AttackSettings
 from .adversarial.standard import STANDARD_MEMBERS, Member
-from .data.datasets import TensorTestSet
+from .data.datasets import TensorTestSet, TestDataset
 from .evaluation.evaluator import evaluate
 from .evaluation.reports import format_table
 from .evaluation.sanity import SanityReport, sanity_check
 
-__all__ = ["DetectorEvaluation", "DetectorOutput", "Member", "STANDARD_MEMBERS",
-           "TensorTestSet", "evaluate_detector"]
+__all__ = ["AttackSettings", "DetectorEvaluation", "DetectorOutput", "Member",
+           "STANDARD_MEMBERS", "TensorTestSet", "evaluate_detector"]
 
 
 @dataclass
@@ -63,48 +64,80 @@ class DetectorEvaluation:
 def evaluate_detector(
     detector: Callable[[torch.Tensor], Any] | nn.Module,
     test_set: Dataset,
-    epsilons: Sequence[float] = (0, 8),
-    attacks: Sequence[str] = ("pgd",),
+    epsilons: Sequence[float] | None = None,
+    attacks: Sequence[str] | None = None,
     *,
-    objective: str | None = None,
-    steps: int = 10,
-    restarts: int = 1,
-    queries: int = DEFAULT_QUERIES,
+    settings: AttackSettings | None = None,
     patch_size: int | None = None,
     module: nn.Module | None = None,
     sanity: bool = False,
-    batch_size: int = 16,
     device: torch.device | str = "cpu",
-    workers: int = 0,
     progress: bool = False,
-    standard_members: Sequence[Member] | None = None,
+    **options: Any,
 ) -> DetectorEvaluation:
     """Evaluate ``detector`` clean and under ``attacks`` at ``epsilons`` (1/255 units).
 
-    ``test_set`` is a patchguard test set (``patchguard.data.datasets.load_test_set``), a
-    :class:`~patchguard.data.datasets.TensorTestSet` of in-memory images, labels and masks, or
-    any data set of the same samples (``image`` (3, H, W) in [0, 1], ``mask`` (1, H, W),
-    ``label``, ``has_mask``, ``path``, and a ``has_pixel_masks`` attribute). ``objective``
-    defaults to ``mask`` for a detector with patch logits and ``score`` otherwise; ``standard``
-    uses its own fixed members (``standard_members`` replaces them, and its rows then say
-    ``custom``). ``module`` is the ``nn.Module`` behind a plain function, so that scoring runs
-    in eval mode and its parameters stay frozen while the attacks take input gradients (found by
-    itself when ``detector`` is a module or a bound method of one). ``sanity`` also runs the
-    gradient-masking checks (epsilon sweep, more steps, Square, eps 128/255) with the first
-    gradient attack, as ``patchguard test --sanity`` does. Rows are those of ``patchguard
-    test``: image and pixel AUROC, AP, F1-max, AUPRO, budgets, ``images_per_s``.
+    Args:
+        detector: a differentiable callable ``images -> (scores, maps[, patch logits])`` or
+            an ``nn.Module`` returning that; it must not run under ``torch.no_grad()`` inside.
+        test_set: a patchguard test set (``patchguard.data.datasets.load_test_set``), a
+            ``TensorTestSet`` of in-memory images, labels and masks, or any data set of the
+            same samples (``image`` (3, H, W) in [0, 1], ``mask`` (1, H, W), ``label``,
+            ``has_mask``, ``path``, and a ``has_pixel_masks`` attribute).
+        epsilons: shorthand for that field of ``settings``: L-infinity budgets in 1/255
+            units, 0 is the clean row (default ``(0, 8)``).
+        attacks: shorthand for that field of ``settings``: ``pgd``, ``pgd-rs``, ``fgsm``,
+            ``apgd``, ``worst``, ``square``, ``standard`` (default ``("pgd",)``).
+        settings: the attacks, epsilons, budgets, seed and batching as one
+            :class:`~patchguard.adversarial.settings.AttackSettings`; its fields may also be
+            given as keywords (``objective``, ``steps``, ``restarts``, ``queries``,
+            ``batch_size``, ``workers``, ``standard_members``, ``seed``, ``early_stop``).
+            The objective defaults to ``mask`` for a detector with patch logits and ``score``
+            otherwise; ``standard`` uses its own fixed members (``standard_members`` replaces
+            them, and its rows then say ``custom``).
+        patch_size: pixels per patch side when the detector returns patch logits.
+        module: the ``nn.Module`` behind a plain function, so that scoring runs in eval mode
+            and its parameters stay frozen while the attacks take input gradients (found by
+            itself when ``detector`` is a module or a bound method of one).
+        sanity: also run the gradient-masking checks (epsilon sweep, more steps, Square, eps
+            128/255) with the first gradient attack, as ``patchguard test --sanity`` does.
+        device: where the detector runs.
+        progress: show progress bars.
+        **options: fields of ``AttackSettings`` by name, replacing those of ``settings``.
+
+    Returns:
+        A ``DetectorEvaluation``: ``rows``, one dict per attack and epsilon as
+            ``patchguard test`` writes them (image and pixel AUROC, AP, F1-max, AUPRO,
+            budgets, ``images_per_s``), and ``sanity``, the report of the checks when asked
+            for.
+
+    Example:
+        ```python
+        from patchguard.robustness import TensorTestSet, evaluate_detector
+
+        test_set = TensorTestSet(images, labels, masks)   # images (n, 3, H, W) in [0, 1]
+        result = evaluate_detector(lambda x: my_model(x), test_set, epsilons=(0, 2, 8),
+                                   attacks=("pgd", "standard"), module=my_model, sanity=True)
+        print(result.table())
+        ```
     """
     wrapped = as_detector(detector, patch_size=patch_size, module=module)
-    if objective is None:
-        objective = "mask" if wrapped.has_patch_logits else "score"
-    rows = evaluate(wrapped, test_set, epsilons, steps, batch_size, device, workers, progress,
-                    attacks=attacks, objective=objective, restarts=restarts, queries=queries,
-                    standard_members=standard_members)
+    # The evaluation reads only the samples and ``has_pixel_masks``, which any such set offers.
+    test_set = cast(TestDataset, test_set)
+    if epsilons is not None:
+        options["epsilons"] = tuple(epsilons)
+    if attacks is not None:
+        options["attacks"] = tuple(attacks)
+    if settings is None and options.get("objective") is None:
+        options["objective"] = "mask" if wrapped.has_patch_logits else "score"
+    settings = AttackSettings.build(settings, **options)
+    rows = evaluate(wrapped, test_set, settings, device=device, progress=progress)
     report = None
     if sanity:
-        gradient = [a for a in attacks if a not in (*QUERY_ATTACKS, "standard")]
-        attack, probe = (gradient[0], objective) if gradient else ("apgd", "score")
-        report = sanity_check(wrapped, test_set, attack=attack, objective=probe, steps=steps,
-                              batch_size=batch_size, device=device, progress=progress,
-                              square_queries=queries)
+        gradient = [a for a in settings.attacks if a not in (*QUERY_ATTACKS, "standard")]
+        attack, probe = (gradient[0], settings.objective) if gradient else ("apgd", "score")
+        report = sanity_check(wrapped, test_set, attack=attack, objective=probe,
+                              steps=settings.steps, batch_size=settings.batch_size,
+                              device=device, progress=progress,
+                              square_queries=settings.query_budget)
     return DetectorEvaluation(rows, report)

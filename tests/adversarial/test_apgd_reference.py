@@ -3,8 +3,8 @@
 The image score s is wrapped as two-class logits [-s, s]: the cross-entropy of label y is then
 an increasing function of our ``score`` objective for each image, so both attacks follow the
 same signed gradients and keep the same best points, and their results compare on our objective.
-torchattacks is installed for this test only, without its dependencies (``.ci/run``; README
-"Development"); the test is skipped where it is not importable.
+torchattacks is installed for this test only, without its dependencies (``.ci/run``); the test is
+skipped where it is not importable.
 """
 
 import pytest
@@ -69,5 +69,6 @@ def test_apgd_is_at_least_as_strong_as_the_reference_at_equal_budget(steps):
     ours, reference = torch.stack(ours).mean(0), torch.stack(reference).mean(0)
     # Same or better on average over images and seeds, up to 1 % (single images vary with the
     # random start). On this random tiny model the two agree to 0.3 %; a weaker schedule shows
-    # on trained models (README "Robustness evaluation": 4 % below at 20 steps before the fix).
+    # on trained models (docs/evaluation.md, "APGD step count": 4 % below at 20 steps before the
+    # fix).
     assert ours.mean() >= 0.99 * reference.mean()

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from patchguard.adversarial.apgd import apgd_checkpoints
+from patchguard.adversarial.attackable import DetectorOutput
 from patchguard.adversarial.attacks import ATTACKS, run_attack
-from patchguard.adversarial.detector import DetectorOutput
 from patchguard.adversarial.objectives import (
     OBJECTIVES,
     map_loss,

@@ -47,8 +47,9 @@ def test_standard_is_the_per_image_worst_of_its_members_for_each_metric():
     generator = torch.Generator().manual_seed(5)
     alone = [run_attack(m.attack, model, x, targets, labels, EPS, m.steps, objective=m.objective,
                         masks=masks, generator=generator, queries=m.queries)[0] for m in CHEAP]
+    # The clean image is a candidate of the image metrics' worst case too (the last one).
     scores = torch.stack([objective_value(model, "score", a, targets, labels, masks)
-                          for a in alone])
+                          for a in (*alone, x)])
     maps = torch.stack([objective_value(model, "map", a, targets, labels, masks) for a in alone])
     # Higher objective = worse for the model: per image, standard's attacker objective is at
     # least every member's (the per-image worst case) and equal to the best member's.
@@ -69,19 +70,35 @@ def test_standard_is_the_per_image_worst_of_its_members_for_each_metric():
         assert (adv - x).abs().max() <= EPS + 1e-6 and adv.min() >= 0 and adv.max() <= 1
 
 
-def test_plain_standard_ignores_steps_and_picks_by_the_objective(monkeypatch):
+def _by_hand(model, objective, x, labels, masks):
+    """The score and map objectives written out: + score of a normal image, - of an anomalous
+    one; mean map over normal pixels minus mean over anomalous pixels (masks at map size)."""
+    with torch.no_grad():
+        logits = model(x, with_attention=False).logits
+        if objective == "score":
+            return (1 - 2 * labels) * model.image_score(logits)
+        maps, anomalous = model.anomaly_map(logits).flatten(1), masks[:, 0].flatten(1)
+        return ((maps * (1 - anomalous)).sum(1) / (1 - anomalous).sum(1).clamp(min=1e-8)
+                - (maps * anomalous).sum(1) / anomalous.sum(1).clamp(min=1e-8))
+
+
+def test_plain_standard_ignores_steps_and_keeps_per_image_the_members_best(monkeypatch):
     monkeypatch.setattr(standard, "STANDARD_MEMBERS", CHEAP)
     model = tiny_model().eval()
     x, targets, labels, masks = attack_batch(seed=6)
-    problem = AttackProblem(model, x, targets, labels, EPS, "map", masks)
-    per_metric = attack_standard_per_metric(
-        problem, AttackBudget(generator=torch.Generator().manual_seed(1)))
-    for steps in (1, 7):
-        adv, loss = run_attack("standard", model, x, targets, labels, EPS, steps,
-                               objective="map", masks=masks,
-                               generator=torch.Generator().manual_seed(1))
-        torch.testing.assert_close(adv, per_metric.pixel)
-        torch.testing.assert_close(loss, per_metric.pixel_loss)
+    for objective in ("map", "score"):
+        generator = torch.Generator().manual_seed(1)
+        alone = [run_attack(m.attack, model, x, targets, labels, EPS, m.steps,
+                            objective=m.objective, masks=masks, generator=generator,
+                            queries=m.queries)[0] for m in CHEAP]
+        expected = torch.stack([_by_hand(model, objective, a, labels, masks) for a in alone])
+        for steps in (1, 7):
+            adv, loss = run_attack("standard", model, x, targets, labels, EPS, steps,
+                                   objective=objective, masks=masks,
+                                   generator=torch.Generator().manual_seed(1))
+            value = _by_hand(model, objective, adv, labels, masks)
+            torch.testing.assert_close(value, expected.max(dim=0).values)
+            torch.testing.assert_close(loss, value, rtol=1e-5, atol=1e-5)
 
 
 def test_a_detector_without_patch_logits_skips_the_mask_member():

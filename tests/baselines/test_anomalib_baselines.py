@@ -89,7 +89,8 @@ def _train(name: str, class_dir: Path, **kwargs) -> AnomalibDetector:
 
 @pytest.fixture(scope="module")
 def patchcore(faint) -> AnomalibDetector:
-    # Coreset selection is where PatchCore's fit can take gigabytes (README): 12 images here.
+    # Coreset selection is where PatchCore's fit can take gigabytes (docs/baselines.md): 12
+    # images here.
     return _train("patchcore", faint)
 
 

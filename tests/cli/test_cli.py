@@ -309,7 +309,7 @@ def _save(path, value, size=40, mode="RGB"):
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["folder", "btad", "brats2021"])
 def test_train_and_test_on_other_layouts(tmp_path, layout):
-    """Trees written from the README's layout descriptions, trained and tested end to end."""
+    """Trees written from docs/datasets.md's layout descriptions, trained and tested end to end."""
     root, cls = tmp_path / "data", "part"
     c = root / cls
     if layout == "folder":

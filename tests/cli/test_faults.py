@@ -11,8 +11,8 @@ what that commit did before the fixes. Every case asserts the desired behaviour:
   files at risk are compared before and after), and no command overwrites its own input;
 - temporary files of an interrupted write are removed or reused.
 
-The last section pins the decisions taken on domains the audit left open (README "Errors and
-safety" lists the guarantees).
+The last section pins the decisions taken on domains the audit left open (docs/errors-and-safety.md
+lists the guarantees).
 
 Everything runs on tiny generated data (4 train images, 2 + 2 test images, 64 px) and timm's
 ``test_vit``; training runs are 1 epoch of 1 batch, and bad values are refused before any.
@@ -1380,7 +1380,7 @@ def test_an_unexpected_error_is_a_message_with_exit_code_1(cli, run_copy, monkey
 
 
 # ============================================================================ decided domains
-# The audit left these open; the choices (README "Errors and safety", CATALOGUE's proposals).
+# The audit left these open; the choices (docs/errors-and-safety.md, CATALOGUE's proposals).
 
 
 @pytest.mark.parametrize("key,flags,value", [

@@ -317,3 +317,133 @@ def test_registry_entries_are_consistent():
                 transfer._algorithm(a.checksum)
     assert dl.DATASETS["mvtec"].archives[0].checksum.startswith("cf4313b1")
     assert dl.DATASETS["brats2021"].manual and dl.DATASETS["headct"].manual
+
+
+# ------------------------------------------------------- the authors' mask zips by file id
+
+MVTEC_FG_ID = "18Ml7zpIw47wWhlV9OLYl3pWPeQTK1QiI"  # the authors' download_data.py
+VISA_FG_ID = "1c4oLDSiuhmejGspI17TtgaggLSlNL-Pi"
+
+
+@pytest.fixture
+def real_drive(monkeypatch):
+    """The local Drive answering only under real ids (Drive's 404 page for any other)."""
+    with drive_server(monkeypatch) as state:
+        yield state
+
+
+def _toy_mvtec(monkeypatch, server, classes=("bottle", "cable")) -> bytes:
+    """A two-class MVTec AD on the server, and the registry's real mask entry kept."""
+    data = _mvtec_like_zip(classes, wrapper="mvtec_anomaly_detection/")
+    server.files["/mvtec.zip"] = data
+    real = dl.DATASETS["mvtec"]
+    toy = dl.DatasetSource(
+        name="mvtec", dirname="mvtec", classes=classes, required=real.required,
+        archives=(dl.Archive(server.base + "/mvtec.zip", "mvtec.zip", _sha(data)),),
+        foreground=real.foreground, foreground_dir=real.foreground_dir,
+        foreground_layout=real.foreground_layout)
+    monkeypatch.setitem(dl.DATASETS, "mvtec", toy)
+    return data
+
+
+def test_registry_fetches_the_authors_mask_zips_by_file_id():
+    for name, file_id in (("mvtec", MVTEC_FG_ID), ("visa", VISA_FG_ID)):
+        (archive,) = dl.DATASETS[name].foreground
+        assert dl.drive_file_id(archive.url) == file_id
+        assert dl.DATASETS[name].foreground_layout == "class_folders"
+    assert dl.DATASETS["visa"].foreground_dir == "{cls}/Data/Images/foreground_mask"
+
+
+def test_data_download_places_the_authors_mask_folders(real_drive, tmp_path, monkeypatch,
+                                                      capsys):
+    from patchguard.cli import main
+
+    _toy_mvtec(monkeypatch, real_drive)
+    # The authors' structure: one top-level folder per class, the masks inside.
+    real_drive.drive[MVTEC_FG_ID] = _zip_bytes({"bottle/000.png": b"m0", "bottle/001.png": b"m1",
+                                                "cable/000.png": b"c0"})
+    real_drive.confirm_ids.add(MVTEC_FG_ID)
+    assert main(["data", "download", "--dataset", "mvtec", "--root", str(tmp_path)]) == 0
+    root = tmp_path / "mvtec"
+    assert (root / "bottle/train/foreground_mask/001.png").read_bytes() == b"m1"
+    assert (root / "cable/train/foreground_mask/000.png").read_bytes() == b"c0"
+    assert (root / "bottle/train/good/000.png").read_bytes() == b"png"
+    marker = json.loads((root / dl.MARKER_NAME).read_text())
+    assert marker["foreground_classes"] == ["bottle", "cable"]
+    assert any(f"id={MVTEC_FG_ID}" in p for p in real_drive.requests)
+    n = len(real_drive.requests)
+    assert main(["data", "download", "--dataset", "mvtec", "--root", str(tmp_path)]) == 0
+    assert len(real_drive.requests) == n  # done: nothing fetched again
+
+
+def test_visa_masks_go_under_data_images(real_drive, tmp_path, monkeypatch):
+    real = dl.DATASETS["visa"]
+    (tmp_path / "visa/candle/Data/Images/Normal").mkdir(parents=True)
+    toy = dl.DatasetSource(name="visa", dirname="visa", classes=("candle", "pcb1"),
+                           required=real.required, foreground=real.foreground,
+                           foreground_dir=real.foreground_dir,
+                           foreground_layout=real.foreground_layout)
+    monkeypatch.setitem(dl.DATASETS, "visa", toy)
+    real_drive.drive[VISA_FG_ID] = _zip_bytes({"candle/0000.png": b"v", "pcb1/0000.png": b"p"})
+    assert dl.download_foreground("visa", tmp_path, progress=False) == ["candle"]
+    assert (tmp_path / "visa/candle/Data/Images/foreground_mask/0000.png").read_bytes() == b"v"
+    assert not (tmp_path / "visa/pcb1").exists()  # not in this (partial) data set: skipped
+
+
+def _snapshot(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>"
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("foreign_class", "that are not mvtec classes"),
+    ("truncated", "truncated"),
+    ("html_page", "returned a page instead of file"),
+])
+def test_bad_mask_downloads_end_in_a_message_and_leave_nothing(real_drive, tmp_path,
+                                                               monkeypatch, capsys, case,
+                                                               message):
+    """The data set is prepared first (its masks cannot be fetched yet); a rerun fetches the
+    masks and refuses what is wrong without touching the data set."""
+    from patchguard.cli import main
+
+    _toy_mvtec(monkeypatch, real_drive)
+    with pytest.warns(UserWarning, match="foreground masks were not fetched"):
+        dl.download_dataset("mvtec", tmp_path, progress=False)  # the id answers 404 here
+    before = _snapshot(tmp_path)
+    assert ".downloads" not in {p.split("/")[0] for p in before}
+    good = _zip_bytes({"bottle/000.png": b"m", "cable/000.png": b"c"})
+    if case == "foreign_class":
+        real_drive.drive[MVTEC_FG_ID] = _zip_bytes({"bottle/0.png": b"m", "zebra/0.png": b"z"})
+    elif case == "truncated":
+        real_drive.drive[MVTEC_FG_ID] = good[: len(good) // 2]
+    else:
+        real_drive.pages[MVTEC_FG_ID] = "Google Drive - Quota exceeded"
+    capsys.readouterr()
+    assert main(["data", "download", "--dataset", "mvtec", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert _snapshot(tmp_path) == before  # nothing placed, nothing downloaded left behind
+    # Once the id serves the right zip, the same command places the masks.
+    real_drive.pages.clear()
+    real_drive.drive[MVTEC_FG_ID] = good
+    assert main(["data", "download", "--dataset", "mvtec", "--root", str(tmp_path)]) == 0
+    assert (tmp_path / "mvtec/cable/train/foreground_mask/000.png").read_bytes() == b"c"
+
+
+def test_masks_only_for_a_data_set_extracted_by_hand(real_drive, tmp_path, capsys):
+    """The real MVTec AD entry: masks into a data set that has no download marker."""
+    from patchguard.cli import main
+
+    (tmp_path / "mvtec/bottle/train/good").mkdir(parents=True)
+    (tmp_path / "mvtec/bottle/train/foreground_mask").mkdir()
+    (tmp_path / "mvtec/bottle/train/foreground_mask/001.png").write_bytes(b"mine")
+    real_drive.drive[MVTEC_FG_ID] = _zip_bytes({"bottle/000.png": b"m0", "bottle/001.png": b"m1",
+                                                "cable/000.png": b"c0"})
+    assert main(["data", "download", "--dataset", "mvtec", "--root", str(tmp_path),
+                 "--masks-only"]) == 0
+    assert "placed for 1 class(es): bottle" in capsys.readouterr().out
+    masks = tmp_path / "mvtec/bottle/train/foreground_mask"
+    assert (masks / "000.png").read_bytes() == b"m0"
+    assert (masks / "001.png").read_bytes() == b"mine"  # kept without --overwrite
+    assert not (tmp_path / "mvtec/cable").exists()  # not in this data set: not created

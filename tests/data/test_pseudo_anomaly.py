@@ -94,8 +94,8 @@ def test_lower_bounds_table_shape():
         assert set(bounds.values()) <= {6, 9, 10, 14}
 
 
-# METHOD.md section 5, written out here as the independent reference: every class of every data
-# set whose bound is not 14.
+# docs/method.md, section 5, written out here as the independent reference: every class of every
+# data set whose bound is not 14.
 METHOD_BOUNDS_NOT_14 = {
     ("mvtec", "screw"): 9, ("visa", "capsules"): 6, ("visa", "fryum"): 6, ("visa", "cashew"): 10,
     ("mpdd", "bracket_black"): 6, ("mpdd", "bracket_brown"): 6, ("mpdd", "bracket_white"): 6,
@@ -262,7 +262,7 @@ def test_severity_frequencies():
     assert abs(freq["heavy"] - 0.6) < 0.02
 
 
-# METHOD.md section 5's parameter table, copied verbatim (the independent reference).
+# The parameter table of docs/method.md, section 5, copied verbatim (the independent reference).
 METHOD_TABLE = "\n".join([
     "| brightness, contrast, saturation jitter | 0.1 | 0.4 | 0.8-1.0 |",
     "| hue jitter | 0.1 | 0.3 | 0.5 |",
@@ -285,7 +285,7 @@ METHOD_ROWS = {
     "random erasing": ["erase_area", "erase_count"], "gaussian": ["blur_radius"],
     "JPEG": ["jpeg_quality"],
 }
-METHOD_POOLS = {  # METHOD.md section 5, step 4
+METHOD_POOLS = {  # docs/method.md, section 5, step 4
     "light": {"gaussian blur", "elastic transform", "swirl"},
     "medium": {"gaussian blur", "swirl", "JPEG artefacts", "elastic transform"},
     "heavy": {"elastic transform", "torn-paper lines", "JPEG artefacts", "Perlin-noise mask",

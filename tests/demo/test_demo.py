@@ -10,7 +10,8 @@ from helpers.models import TINY_BACKBONE
 pytestmark = pytest.mark.integration  # runs the command line or a whole path end to end
 
 
-def test_demo_end_to_end_with_a_tiny_model(tmp_path, capsys):
+def test_demo_end_to_end_with_a_tiny_model(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="patchguard")
     rows = run_demo(
         tmp_path, classes=["washer"], image_size=64, device="cpu", progress=False,
         train_overrides={"backbone": TINY_BACKBONE, "pretrained": False, "epochs": 1,
@@ -40,6 +41,9 @@ def test_demo_end_to_end_with_a_tiny_model(tmp_path, capsys):
     assert "img clean" in out and "results JSON" in out
     assert "std* img 8" in out and "not the citable standard" in out
     assert "the robust preset, 1 epoch:" in out
+    # It speaks only when something is wrong: nothing about its own classes or thresholds.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "thresholds from" not in caplog.text and "mvtec" not in caplog.text
 
 
 def test_summary_table_means():

@@ -1,4 +1,5 @@
 import json
+import logging
 import sys
 
 import cv2
@@ -28,6 +29,24 @@ def small_root(tmp_path_factory):
 def test_constants():
     assert dd.DEMO_CLASSES == ("brick", "grass", "gravel", "washer")
     assert dd.DEFECT_TYPES == ("scratch", "hole", "stain", "crack", "foreign")
+
+
+def test_the_demo_data_reads_as_a_data_set_of_its_own_without_warnings(small_root, caplog,
+                                                                       monkeypatch):
+    from patchguard.data.layouts import classes, load_records
+
+    monkeypatch.setattr(classes, "_warned", set())  # each unknown class is warned once a session
+
+    with caplog.at_level(logging.WARNING, logger="patchguard"):
+        counts = {cls: (len(load_records("demo", small_root, cls, "train")),
+                        len(load_records("demo", small_root, cls, "test")))
+                  for cls in dd.DEMO_CLASSES}
+    assert [r.getMessage() for r in caplog.records] == []
+    assert counts == {cls: (4, 2 + 2 * len(dd.DEFECT_TYPES)) for cls in dd.DEMO_CLASSES}
+    # Read as MVTec AD, the same folders are classes MVTec AD does not have: warned, once.
+    with caplog.at_level(logging.WARNING, logger="patchguard"):
+        load_records("mvtec", small_root, "grass", "train")
+    assert "class 'grass' is not one of the mvtec classes" in caplog.text
 
 
 def test_layout_and_counts(small_root):

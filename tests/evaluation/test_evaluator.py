@@ -106,7 +106,8 @@ def test_evaluation_decodes_once_scores_clean_once_and_keeps_the_rows(tmp_path, 
     monkeypatch.setattr(TestDataset, "__getitem__", real_getitem)
     plain = TestDataset(dataset.records, 64)
     for row in rows:
-        preds = evaluator.predict_dataset(model, plain, row["epsilon"], 2, 4, progress=False)
+        preds = evaluator.predict_dataset(model, plain, row["epsilon"], 2, batch_size=4,
+                                          progress=False)
         assert row["image_auroc"] == pytest.approx(roc_auc_score(preds.labels, preds.scores),
                                                    abs=1e-12)
         assert row["pixel_auroc"] == pytest.approx(

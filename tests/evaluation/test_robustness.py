@@ -1,18 +1,22 @@
 """patchguard.robustness.evaluate_detector: any differentiable detector under the same attacks.
 
-The reference is the built-in path (``patchguard test``: load_for_evaluation + evaluate on the
-PatchGuard model) on the same checkpoint; a hand-written function around the loaded model must
-give the same rows. A tiny conv net that is not PatchGuard shows the interface is general.
+The references are independent: sklearn's AUROCs of the clean images and of PGD images made by
+a plain loop written here (signed gradient steps of 2.5 eps / steps from the clean image,
+clipped to the eps ball and to [0, 1], the last iterate), on a hand-written function around a
+trained checkpoint's model. A tiny conv net that is not PatchGuard shows the interface is
+general.
 """
 
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from patchguard.adversarial import standard
+from patchguard.adversarial.settings import AttackSettings
 from patchguard.adversarial.standard import Member
 from patchguard.data.datasets import TensorTestSet
-from patchguard.evaluation.evaluator import evaluate, load_for_evaluation
+from patchguard.evaluation.evaluator import load_for_evaluation
 from patchguard.robustness import evaluate_detector
 from patchguard.training.trainer import train
 
@@ -20,8 +24,8 @@ from helpers.models import TINY_SIZE, tiny_config
 
 CHEAP = (Member("apgd", "score", steps=3), Member("apgd", "map", steps=3),
          Member("pgd", "mask", steps=3), Member("square", "score", queries=15))
-# Timing fields differ run to run; everything else must be identical.
-TIMING = ("seconds", "images_per_s")
+EPS = 8  # 1/255 units
+STEPS = 3
 
 
 @pytest.fixture(scope="module")
@@ -31,46 +35,98 @@ def checkpoint(tiny_data, tmp_path_factory):
                  progress=False)
 
 
-def _same_rows(ours, reference):
-    assert len(ours) == len(reference)
-    for a, b in zip(ours, reference):
-        assert {k: v for k, v in a.items() if k not in TIMING} == {
-            k: v for k, v in b.items() if k not in TIMING}
+def _test_tensors(test_set):
+    """Every test image, label and (B, H, W) mask as tensors."""
+    samples = [test_set[i] for i in range(len(test_set))]
+    images = torch.stack([s["image"] for s in samples])
+    masks = torch.stack([s["mask"][0] for s in samples])
+    return images, torch.tensor([int(s["label"]) for s in samples]), masks
 
 
-def test_a_hand_written_detector_gives_the_rows_of_the_built_in_path(checkpoint, monkeypatch):
+def _plain_pgd(loss_of, images, eps, steps):
+    """The paper's PGD written out: no random start, step 2.5 eps / steps, last iterate."""
+    alpha = 2.5 * eps / steps
+    adversarial = images.clone()
+    for _ in range(steps):
+        adversarial.requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_of(adversarial).sum(), adversarial)
+        stepped = adversarial.detach() + alpha * grad.sign()
+        adversarial = torch.minimum(torch.maximum(stepped, images - eps), images + eps)
+        adversarial = adversarial.clamp(0, 1)
+    return adversarial.detach()
+
+
+def _aurocs(model, images, labels, masks):
+    """sklearn's image and pixel AUROC of the model at ``images``."""
+    with torch.no_grad():
+        logits = model(images, with_attention=False).logits
+        scores, maps = model.image_score(logits), model.anomaly_map(logits)
+    return (roc_auc_score(labels.numpy(), scores.numpy()),
+            roc_auc_score(masks.numpy().ravel() > 0, maps.numpy().ravel()))
+
+
+def test_a_hand_written_detector_is_attacked_like_the_paper_says(checkpoint, monkeypatch):
     monkeypatch.setattr(standard, "STANDARD_MEMBERS", CHEAP)
     target = load_for_evaluation(checkpoint, device="cpu")
-    model = target.model
-    settings = dict(epsilons=(0, 8), attacks=("pgd", "apgd", "square", "standard"))
-    reference = evaluate(model, target.test_set, settings["epsilons"], 3, 4, progress=False,
-                         attacks=settings["attacks"], queries=15)
+    model, test_set = target.model.eval(), target.test_set
+    images, labels, masks = _test_tensors(test_set)
+    patch = model.patch_size
 
-    def detector(images):  # PatchGuard as a plain function: scores, maps and patch logits
-        logits = model(images, with_attention=False).logits
+    def detector(x):  # PatchGuard as a plain function: scores, maps and patch logits
+        logits = model(x, with_attention=False).logits
         return model.image_score(logits), model.anomaly_map(logits), logits
 
-    ours = evaluate_detector(detector, target.test_set, **settings, steps=3, queries=15,
-                             batch_size=4, patch_size=model.patch_size, module=model)
-    _same_rows(ours.rows, reference)
-    assert [r["attack"] for r in ours.rows] == ["clean", "pgd", "apgd", "square", "standard"]
+    # The mask objective by hand: mean normal-patch logit minus mean anomalous-patch logit,
+    # patches anomalous where any mask pixel is (every patch of an unmasked anomalous image).
+    targets = F.max_pool2d((masks[:, None] > 0).float(), patch, patch).flatten(1)
+    targets[(labels == 1) & (targets.sum(1) == 0)] = 1.0
+
+    def mask_loss(x):
+        logits = model(x, with_attention=False).logits
+        normal_mean = (logits * (1 - targets)).sum(1) / ((1 - targets).sum(1) + 1e-8)
+        return normal_mean - (logits * targets).sum(1) / (targets.sum(1) + 1e-8)
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    attacked = _plain_pgd(mask_loss, images, EPS / 255, STEPS)
+    result = evaluate_detector(detector, test_set, (0, EPS), ("pgd", "standard"), steps=STEPS,
+                               queries=15, batch_size=4, patch_size=patch, module=model)
+    clean, pgd, std = result.rows
+    assert [r["attack"] for r in result.rows] == ["clean", "pgd", "standard"]
+    assert pgd["objective"] == "mask"  # patch logits: the paper's objective by default
+    expected_clean, expected_pgd = _aurocs(model, images, labels, masks), _aurocs(
+        model, attacked, labels, masks)
+    assert clean["image_auroc"] == pytest.approx(expected_clean[0], abs=1e-12)
+    assert clean["pixel_auroc"] == pytest.approx(expected_clean[1], abs=1e-6)
+    assert pgd["image_auroc"] == pytest.approx(expected_pgd[0], abs=1e-12)
+    assert pgd["pixel_auroc"] == pytest.approx(expected_pgd[1], abs=1e-6)
+    # standard holds PGD-3 on the mask objective among its members and keeps, per image, the
+    # highest score of a normal image and the lowest of an anomalous one: never a higher AUROC.
+    assert std["image_auroc"] <= expected_pgd[0] + 1e-12
 
 
-def test_without_patch_logits_the_score_and_map_objectives_match_too(checkpoint):
+def test_without_patch_logits_the_score_objective_is_attacked(checkpoint):
     target = load_for_evaluation(checkpoint, device="cpu")
-    model = target.model
-    members = [m for m in CHEAP if m.objective != "mask"]
-    kwargs = dict(attacks=("pgd", "square", "standard"), objective="score", queries=15,
-                  standard_members=members)
-    reference = evaluate(model, target.test_set, (0, 8), 3, 4, progress=False, **kwargs)
+    model = target.model.eval()
+    images, labels, masks = _test_tensors(target.test_set)
 
-    def detector(images):  # scores and maps only, like most anomaly detectors
-        logits = model(images, with_attention=False).logits
+    def detector(x):  # scores and maps only, like most anomaly detectors
+        logits = model(x, with_attention=False).logits
         return model.image_score(logits), model.anomaly_map(logits)
 
-    ours = evaluate_detector(detector, target.test_set, (0, 8), steps=3, batch_size=4,
-                             module=model, **kwargs)
-    _same_rows(ours.rows, reference)
+    def score_loss(x):  # raise normal images' scores, lower anomalous ones'
+        return (1 - 2 * labels.float()) * detector(x)[0]
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    attacked = _plain_pgd(score_loss, images, EPS / 255, STEPS)
+    settings = AttackSettings(attacks=("pgd",), epsilons=(0, EPS), steps=STEPS,
+                              objective="score", batch_size=4)
+    rows = evaluate_detector(detector, target.test_set, settings=settings, module=model).rows
+    expected = _aurocs(model, attacked, labels, masks)
+    assert rows[1]["image_auroc"] == pytest.approx(expected[0], abs=1e-12)
+    assert rows[1]["pixel_auroc"] == pytest.approx(expected[1], abs=1e-6)
+    assert rows[1]["image_auroc"] <= rows[0]["image_auroc"]
     with pytest.raises(ValueError, match="patch logits"):
         evaluate_detector(detector, target.test_set, (0, 8), objective="mask", module=model)
 

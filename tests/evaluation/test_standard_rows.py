@@ -28,7 +28,8 @@ def test_evaluation_scores_images_and_pixels_from_their_own_worst_cases(tmp_path
     model = tiny_model().eval()
     brighter, darker = [], []
 
-    def fake(name, detector, images, *args, **kwargs):
+    def fake(name, problem, budget):
+        images = problem.original
         image, pixel = (images + EPS).clamp(0, 1), (images - EPS).clamp(0, 1)
         brighter.append(image)
         darker.append(pixel)
@@ -36,7 +37,7 @@ def test_evaluation_scores_images_and_pixels_from_their_own_worst_cases(tmp_path
         member = torch.zeros(len(images), dtype=torch.long)
         return MetricAdversarials(image, pixel, zeros, zeros, member, member + 3)
 
-    monkeypatch.setattr("patchguard.evaluation.evaluator.run_attack_per_metric", fake)
+    monkeypatch.setattr("patchguard.evaluation.evaluator.attack_per_metric", fake)
     preds = predict_dataset(model, dataset, 8, batch_size=4, keep_images=True, progress=False,
                             attack="standard")
     scores, _ = model.predict(torch.cat(brighter))
@@ -89,8 +90,9 @@ def test_standard_is_per_image_the_worst_of_its_members_run_alone(tmp_path, monk
     model = tiny_model().eval()
     kwargs = dict(batch_size=4, progress=False)  # two batches: generators carry across them
     std = predict_dataset(model, dataset, 8, attack="standard", **kwargs)
-    alone = [predict_dataset(model, dataset, 8, m.steps, attack=m.attack, objective=m.objective,
-                             queries=m.queries, **kwargs) for m in CHEAP]
+    # Square takes no steps (None: the default, which it ignores).
+    alone = [predict_dataset(model, dataset, 8, m.steps or None, attack=m.attack,
+                             objective=m.objective, queries=m.queries, **kwargs) for m in CHEAP]
     wrong_way = 1 - 2 * std.labels  # +1 normal, -1 anomalous: higher = worse for the model
     for member in alone:
         assert (wrong_way * std.scores >= wrong_way * member.scores - 1e-5).all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from patchguard.adversarial.detector import as_detector
+from patchguard.adversarial.attackable import as_detector
 from patchguard.adversarial.objectives import resolve_objective
 
 from .models import TINY_SIZE

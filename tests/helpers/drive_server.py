@@ -2,7 +2,8 @@
 
 ``/uc?export=download&id=ID`` serves small files directly and, for ids in ``confirm_ids``, the
 virus-scan warning page whose form submits to ``/usercontent`` with ``confirm`` and ``uuid``
-(as Drive does for large files); an unknown id gets Drive's HTML error page. Plain paths serve
+(as Drive does for large files); ids in ``pages`` answer 200 with an HTML page and no form
+(Drive's quota and sign-in pages); an unknown id gets Drive's HTML 404 page. Plain paths serve
 ``files`` with HTTP Range support (``corrupt`` paths with damaged bytes, ``cut_after`` dropping
 the connection once). Every request is recorded.
 """
@@ -22,6 +23,7 @@ class DriveState:
     def __init__(self) -> None:
         self.drive: dict[str, bytes] = {}  # Drive file id -> content
         self.confirm_ids: set[str] = set()  # ids answered with the virus-scan warning first
+        self.pages: dict[str, str] = {}  # ids answered with an HTML page (title) instead
         self.files: dict[str, bytes] = {}  # plain paths -> content
         self.corrupt: set[str] = set()  # plain paths served with their first 16 bytes flipped
         self.cut_after: int | None = None  # close the connection after N body bytes, once
@@ -89,7 +91,11 @@ class DriveHandler(BaseHTTPRequestHandler):
         query = dict(urllib.parse.parse_qsl(url.query))
         file_id = query.get("id", "")
         if url.path == "/uc":
-            if file_id not in st.drive:
+            if file_id in st.pages:
+                page = (f"<html><head><title>{st.pages[file_id]}</title></head><body>Too many "
+                        "users have viewed or downloaded this file recently.</body></html>")
+                self._send(200, page.encode(), "text/html; charset=utf-8")
+            elif file_id not in st.drive:
                 page = (b"<html><head><title>Google Drive - 404</title></head><body>Sorry, the "
                         b"file you have requested does not exist.</body></html>")
                 self._send(404, page, "text/html; charset=utf-8")

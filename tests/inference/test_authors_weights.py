@@ -124,16 +124,93 @@ def test_plain_url_and_checksum_mismatch(drive, tmp_path, capsys):
     assert _download(tmp_path, "--url", drive.base + "/bottle.pth", "--sha256", right) == 0
 
 
-def test_unknown_id_says_where_the_weights_are_and_how_to_pass_them(tmp_path, capsys,
-                                                                    monkeypatch):
+BOTTLE_ID = "1vAV5zzVxx6SqLlirkP0kibEileHxKflz"  # the authors' download_weight.py
+PCB1_ID = "1nuBmi4J2mNHvYoVO1AFuzTt-nymDEKCq"
+
+
+def test_registry_holds_the_authors_ids(monkeypatch):
     monkeypatch.delenv(INDEX_ENV, raising=False)
-    assert all(not entry.known for entry in KNOWN_FILES.values())  # no invented ids
-    assert len([k for k in KNOWN_FILES if k[0] == "mvtec"]) == 15
+    ids = {key: entry.drive_id for key, entry in KNOWN_FILES.items()}
+    assert ids[("mvtec", "bottle")] == BOTTLE_ID and ids[("visa", "pcb1")] == PCB1_ID
+    published = {key for key, file_id in ids.items() if file_id}
+    assert len([k for k in published if k[0] == "mvtec"]) == 14
+    assert len([k for k in published if k[0] == "visa"]) == 12
+    assert ids[("mvtec", "zipper")] is None  # the authors never published it
+    assert len(set(ids.values()) - {None}) == 26  # no id serves two classes
+    assert all(re.fullmatch(r"1[A-Za-z0-9_-]{32}", i) for i in set(ids.values()) - {None})
+
+
+@pytest.fixture
+def real_ids(monkeypatch, reference):
+    """The local Drive answering only under the authors' real ids (404 for any other)."""
+    monkeypatch.delenv(INDEX_ENV, raising=False)
+    with drive_server(monkeypatch) as state:
+        state.drive[BOTTLE_ID] = _saved(reference["state_dict"])
+        state.confirm_ids.add(BOTTLE_ID)
+        state.drive[PCB1_ID] = _saved(reference["state_dict"])
+        yield state
+
+
+def test_download_by_the_shipped_id_records_the_digest_on_first_use(
+        real_ids, tmp_path, reference, capsys):
+    assert _download(tmp_path) == 0  # no --drive-id
+    assert [p.split("?")[0] for p in real_ids.requests] == ["/uc", "/usercontent"]
+    assert f"id={BOTTLE_ID}" in real_ids.requests[0]
+    folder = tmp_path / "w" / "bottle"
+    model, state = load_model(folder / "last.pt")
+    digest = hashlib.sha256(real_ids.drive[BOTTLE_ID]).hexdigest()
+    summary = state["train_summary"]
+    assert summary["original_sha256"] == digest
+    assert "trust on first use" in summary["original_sha256_note"]
+    assert BOTTLE_ID in summary["original_location"]
+    from patchguard.inference.card import model_card
+
+    assert digest in model_card(state)
+    with torch.no_grad():
+        logits = model(reference["images"], with_attention=False).logits
+    torch.testing.assert_close(logits, reference["logits"], rtol=0, atol=1e-5)
+    # VisA too, by its own id (a plain answer, no confirm page).
+    assert main(["weights", "download", "--dataset", "visa", "--class-name", "pcb1",
+                 "--output-dir", str(tmp_path / "v"), "--quiet", *TINY_IMPORT]) == 0
+    assert f"id={PCB1_ID}" in real_ids.requests[-1]
+
+    # Trust on first use: the .pth is fetched again only if it is the file imported first.
+    (folder / "patchguard_mvtec_bottle.pth").unlink()
+    stamp = (folder / "last.pt").stat().st_mtime_ns
+    real_ids.drive[BOTTLE_ID] = _saved({k: v + 1 for k, v in reference["state_dict"].items()})
+    capsys.readouterr()
+    assert _download(tmp_path) == 2
+    assert "sha256 mismatch" in capsys.readouterr().err
+    assert (folder / "last.pt").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in folder.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "mvtec", "--class-name", "zipper"],
+     "the authors publish no checkpoint for mvtec zipper"),
+    (["--dataset", "mpdd", "--class-name", "tubes"],
+     "the authors publish no checkpoints for --dataset mpdd"),
+    (["--dataset", "mvtec", "--class-name", "bottel"], "is not a mvtec class"),
+])
+def test_unpublished_and_unknown_classes_say_so(real_ids, tmp_path, capsys, argv, message):
+    assert main(["weights", "download", *argv, "--output-dir", str(tmp_path / "w"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert real_ids.requests == [] and not (tmp_path / "w").exists()
+
+
+def test_an_html_page_or_a_truncated_file_leaves_nothing(real_ids, tmp_path, capsys):
+    real_ids.pages[BOTTLE_ID] = "Google Drive - Quota exceeded"
     assert _download(tmp_path) == 2
     err = capsys.readouterr().err
-    assert DRIVE_FOLDERS["mvtec"] in err
-    assert "--drive-id" in err and INDEX_ENV in err and "import-checkpoint" in err
-    assert not (tmp_path / "w").exists()  # nothing written
+    assert "returned a page instead of file" in err and "Quota exceeded" in err
+    assert not (tmp_path / "w").exists()
+    del real_ids.pages[BOTTLE_ID]
+    real_ids.drive[BOTTLE_ID] = real_ids.drive[BOTTLE_ID][:5000]  # cut short
+    assert _download(tmp_path) == 2
+    assert "is not a PatchGuard checkpoint and was deleted" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -152,7 +229,7 @@ def test_bad_locations_are_refused_before_any_request(drive, tmp_path, capsys, e
 def test_bad_class_index_and_answers(drive, tmp_path, capsys):
     assert main(["weights", "download", "--dataset", "mvtec", "--class-name", "pcb1",
                  "--drive-id", TINY_ID]) == 2
-    assert "is not a mvtec class with published weights" in capsys.readouterr().err
+    assert "is not a mvtec class" in capsys.readouterr().err
     bad_index = tmp_path / "bad.json"
     bad_index.write_text(json.dumps({"mvtec": {"bottel": TINY_ID}}))
     assert _download(tmp_path, "--index", str(bad_index)) == 2
@@ -184,7 +261,10 @@ def test_weights_list(tmp_path, capsys, monkeypatch):
     assert main(["weights", "list", "--dataset", "mvtec", "--index", str(index)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"cable\s+patchguard_mvtec_cable.pth\s+Drive file CABLEFILE_123", out)
-    assert re.search(r"bottle\s+patchguard_mvtec_bottle.pth\s+no file id known", out)
+    assert re.search(rf"bottle\s+patchguard_mvtec_bottle.pth\s+Drive file {BOTTLE_ID} "
+                     r"\(the authors' download_weight.py\)", out)
+    assert re.search(r"zipper\s+patchguard_mvtec_zipper.pth\s+not published", out)
+    assert "mpdd" in out and "trust on first use" in out
     assert DRIVE_FOLDERS["mvtec"] in out
 
 

@@ -1,4 +1,4 @@
-"""The adversarial-training core of METHOD.md sections 3 and 4, checked from the outside.
+"""The adversarial-training core of docs/method.md, sections 3 and 4, checked from the outside.
 
 A units bug (epsilon not divided by 255, or divided twice), an attack run in eval mode, or
 attacked views without the attention regulariser must fail here. Every check looks at what the
@@ -98,7 +98,7 @@ def _views(batch: dict, images: torch.Tensor) -> dict[str, slice]:
 
 
 def test_training_attack_runs_in_train_mode(step):
-    """METHOD.md 3: the model stays in train mode, so the attack sees the dropout (faithful)."""
+    """The model stays in train mode, so the attack sees the dropout (docs/method.md, section 3)."""
     _, model, _, calls, _ = step
     attack_calls = [r for r in calls.records if r["attack"]]
     # Two views attacked for STEPS_TRAIN steps each (one call per step, or both views per call).
@@ -130,7 +130,7 @@ def _bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _kl_to_uniform(attention: torch.Tensor) -> torch.Tensor:
-    """mean over all elements of U * (log U - log(A + 1e-8)), U = 1/N (METHOD.md section 3)."""
+    """Mean over all elements of U * (log U - log(A + 1e-8)), U = 1/N (docs/method.md, 3)."""
     n = attention.shape[-1]
     return ((1 / n) * (math.log(1 / n) - torch.log(attention + 1e-8))).mean()
 

@@ -237,7 +237,7 @@ def test_non_finite_loss_stops_training_before_a_checkpoint(tiny_data, tmp_path,
 
 
 def test_checkpoint_policy_writes_on_time_final_epoch_and_flush(tmp_path):
-    from patchguard.training.checkpoints import CheckpointPolicy
+    from patchguard.training.run_state import CheckpointPolicy
 
     now = [0.0]
     policy = CheckpointPolicy(tmp_path / "last.pt", every_min=10, clock=lambda: now[0])
@@ -265,7 +265,7 @@ def test_checkpoint_policy_writes_on_time_final_epoch_and_flush(tmp_path):
 
 
 def test_periodic_file_and_last_pt_stay_independent(tmp_path):
-    from patchguard.training.checkpoints import CheckpointPolicy
+    from patchguard.training.run_state import CheckpointPolicy
 
     policy = CheckpointPolicy(tmp_path / "last.pt", every_min=10)
     policy.epoch_done({"model": {"w": torch.ones(2)}, "config": {}, "epoch": 4},
@@ -279,7 +279,7 @@ def test_periodic_file_and_last_pt_stay_independent(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("every_min, writes", [(10, 1), (0, 3)])
 def test_last_pt_written_on_the_time_policy(tiny_data, tmp_path, monkeypatch, every_min, writes):
-    from patchguard.training import checkpoints
+    from patchguard.training import run_state as checkpoints
 
     written = []
     real = checkpoints.save_checkpoint

@@ -1,5 +1,9 @@
-"""Adversarial attacks: objectives, the faithful training-time PGD, and the evaluation attacks.
+"""Adversarial attacks: objectives, the PGD loop shared by training and evaluation, and the
+evaluation attacks.
 
-``objectives`` < ``pgd`` (METHOD.md section 4, for training and as the paper's attack) <
-``problem`` (shared machinery) < ``apgd`` < ``attacks`` (the registry :data:`.attacks.ATTACKS`).
+``attackable`` (what is attacked: any differentiable detector) < ``objectives`` < ``pgd`` (the
+one PGD loop, docs/method.md section 4, and the training-time attacks on it) < ``problem``
+(shared machinery) < ``early_stop`` < ``apgd`` / ``gradient`` / ``square`` < ``standard`` <
+``attacks`` (their registry is :data:`.names.ATTACKS`) and ``settings`` (the one
+:class:`.settings.AttackSettings` value an evaluation runs under).
 """

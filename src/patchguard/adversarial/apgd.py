@@ -7,7 +7,10 @@ from collections.abc import Sequence
 
 import torch
 
+from .early_stop import scores_from_score_objective
 from .problem import AttackBudget, AttackProblem, AttackResult, update_best
+
+IMAGE_SCORE = "score"  # the objective whose values are the image scores (up to sign)
 
 APGD_MOMENTUM = 0.75
 APGD_RHO = 0.75
@@ -77,13 +80,19 @@ def _apgd_run(
     last_checkpoint = 0
     later_checkpoints = set(checkpoints) - {0}
     for k in range(steps):
-        loss, grad = problem.loss_and_grad(x)  # f(x_k) and its gradient
+        if problem.stop is not None and not bool(problem.stop.active.any()):
+            break  # every image placed: nothing left to attack
+        # f(x_k) and its gradient; images no longer attacked keep their loss (no success, no
+        # new best) and take no step
+        loss, grad = problem.loss_and_grad_active(x, loss_previous)
         if k > 0:
             successes = successes + (loss > loss_previous).float()
         better = loss > best_loss
         best_x = torch.where(better.view(view), x, best_x)
         best_grad = torch.where(better.view(view), grad, best_grad)
         best_loss = torch.where(better, loss, best_loss)
+        if problem.stop is not None:
+            place_early(problem, best_x, best_loss)
         loss_previous = loss
         if k == 0:
             best_at_checkpoint = best_loss  # f_max at w_0 = 0
@@ -112,5 +121,26 @@ def _apgd_run(
             x_next = problem.project(x + momentum)
         x_previous, x = x, x_next
     with torch.no_grad():  # the last iterate is a candidate too
-        best_x, best_loss = update_best(best_x, best_loss, x, problem.loss(x))
+        best_x, best_loss = update_best(best_x, best_loss, x, problem.loss_active(x))
     return best_x, best_loss
+
+
+def place_early(problem: AttackProblem, best_x: torch.Tensor, best_loss: torch.Tensor) -> None:
+    """During a ``score`` member of an early-stopped ``standard``: stop the images whose best
+    point so far already places them (see :mod:`.early_stop`).
+
+    The loop's loss only proposes them; their eval-mode score, as ``standard`` will read it,
+    decides (one extra pass per image stopped), so the rule holds whatever the backend.
+    """
+    stop = problem.stop
+    if problem.objective_name != IMAGE_SCORE:
+        return
+    proposed = stop.would_place(scores_from_score_objective(best_loss, problem.labels))
+    index = (proposed & stop.active).nonzero().squeeze(1)
+    if len(index):
+        values = problem.rows(index).final_loss(best_x[index])
+        which = torch.zeros_like(stop.active)
+        which[index] = True
+        scores = torch.zeros_like(best_loss)
+        scores[index] = scores_from_score_objective(values, problem.labels[index])
+        stop.reached(scores, which)

@@ -1,6 +1,6 @@
 """The evaluation attacks (registered by name in :data:`.names.ATTACKS`, re-exported here), the
-per-image worst case ``worst``, and
-:func:`run_attack` / :func:`run_attack_per_metric`, which every caller goes through.
+per-image worst case ``worst``, and :func:`run_attack` / :func:`attack_per_metric`, which
+every caller goes through.
 
 Every attack is a function ``(problem, budget) -> (adversarial images, per-image loss)`` of an
 :class:`.problem.AttackProblem` (detector, clean images, objective and its inputs, epsilon) and
@@ -12,7 +12,6 @@ tracked per image. L-infinity on input pixels in [0, 1].
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 import torch
 
@@ -20,7 +19,6 @@ from .names import ATTACKS, DEFAULT_QUERIES
 from .objectives import PerImageObjective
 from .problem import AttackBudget, AttackProblem, AttackResult, update_best
 from .standard import (
-    IMAGE_OBJECTIVE,
     Member,
     MetricAdversarials,
     attack_standard_per_metric,
@@ -92,7 +90,7 @@ def run_attack(
 ) -> AttackResult:
     """Run attack ``name`` (see ``ATTACKS``); return adversarial images and per-image final loss.
 
-    ``detector`` is a PatchGuard-like model or any detector (:mod:`.detector`); ``epsilon`` is
+    ``detector`` is a PatchGuard-like model or any detector (:mod:`.attackable`); ``epsilon`` is
     in [0, 1] pixel units; ``targets`` (B, N) are patch targets (None without patch logits);
     ``labels`` (B,) are 0 normal / 1 anomalous (None: derived from ``targets``); ``masks`` are
     (B, [1,] H, W) ground-truth masks or None; ``members`` only applies to ``worst`` (attack
@@ -109,34 +107,16 @@ def run_attack(
     return lookup(name)(problem, budget)
 
 
-def run_attack_per_metric(
-    name: str,
-    detector: object,
-    images: torch.Tensor,
-    targets: torch.Tensor | None,
-    labels: torch.Tensor | None,
-    epsilon: float,
-    steps: int,
-    objective: str | PerImageObjective = "mask",
-    restarts: int = 1,
-    masks: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    members: Sequence[str | Member] | None = None,
-    queries: int | None = None,
-    member_generators: dict[Member, torch.Generator] | None = None,
-) -> MetricAdversarials:
-    """Adversarial images for image- and pixel-level metrics (same arguments as
-    :func:`run_attack`): separate worst cases for ``standard``, one batch for any other attack.
-    ``member_generators`` (standard only) gives each member its own random numbers
-    (:func:`.standard.member_generators`).
-    """
-    if name == "standard" and epsilon > 0:
-        # The members bring their own objectives; the problem's is not used.
-        problem, budget = _problem_and_budget(name, detector, images, targets, labels, epsilon,
-                                              steps, IMAGE_OBJECTIVE, restarts, masks,
-                                              generator, members, queries)
-        budget = replace(budget, member_generators=member_generators)
+def attack_per_metric(name: str, problem: AttackProblem, budget: AttackBudget
+                      ) -> MetricAdversarials:
+    """Adversarial images for image- and pixel-level metrics: separate worst cases for
+    ``standard`` (whose members bring their own objectives and budgets; ``budget`` gives the
+    generators and ``budget.members``), one batch for any other attack."""
+    if name == "standard" and problem.epsilon > 0:
         return attack_standard_per_metric(problem, budget, budget.members)
-    x, loss = run_attack(name, detector, images, targets, labels, epsilon, steps, objective,
-                         restarts, masks, generator, members, queries)
+    lookup(name)
+    if problem.epsilon <= 0:
+        x, loss = problem.unchanged()
+    else:
+        x, loss = lookup(name)(problem, budget)
     return MetricAdversarials(x, x, loss, loss)

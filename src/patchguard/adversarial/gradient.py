@@ -9,25 +9,23 @@ import math
 
 import torch
 
+from .pgd import signed_gradient_ascent
 from .problem import AttackBudget, AttackProblem, AttackResult, update_best
 
 
 def attack_pgd(problem: AttackProblem, budget: AttackBudget) -> AttackResult:
-    """Faithful METHOD.md PGD (step 2.5 eps / steps, no random start, last iterate).
-
-    The algorithm of :func:`.pgd.pgd_attack` (the training-time attack, which stays written on
-    patch logits) on any detector and per-image objective; on PatchGuard with the ``mask``
-    objective it gives the same images (tests/models/test_reference.py checks them against the
-    authors' own).
-    """
+    """The paper's PGD (docs/method.md, section 4: step 2.5 eps / steps, no random start, last
+    iterate) on any detector and per-image objective: the loop of the training-time
+    :func:`.pgd.pgd_attack` (:func:`.pgd.signed_gradient_ascent`) on the problem's eval-mode
+    loss."""
     if budget.steps <= 0:
         return problem.unchanged()
     alpha = 2.5 * problem.epsilon / budget.steps
-    x = problem.original.clone()
-    for _ in range(budget.steps):
-        _, grad = problem.loss_and_grad(x)
-        x = problem.project(x + alpha * grad.sign())
-    return x, problem.final_loss(x)
+    # Images an early-stopped standard no longer attacks take no step (zero gradient).
+    x = signed_gradient_ascent(lambda z: problem.loss_and_grad_active(z, -math.inf),
+                               problem.original, problem.original.clone(), problem.epsilon,
+                               alpha, budget.steps)
+    return x, problem.loss_active(x)
 
 
 def attack_pgd_rs(problem: AttackProblem, budget: AttackBudget) -> AttackResult:
@@ -37,14 +35,16 @@ def attack_pgd_rs(problem: AttackProblem, budget: AttackBudget) -> AttackResult:
     alpha = 2.5 * problem.epsilon / budget.steps
     best_x = best_loss = None
     for _ in range(max(1, budget.restarts)):
-        x = problem.random_start(budget.generator)
-        run_x, run_loss = x, torch.full_like(problem.labels, -math.inf)
-        for _ in range(budget.steps):
-            loss, grad = problem.loss_and_grad(x)
-            run_x, run_loss = update_best(run_x, run_loss, x, loss)
-            x = problem.project(x + alpha * grad.sign())
+        start = problem.random_start(budget.generator)
+        run = [start, torch.full_like(problem.labels, -math.inf)]
+
+        def observe(x: torch.Tensor, loss: torch.Tensor, run: list = run) -> None:
+            run[0], run[1] = update_best(run[0], run[1], x, loss)
+
+        x = signed_gradient_ascent(problem.loss_and_grad, problem.original, start,
+                                   problem.epsilon, alpha, budget.steps, observe)
         with torch.no_grad():  # the last iterate is a candidate too
-            run_x, run_loss = update_best(run_x, run_loss, x, problem.loss(x))
+            run_x, _ = update_best(run[0], run[1], x, problem.loss(x))
         # Across restarts compare with the same eval-mode loss that is reported, so more
         # restarts can never report a lower loss.
         best_x, best_loss = problem.keep_best(best_x, best_loss, run_x)

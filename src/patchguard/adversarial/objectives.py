@@ -1,6 +1,6 @@
-"""What an attack maximises. The training-time objective of METHOD.md section 4 (summed over the
-batch) and the per-image objectives of the evaluation attacks: ``mask`` (the paper's), ``score``
-(the image decision) and ``map`` (the localisation).
+"""What an attack maximises. The training-time objective of docs/method.md, section 4 (summed
+over the batch) and the per-image objectives of the evaluation attacks: ``mask`` (the paper's),
+``score`` (the image decision) and ``map`` (the localisation).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .detector import DetectorOutput
+from .attackable import DetectorOutput
 from .names import OBJECTIVES, PATCH_OBJECTIVES
 
 # Training-time objective: (logits, targets) -> scalar summed over the batch.
@@ -66,7 +66,10 @@ def mask_loss(
     labels: torch.Tensor,
     masks: torch.Tensor | None,
 ) -> torch.Tensor:
-    """METHOD.md objective per image: mean normal-patch logit minus mean anomalous-patch logit."""
+    """The paper's objective per image: mean normal-patch minus mean anomalous-patch logit.
+
+    docs/method.md, section 4.
+    """
     if output.patch_logits is None or targets is None:
         raise ValueError("the mask objective needs a detector with patch logits and patch "
                          "targets; use the score or map objective")

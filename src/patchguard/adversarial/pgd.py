@@ -1,18 +1,72 @@
-"""The faithful PGD of METHOD.md section 4, used for adversarial training and as the paper's attack.
+"""The PGD loop (:func:`signed_gradient_ascent`) that training and evaluation share, the
+faithful training-time PGD of the paper (docs/method.md, section 4) on it, and the single-step
+training attacks.
 
-Kept exactly as the original: step size 2.5 * eps / steps, no random start, signed gradient
-ascent, the last iterate; only input gradients are taken.
+The faithful PGD is kept exactly as the original: step size 2.5 * eps / steps, no random
+start, signed gradient ascent, the last iterate; only input gradients are taken.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from .objectives import Objective, mask_objective
+
+# x -> (loss, input gradient at x)
+LossAndGrad = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def project_linf(x: torch.Tensor, original: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Project onto the L-infinity ball of radius ``epsilon`` around ``original``, then [0, 1]."""
+    return (original + (x - original).clamp(-epsilon, epsilon)).clamp(0.0, 1.0)
+
+
+def signed_gradient_ascent(
+    loss_and_grad: LossAndGrad,
+    original: torch.Tensor,
+    start: torch.Tensor,
+    epsilon: float,
+    alpha: float,
+    steps: int,
+    observe: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """The PGD loop of training and evaluation alike: ``steps`` signed-gradient steps of
+    ``alpha`` from ``start``, each projected back to the ``epsilon`` ball around ``original``
+    and to [0, 1]; returns the last iterate.
+
+    ``loss_and_grad(x)`` gives the loss (per image or summed) and its input gradient;
+    ``observe(x, loss)`` sees each iterate with its loss before the step (best-point tracking).
+    """
+    x = start
+    for _ in range(steps):
+        loss, grad = loss_and_grad(x)
+        if observe is not None:
+            observe(x, loss)
+        with torch.no_grad():
+            x = project_linf(x + alpha * grad.sign(), original, epsilon)
+    return x
+
+
+def logit_loss_and_grad(model: nn.Module, targets: torch.Tensor, objective: Objective,
+                        autocast_dtype: torch.dtype | None = None) -> LossAndGrad:
+    """Training-time ``x -> (summed objective on patch logits, its input gradient)``, the
+    forward in the model's own train/eval mode (bf16 autocast when ``autocast_dtype``).
+    Call it inside :func:`input_gradients_only`."""
+
+    def loss_and_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.detach().requires_grad_(True)
+        with torch.autocast(x.device.type, dtype=autocast_dtype or torch.bfloat16,
+                            enabled=autocast_dtype is not None):
+            logits = model(x, with_attention=False).logits
+        loss = objective(logits.float(), targets)
+        (grad,) = torch.autograd.grad(loss, x)
+        return loss.detach(), grad.detach()
+
+    return loss_and_grad
 
 
 def pgd_attack(
@@ -29,10 +83,11 @@ def pgd_attack(
     """Return PGD-perturbed images within ``epsilon`` (pixel units in [0, 1]) of ``images``.
 
     Faithful to the original: step size 2.5 * eps / steps, no random start, signed gradient
-    ascent on the objective. Only the input gradient is computed, so the model's parameter
-    gradients stay untouched. The model's train/eval mode is left as the caller set it.
-    ``start`` (a perturbation, e.g. carried over from an earlier epoch) replaces the clean
-    starting point; without it the run is the faithful one.
+    ascent on the objective (:func:`signed_gradient_ascent`, the loop the evaluation's ``pgd``
+    runs too). Only the input gradient is computed, so the model's parameter gradients stay
+    untouched. The model's train/eval mode is left as the caller set it. ``start`` (a
+    perturbation, e.g. carried over from an earlier epoch) replaces the clean starting point;
+    without it the run is the faithful one.
     """
     if epsilon <= 0 or steps <= 0:
         return images.detach().clone()
@@ -42,19 +97,10 @@ def pgd_attack(
     adversarial = original.clone()
     if start is not None:
         adversarial = (original + start.to(original).clamp(-epsilon, epsilon)).clamp(0.0, 1.0)
-    device_type = images.device.type
     with input_gradients_only(model):
-        for _ in range(steps):
-            adversarial.requires_grad_(True)
-            with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16,
-                                enabled=autocast_dtype is not None):
-                logits = model(adversarial, with_attention=False).logits
-            loss = objective(logits.float(), targets)
-            (grad,) = torch.autograd.grad(loss, adversarial)
-            with torch.no_grad():
-                step = adversarial + alpha * grad.sign()
-                adversarial = original + (step - original).clamp(-epsilon, epsilon)
-                adversarial = adversarial.clamp(0.0, 1.0)
+        adversarial = signed_gradient_ascent(
+            logit_loss_and_grad(model, targets, objective, autocast_dtype), original,
+            adversarial, epsilon, alpha, steps)
     return adversarial.detach()
 
 
@@ -86,13 +132,8 @@ def input_gradient(
     autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Gradient of the summed ``objective`` with respect to ``images`` (parameters frozen)."""
-    x = images.detach().requires_grad_(True)
     with input_gradients_only(model):
-        with torch.autocast(x.device.type, dtype=autocast_dtype or torch.bfloat16,
-                            enabled=autocast_dtype is not None):
-            logits = model(x, with_attention=False).logits
-        (grad,) = torch.autograd.grad(objective(logits.float(), targets), x)
-    return grad.detach()
+        return logit_loss_and_grad(model, targets, objective, autocast_dtype)(images)[1]
 
 
 def uniform_noise(images: torch.Tensor, radius: float,

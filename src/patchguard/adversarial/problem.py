@@ -5,16 +5,17 @@ and the budget every attack takes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .detector import AttackableDetector, as_detector, eval_mode
+from .attackable import AttackableDetector, as_detector, eval_mode
 from .names import DEFAULT_QUERIES
 from .objectives import PerImageObjective, needs_patch_logits, resolve_objective
-from .pgd import input_gradients_only
+from .pgd import input_gradients_only, project_linf
 
 # An attack's result: adversarial images (B, C, H, W) and the per-image objective (B,) at them.
 AttackResult = tuple[torch.Tensor, torch.Tensor]
@@ -39,7 +40,7 @@ class AttackBudget:
 class AttackProblem:
     """One attack problem: detector, clean images, objective inputs; gives losses and gradients.
 
-    ``detector`` is anything :func:`.detector.as_detector` accepts. ``targets`` (B, N) are patch
+    ``detector`` is anything :func:`.attackable.as_detector` accepts. ``targets`` (B, N) are patch
     targets (1 = anomalous patch) or None for a detector without patch logits; ``labels`` (B,)
     are 0 normal / 1 anomalous (None: derived from ``targets``).
     """
@@ -67,6 +68,12 @@ class AttackProblem:
         self.epsilon = float(epsilon)
         self.objective_name = objective if isinstance(objective, str) else None
         self.objective = resolve_objective(objective)
+        # Exact early stopping (standard only, see .early_stop): which images are still
+        # attacked; None attacks every image to the full budget.
+        self.stop: Any = None
+        self.passes = [0]  # images sent through the detector, shared by derived problems
+        # The clean images' scores when the clean pass already computed them (B,) or None.
+        self.clean_scores: torch.Tensor | None = None
         if needs_patch_logits(objective) and not self.supports_patch_objectives:
             raise ValueError("the mask objective needs a detector with patch logits and patch "
                              "targets; use the score or map objective")
@@ -78,12 +85,56 @@ class AttackProblem:
 
     def with_objective(self, objective: str | PerImageObjective) -> AttackProblem:
         """The same problem (detector, images, targets, labels, masks) with another objective."""
-        return AttackProblem(self.detector, self.original, self.targets, self.labels,
-                             self.epsilon, objective, self.masks)
+        problem = AttackProblem(self.detector, self.original, self.targets, self.labels,
+                                self.epsilon, objective, self.masks)
+        problem.stop, problem.passes = self.stop, self.passes
+        problem.clean_scores = self.clean_scores
+        return problem
+
+    def rows(self, index: torch.Tensor) -> AttackProblem:
+        """The problem of the images ``index`` (a long tensor) alone, counting its passes here."""
+        pick = (lambda t: None if t is None else t[index])  # noqa: E731
+        problem = AttackProblem(self.detector, self.original[index], pick(self.targets),
+                                self.labels[index], self.epsilon, self.objective,
+                                pick(self.masks))
+        problem.objective_name, problem.passes = self.objective_name, self.passes
+        return problem
+
+    def active(self) -> torch.Tensor | None:
+        """Indices of the images still attacked, or None when every image is."""
+        if self.stop is None or bool(self.stop.active.all()):
+            return None
+        return self.stop.active.nonzero().squeeze(1)
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         """Per-image objective at ``x`` (gradients flow if ``x`` requires them)."""
+        self.passes[0] += x.shape[0]
         return self.objective(self.detector(x), self.targets, self.labels, self.masks)
+
+    def loss_and_grad_active(self, x: torch.Tensor, fill: torch.Tensor | float
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`loss_and_grad` of the images still attacked; ``fill`` as the loss and a zero
+        gradient (no step) for the others, whose results can no longer change a metric."""
+        index = self.active()
+        if index is None:
+            return self.loss_and_grad(x)
+        loss = torch.full_like(self.labels, fill) if isinstance(fill, float) else fill.clone()
+        grad = torch.zeros_like(x)
+        if len(index):
+            part_loss, part_grad = self.rows(index).loss_and_grad(x[index])
+            loss[index], grad[index] = part_loss, part_grad
+        return loss, grad
+
+    @torch.no_grad()
+    def loss_active(self, x: torch.Tensor, fill: float = -math.inf) -> torch.Tensor:
+        """The eval-mode loss of the images still attacked; ``fill`` for the others."""
+        index = self.active()
+        if index is None:
+            return self.final_loss(x)
+        loss = torch.full_like(self.labels, fill)
+        if len(index):
+            loss[index] = self.rows(index).final_loss(x[index])
+        return loss
 
     def loss_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image loss and its input gradient; parameter ``.grad`` is never touched."""
@@ -96,8 +147,7 @@ class AttackProblem:
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Project onto the epsilon ball around the clean images, intersected with [0, 1]."""
-        delta = (x - self.original).clamp(-self.epsilon, self.epsilon)
-        return (self.original + delta).clamp(0.0, 1.0)
+        return project_linf(x, self.original, self.epsilon)
 
     def random_start(self, generator: torch.Generator | None) -> torch.Tensor:
         """Uniform random point of the epsilon ball (clipped to [0, 1])."""
@@ -114,6 +164,7 @@ class AttackProblem:
     def values(self, x: torch.Tensor, objectives: Sequence[str | PerImageObjective]
                ) -> list[torch.Tensor]:
         """Per-image values (B,) of each objective at ``x``, in eval mode, from one pass."""
+        self.passes[0] += x.shape[0]
         with eval_mode(self.detector):
             output = self.detector(x)
             return [resolve_objective(o)(output, self.targets, self.labels, self.masks)

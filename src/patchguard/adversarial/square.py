@@ -14,7 +14,8 @@ import math
 
 import torch
 
-from .detector import eval_mode
+from .attackable import eval_mode
+from .early_stop import scores_from_score_objective
 from .problem import AttackBudget, AttackProblem, AttackResult, uniform, update_best
 
 # Initial square area as a fraction of the image. The paper's 0.05 suits 10 000 queries on
@@ -77,33 +78,52 @@ def square_run(problem: AttackProblem, queries: int, p_init: float = DEFAULT_P_I
     """One Square Attack run: best images, their eval-mode objective (B,) and the queries made.
 
     Every query scores the whole batch once; a run makes exactly ``queries`` of them (the
-    vertical-stripes start, then ``queries - 1`` proposals).
+    vertical-stripes start, then ``queries - 1`` proposals). Each proposal draws the same
+    amount of random numbers whatever the images do (a window, its signs and
+    :data:`_RESAMPLE_TRIES` spare signs), so each image's search depends only on its own
+    numbers: an image an early-stopped ``standard`` no longer attacks (``problem.stop``) is
+    simply not scored, and the others' searches are those of the full run.
     """
     original = problem.original
     batch, channels, height, width = original.shape
     eps = problem.epsilon
     view = (-1, 1, 1, 1)
+    stop = problem.stop
     stripes = eps * _signs((batch, channels, 1, width), generator, original)
     best_x = problem.project(original + stripes)
     with eval_mode(problem.detector):
-        best_loss = problem.loss(best_x)
+        best_loss = problem.loss_active(best_x)
+        _note_scores(problem, best_loss)
         used = 1
         for iteration in range(1, queries):
             side = square_side(square_fraction(iteration, queries, p_init), height, width)
             window = _windows(batch, side, height, width, generator, original)
             signs = _signs((batch, channels, 1, 1), generator, original)
+            spare = [_signs((batch, channels, 1, 1), generator, original)
+                     for _ in range(_RESAMPLE_TRIES)]
+            used += 1
+            if stop is not None and not bool(stop.active.any()):
+                continue  # every image placed: only the numbers are drawn, as in a full run
             candidate = _propose(original, best_x, window, signs, eps)
-            # A proposal equal to the current point would waste a query: draw new signs there.
-            for _ in range(_RESAMPLE_TRIES):
+            # A proposal equal to the current point would waste a query: take spare signs.
+            for fresh in spare:
                 same = ((candidate - best_x).abs() < 1e-7).flatten(1).all(dim=1)
                 if not bool(same.any()):
                     break
-                fresh = _signs((batch, channels, 1, 1), generator, original)
                 signs = torch.where(same.view(view), fresh, signs)
                 candidate = _propose(original, best_x, window, signs, eps)
-            best_x, best_loss = update_best(best_x, best_loss, candidate, problem.loss(candidate))
-            used += 1
+            best_x, best_loss = update_best(best_x, best_loss, candidate,
+                                            problem.loss_active(candidate))
+            _note_scores(problem, best_loss)
     return best_x, best_loss, used
+
+
+def _note_scores(problem: AttackProblem, best_loss: torch.Tensor) -> None:
+    """On the ``score`` objective the eval-mode losses are the image scores (up to sign) that
+    an early-stopped ``standard`` reads: tell it the images' best so far."""
+    stop = problem.stop
+    if stop is not None and problem.objective_name == "score":
+        stop.reached(scores_from_score_objective(best_loss, problem.labels), stop.active.clone())
 
 
 def attack_square(problem: AttackProblem, budget: AttackBudget) -> AttackResult:

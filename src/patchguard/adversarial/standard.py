@@ -22,12 +22,14 @@ and the ``map`` member already attacks that same difference on the anomaly map.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
 from .apgd import attack_apgd
+from .early_stop import scores_from_score_objective
 from .gradient import attack_pgd
 from .objectives import needs_patch_logits
 from .problem import AttackBudget, AttackProblem, AttackResult
@@ -100,6 +102,9 @@ class MetricAdversarials:
     pixel_loss: torch.Tensor
     image_member: torch.Tensor | None = None
     pixel_member: torch.Tensor | None = None
+    # standard: the image scores at ``image`` (read off ``image_loss``, the score objective),
+    # so that the evaluation need not score those images again.
+    image_scores: torch.Tensor | None = None
 
 
 def member_generators(members: Sequence[Member] | None, seed: int
@@ -119,16 +124,18 @@ def member_candidates(problem: AttackProblem, budget: AttackBudget,
                       members: Sequence[Member]) -> list[torch.Tensor]:
     """Each member's adversarial images, in order: member ``m`` draws from
     ``budget.member_generators[m]`` when given, else all draw from ``budget.generator``."""
-    candidates = []
+    return [_run_member(problem, budget, member) for member in members]
+
+
+def _run_member(problem: AttackProblem, budget: AttackBudget, member: Member) -> torch.Tensor:
+    """One member's adversarial images (its own budget, objective and generator)."""
     own_generators = budget.member_generators or {}
-    for member in members:
-        own = replace(budget, steps=member.steps, restarts=1,
-                      queries=member.queries or budget.queries, members=None,
-                      generator=own_generators.get(member, budget.generator),
-                      member_generators=None)
-        attack = MEMBER_ATTACKS[member.attack]
-        candidates.append(attack(problem.with_objective(member.objective), own)[0])
-    return candidates
+    own = replace(budget, steps=member.steps, restarts=1,
+                  queries=member.queries or budget.queries, members=None,
+                  generator=own_generators.get(member, budget.generator),
+                  member_generators=None)
+    attack = MEMBER_ATTACKS[member.attack]
+    return attack(problem.with_objective(member.objective), own)[0]
 
 
 def _worst(candidates: Sequence[torch.Tensor], values: torch.Tensor
@@ -140,18 +147,54 @@ def _worst(candidates: Sequence[torch.Tensor], values: torch.Tensor
     return picked, values.gather(0, index.view(1, -1))[0], index
 
 
+def _values(problem: AttackProblem, x: torch.Tensor, ran: torch.Tensor | None
+            ) -> list[torch.Tensor]:
+    """The image and pixel objectives at ``x`` of the images a member ran on (``ran``, a
+    (B,) mask; None: all); minus infinity for the others, which it left alone."""
+    objectives = (IMAGE_OBJECTIVE, PIXEL_OBJECTIVE)
+    if ran is None or bool(ran.all()):
+        return problem.values(x, objectives)
+    filled = [torch.full_like(problem.labels, -math.inf) for _ in objectives]
+    index = ran.nonzero().squeeze(1)
+    if len(index):
+        for full, part in zip(filled, problem.rows(index).values(x[index], objectives)):
+            full[index] = part
+    return filled
+
+
 def attack_standard_per_metric(problem: AttackProblem, budget: AttackBudget,
                                members: Sequence[Member] | None = None) -> MetricAdversarials:
     """Run the members (default: the standard ones the detector supports); per image keep each
     metric family's worst case. ``budget`` gives only the generator: members have their own.
+
+    The clean image is a candidate of the image metrics' worst case too (the attacker may
+    leave an image alone; it wins only where it is strictly worse for the model than every
+    member's result, and then ``image_member`` is the number of members). With
+    ``problem.stop`` (:class:`.early_stop.ImageStop`) an image is no longer attacked once it
+    can no longer change an image metric; its later members' results are left out.
     """
     run, _ = standard_members(problem.supports_patch_objectives, members)
-    candidates = member_candidates(problem, budget, run)
-    values = [problem.values(x, (IMAGE_OBJECTIVE, PIXEL_OBJECTIVE)) for x in candidates]
-    image_x, image_loss, image_member = _worst(candidates, torch.stack([v[0] for v in values]))
-    pixel_x, pixel_loss, pixel_member = _worst(candidates, torch.stack([v[1] for v in values]))
+    stop = problem.stop
+    if problem.clean_scores is not None:  # the clean pass's scores: no second forward
+        clean_value = (1.0 - 2.0 * problem.labels) * problem.clean_scores
+    else:
+        clean_value = problem.values(problem.original, (IMAGE_OBJECTIVE,))[0]
+    candidates, image_values, pixel_values = [], [], []
+    for member in run:
+        ran = None if stop is None else stop.active.clone()
+        x = _run_member(problem, budget, member)
+        image_value, pixel_value = _values(problem, x, ran)
+        candidates.append(x)
+        image_values.append(image_value)
+        pixel_values.append(pixel_value)
+        if stop is not None:
+            stop.reached(scores_from_score_objective(image_value, problem.labels), ran)
+    image_x, image_loss, image_member = _worst(
+        [*candidates, problem.original], torch.stack([*image_values, clean_value]))
+    pixel_x, pixel_loss, pixel_member = _worst(candidates, torch.stack(pixel_values))
     return MetricAdversarials(image_x, pixel_x, image_loss, pixel_loss, image_member,
-                              pixel_member)
+                              pixel_member,
+                              scores_from_score_objective(image_loss, problem.labels))
 
 
 def attack_standard(problem: AttackProblem, budget: AttackBudget) -> AttackResult:

@@ -215,7 +215,7 @@ def _natural_images(root: Path, size: int, count: int = 16, seed: int = 0) -> Pa
     """An ImageFolder of crops of scikit-image's bundled CC0 photographs (Imagenette's role).
 
     EfficientAd penalises the student on natural images; anomalib downloads Imagenette for
-    that. Offline, these few photographs stand in (a weaker penalty; stated in the README).
+    that. Offline, these few photographs stand in (a weaker penalty; stated in docs/baselines.md).
     """
     from PIL import Image
     from skimage import data

@@ -74,7 +74,7 @@ def _bounded_heap() -> Iterator[None]:
     PatchCore's coreset selection allocates and frees an (N, D) temporary per selected point.
     With glibc's dynamic mmap threshold those land on the heap, which then grows by about one
     temporary per iteration: 10 GB peak RSS for the 60-image demo class at 112 px instead of
-    1.0 GB with a fixed 1 MiB threshold (README, "Baselines"). The threshold is then set to
+    1.0 GB with a fixed 1 MiB threshold (docs/baselines.md). The threshold is then set to
     32 MiB, the dynamic threshold's ceiling, where it ends up in a torch process anyway.
     """
     try:
@@ -151,8 +151,8 @@ def train_baseline(
     The training images are the ``train`` records of ``class_dir`` read by the ``dataset``
     layout (any registered layout), or ``records`` when given. Only normal images are used.
     EfficientAd holds out ``holdout`` of them for its map quantiles; PatchCore and PaDiM fit on
-    all of them. ``pretrained=False`` trains from random initialisation (offline; see the
-    README's "Baselines"); ``options`` go to the anomalib model (e.g. ``coreset_sampling_ratio``).
+    all of them. ``pretrained=False`` trains from random initialisation (offline; see
+    docs/baselines.md); ``options`` go to the anomalib model (e.g. ``coreset_sampling_ratio``).
     ``progress`` shows anomalib's progress bars.
     """
     require_anomalib()

@@ -45,7 +45,7 @@ def common_flags(parser: argparse.ArgumentParser) -> None:
 
 def logger_flags(parser: argparse.ArgumentParser, default_dir: str) -> None:
     """--logger (experiment trackers, optional extras) and --log-dir."""
-    from ..evaluation.tracking import LOGGERS
+    from ..tracking import LOGGERS
 
     flag(parser, "--logger", nargs="+", default=None, choices=LOGGERS,
          help="also log to these trackers (tensorboard and mlflow are optional extras: pip "
@@ -56,18 +56,18 @@ def logger_flags(parser: argparse.ArgumentParser, default_dir: str) -> None:
 
 
 def attack_names() -> list[str]:
-    """The evaluation attacks (:mod:`patchguard.adversarial.names`, equal to the registry's keys
-    and importable without torch, so that ``--help`` stays fast)."""
-    from ..adversarial.names import ATTACK_NAMES
+    """The evaluation attacks: the names of :data:`patchguard.adversarial.names.ATTACKS`
+    (listing them imports no torch, so ``--help`` stays fast)."""
+    from ..adversarial.names import ATTACKS
 
-    return list(ATTACK_NAMES)
+    return list(ATTACKS)
 
 
 def objective_names() -> list[str]:
     """The per-image attack objectives (see :func:`attack_names`)."""
-    from ..adversarial.names import OBJECTIVE_NAMES
+    from ..adversarial.names import OBJECTIVES
 
-    return list(OBJECTIVE_NAMES)
+    return list(OBJECTIVES)
 
 
 def attack_flags(parser: argparse.ArgumentParser, several: bool = True,

@@ -12,10 +12,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .args import EPSILON_ARG, NON_NEGATIVE, POSITIVE, attack_flags, common_flags, flag
+from .attack_settings import attack_settings, early_stop_flag
 
 OFFLINE_BACKBONE = "resnet18"  # random-init default of PatchCore and PaDiM: downloads nothing
 
@@ -36,9 +38,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(bench, "--epsilon-test", type=EPSILON_ARG, nargs="+", default=[0, 8],
          help="epsilons in 1/255 units, 0..255; 0 is the clean row (always included)")
     flag(bench, "--steps-test", type=POSITIVE, default=10)
-    # The paper's PGD and, beside it, the fixed standard evaluation (README "Robustness
-    # evaluation"); --attack pgd skips standard, which costs about 1650 clean passes per image.
+    # The paper's PGD and, beside it, the fixed standard evaluation (docs/evaluation.md);
+    # --attack pgd skips standard, which costs about 1650 clean passes per image.
     attack_flags(bench, default=("pgd", "standard"))
+    early_stop_flag(bench)
     flag(bench, "--batch-size", type=POSITIVE, default=16)
     flag(bench, "--output-dir", default=None, help="default: CHECKPOINT_DIR")
     flag(bench, "--train", action="store_true", default=False,
@@ -74,7 +77,7 @@ def _class_results_path(root: Path, name: str) -> Path:
 def _train_class(args: argparse.Namespace, name: str, root: Path) -> None:
     """Train one class of a sweep, resuming a partial run; no-op when it is complete."""
     from ..config import build_config
-    from ..training.checkpoints import resume_config
+    from ..training.run_state import resume_config
     from ..training.trainer import train
     from ..utils.checkpoint import load_checkpoint
 
@@ -229,10 +232,8 @@ def _patchguard_rows(args: argparse.Namespace, name: str, root: Path, out: Path,
                                 f"{root / name / 'last.pt'} or {root / (name + '.pt')}")
     target = load_for_evaluation(checkpoint, args.dataset, args.dataset_dir, name,
                                  args.device or "auto")
-    rows = evaluate(target.model, target.test_set, epsilons, args.steps_test,
-                    args.batch_size, target.device, progress=not args.quiet,
-                    attacks=args.attack, objective=args.objective, restarts=args.restarts,
-                    queries=args.queries)
+    rows = evaluate(target.model, target.test_set, attack_settings(args, epsilons),
+                    device=target.device, progress=not args.quiet)
     print(f"{name}:\n{format_table(rows)}")
     if args.gallery:
         from .report import benchmark_gallery
@@ -304,11 +305,9 @@ def _baseline_rows(args: argparse.Namespace, name: str, baseline: str,
             return rows
     print(f"{name}: {label} ({'trained now' if under_test.trained_now else 'checkpoint read back'}"
           f", {under_test.checkpoint})")
-    result = evaluate_detector(under_test.detector, under_test.test_set, epsilons, args.attack,
-                               objective=objective, steps=args.steps_test,
-                               restarts=args.restarts, queries=args.queries,
-                               batch_size=args.batch_size, device=device,
-                               progress=not args.quiet)
+    settings = replace(attack_settings(args, epsilons), objective=objective)
+    result = evaluate_detector(under_test.detector, under_test.test_set, settings=settings,
+                               device=device, progress=not args.quiet)
     print(f"{name}, {label}:\n{format_table(result.rows)}")
     note = (f"{args.objective} needs patch logits (PatchGuard's); {label} is attacked on "
             f"{objective}") if objective != args.objective else None
@@ -331,8 +330,8 @@ def _same_evaluation(rows: list[dict[str, Any]], args: argparse.Namespace, objec
     if [(r.get("attack"), r.get("epsilon")) for r in rows] != settings:
         return False
     for row, (attack, eps) in zip(rows, settings):
-        expected = attack_fields(attack, args.steps_test, objective, args.restarts,
-                                 args.queries, eps > 0, patch_logits=False)
+        expected = attack_fields(attack, replace(attack_settings(args), objective=objective),
+                                 eps > 0, patch_logits=False)
         if any(row.get(k) != expected[k] for k in _EVALUATION_FIELDS):
             return False
         if row.get("n_images") != n_images or any(row.get(k) != v for k, v in meta.items()):

@@ -43,6 +43,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(download, "--overwrite", action="store_true", default=False,
           help="replace files already in the data set folder by the archive's (default: keep "
                "them and say so)")
+    flag(download, "--masks-only", action="store_true", default=False,
+          help="only the published foreground masks, into a data set already under --root "
+               "(e.g. one you extracted yourself)")
 
     foreground = subs.add_parser("foreground", help="generate missing foreground masks")
     flag(foreground, "--dataset", default=DEFAULT_DATASET, choices=sorted(LAYOUTS))
@@ -116,6 +119,14 @@ def cmd_download(args: argparse.Namespace) -> int:
     if Path(root).exists() and not Path(root).is_dir():
         raise NotADirectoryError(f"--root {root} is a file; give a folder")
     try:
+        if args.masks_only:
+            from ..data.download import download_foreground
+
+            placed = download_foreground(args.dataset, root, progress=True,
+                                         archive=args.foreground_archive,
+                                         overwrite=args.overwrite)
+            print(f"foreground masks placed for {len(placed)} class(es): {', '.join(placed)}")
+            return 0
         path = download_dataset(args.dataset, root, progress=True, archive=args.archive,
                                 foreground_archive=args.foreground_archive,
                                 overwrite=args.overwrite)

@@ -20,6 +20,7 @@ from .args import (
     flag,
     logger_flags,
 )
+from .attack_settings import attack_settings, early_stop_flag
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -32,6 +33,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
          help="epsilons in 1/255 units, 0..255; 0 is the clean row (always included)")
     flag(test, "--steps-test", type=POSITIVE, default=10)
     attack_flags(test)
+    early_stop_flag(test)
     flag(test, "--batch-size", type=POSITIVE, default=16)
     flag(test, "--workers", type=NON_NEGATIVE, default=0)
     flag(test, "--json", default=None, help="results file (default: beside the checkpoint)")
@@ -119,14 +121,15 @@ def cmd_test(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint; print the table and write the JSON rows and reports."""
     from ..evaluation.evaluator import evaluate, load_for_evaluation
     from ..evaluation.reports import format_table, write_reports
-    from ..evaluation.tracking import check_loggers
     from ..inference.card import write_results_sidecar
+    from ..tracking import check_loggers
     from ..utils.device import resolve_device
 
     checkpoint = Path(args.checkpoint)
     json_path = Path(args.json or checkpoint.with_name("results.json"))
     check_report_paths(json_path, checkpoint)  # before any work, as every other input
     warn_epsilon_units("--epsilon-test", args.epsilon_test)
+    settings = attack_settings(args, sorted({0.0, *args.epsilon_test}), args.workers)
     loggers = check_loggers(args.logger or ())
     device = resolve_device(args.device or "auto")
     if args.download:  # the original's --use_weight_prep / --use_data_prep
@@ -139,11 +142,9 @@ def cmd_test(args: argparse.Namespace) -> int:
         logging.getLogger("patchguard").warning(
             "the test set of %s has no anomalous test images: AUROC, AP and F1 are undefined "
             "and reported as n/a", target.class_name)
-    epsilons = sorted({0.0, *args.epsilon_test})
     started = time.perf_counter()
-    rows = evaluate(target.model, target.test_set, epsilons, args.steps_test, args.batch_size,
-                    target.device, args.workers, progress=not args.quiet, attacks=args.attack,
-                    objective=args.objective, restarts=args.restarts, queries=args.queries)
+    rows = evaluate(target.model, target.test_set, settings, device=target.device,
+                    progress=not args.quiet)
     seconds = time.perf_counter() - started
     print(format_table(rows))
     meta = {"dataset": target.dataset, "class_name": target.class_name,
@@ -172,7 +173,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 def _log_test(args: argparse.Namespace, loggers: list[str], json_path: Path, target,
               rows: list[dict], seconds: float) -> None:
     """``test --logger``: the rows and the evaluation's images/s, at the checkpoint's epoch."""
-    from ..evaluation.tracking import open_trackers
+    from ..tracking import open_trackers
 
     log_dir = Path(args.log_dir) if args.log_dir else json_path.parent / "logs"
     step = int((target.state or {}).get("epoch") or 0)
@@ -214,10 +215,9 @@ def cmd_visualize(args: argparse.Namespace) -> int:
                             keep_images=True, progress=progress, desc="clean")
     adv = None
     if args.epsilon > 0:
-        adv = predict_dataset(model, test_set, args.epsilon, args.steps, args.batch_size, device,
-                              keep_images=True, progress=progress, attack=args.attack,
-                              objective=args.objective, restarts=args.restarts,
-                              queries=args.queries, desc=f"{args.attack} eps {args.epsilon:g}/255")
+        adv = predict_dataset(model, test_set, args.epsilon, settings=attack_settings(args),
+                              device=device, keep_images=True, progress=progress,
+                              desc=f"{args.attack} eps {args.epsilon:g}/255")
     # A rerun with fewer images must not leave the previous run's panels beside the new ones.
     remove_own_outputs(out_dir, r"\d{4}_.+\.png|contact_sheet\.png")
     written = save_panels(

@@ -76,14 +76,13 @@ def write_test_report(json_path: Path, rows: list[dict[str, Any]], checkpoint: P
 def test_gallery(args: argparse.Namespace, target, json_path: Path):
     """``test --gallery N``: clean and attacked heatmaps of N test images, saved for reports."""
     from ..evaluation.html_report import make_gallery, save_gallery
+    from .attack_settings import attack_settings
 
     if not args.gallery:
         return None
     epsilon = max(args.epsilon_test)
-    gallery = make_gallery(target.model, target.test_set, args.gallery, epsilon=epsilon,
-                           steps=args.steps_test, attack=args.attack[0],
-                           objective=args.objective, restarts=args.restarts,
-                           batch_size=args.batch_size, device=target.device,
+    gallery = make_gallery(target.model, target.test_set, args.gallery, epsilon,
+                           attack_settings(args), device=target.device,
                            class_name=target.class_name)
     save_gallery(gallery, gallery_dir(json_path))
     return gallery
@@ -93,12 +92,11 @@ def benchmark_gallery(args: argparse.Namespace, target, folder: Path,
                       epsilons: list[float]) -> None:
     """``benchmark --gallery N``: one class's gallery, kept for benchmark.html."""
     from ..evaluation.html_report import make_gallery, save_gallery
+    from .attack_settings import attack_settings
 
-    save_gallery(make_gallery(target.model, target.test_set, args.gallery,
-                              epsilon=max(epsilons), steps=args.steps_test,
-                              attack=args.attack[0], objective=args.objective,
-                              restarts=args.restarts, batch_size=args.batch_size,
-                              device=target.device, class_name=target.class_name), folder)
+    save_gallery(make_gallery(target.model, target.test_set, args.gallery, max(epsilons),
+                              attack_settings(args), device=target.device,
+                              class_name=target.class_name), folder)
 
 
 def write_benchmark_report(out: Path, rows: list[dict[str, Any]], summary: str,

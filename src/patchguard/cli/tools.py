@@ -123,7 +123,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from ..evaluation.visualization import heatmap_overlay
     from ..inference.detector import load
     from ..utils.device import resolve_device
     from ..utils.files import atomic_write_text, remove_own_outputs
@@ -154,21 +153,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for part in detector.predict_batches(args.input, args.batch_size, threshold, pixel_threshold,
                                          keep_images=True, progress=not args.quiet):
         failed.extend(part.failed)
-        # A sigmoid centred on the pixel threshold (0 without one): one colour scale shared by
-        # every image, with the decision boundary mid-scale; per-image min-max would paint noise
-        # red, and the raw sigmoid left short-trained models uniformly blue.
-        centre = part.pixel_threshold if part.pixel_threshold is not None else 0.0
-        heat = 1.0 / (1.0 + np.exp(-2.0 * (part.maps - centre)))
+        masks = part.masks() if args.save_masks else None
         for i, path in enumerate(part.paths):
             index = len(rows)
             name = f"{index:05d}_{_safe_stem(path)}"
             heat_file = heat_dir / f"{name}.png"
-            Image.fromarray(heatmap_overlay(part.images[i], heat[i])).save(heat_file)
+            Image.fromarray(part.post.heatmap(part.images[i], part.maps[i])).save(heat_file)
             mask_file = None
-            if args.save_masks:
+            if masks is not None:
                 mask_file = mask_dir / f"{name}.png"
-                mask = (part.maps[i] >= pixel_threshold).astype(np.uint8) * 255
-                Image.fromarray(mask).save(mask_file)
+                Image.fromarray(masks[i].astype(np.uint8) * 255).save(mask_file)
             decision = ""
             if part.decisions is not None:
                 decision = "anomalous" if part.decisions[i] else "normal"
@@ -232,6 +226,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     from ..inference.detector import load
     from ..inference.thresholds import calibrate_thresholds, few_normals_note, write_thresholds
+    from ..models.postprocess import PostProcessor
     from ..utils.device import resolve_device
 
     detector = load(args.checkpoint, resolve_device(args.device or "auto"))
@@ -274,11 +269,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         previous = detector.info.get("thresholds") or {}
         thresholds["pixel"] = previous.get("pixel")
     write_thresholds(args.checkpoint, thresholds, normal_scores=normal)
-    fpr = float(np.mean(normal.astype(np.float64) >= thresholds["image"]))
+    post = PostProcessor.from_checkpoint({"thresholds": thresholds})  # decides as predict will
+    fpr = float(np.mean(post.decide(normal)))
     print(f"image threshold {thresholds['image']:.6g} ({thresholds['method']}): "
           f"false-positive rate {fpr:.4f} on {normal.size} normal image(s)")
     if anomalous.size:
-        tpr = float(np.mean(anomalous.astype(np.float64) >= thresholds["image"]))
+        tpr = float(np.mean(post.decide(anomalous)))
         print(f"  detection rate {tpr:.4f} on {anomalous.size} anomalous image(s), "
               f"F1 {thresholds.get('f1', float('nan')):.4f}")
     if thresholds["pixel"] is not None:

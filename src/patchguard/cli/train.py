@@ -35,7 +35,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one class."""
     from ..config import TrainConfig, build_config
-    from ..training.checkpoints import resume_config
+    from ..training.run_state import resume_config
     from ..training.trainer import train
 
     skip = {"verb", "config", "quiet", "resume", "yaml_extra", "overwrite", "debug", "download",

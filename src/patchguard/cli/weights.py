@@ -12,7 +12,7 @@ from pathlib import Path
 from .args import POSITIVE, flag
 
 
-def _import_flags(parser: argparse.ArgumentParser) -> None:
+def import_flags(parser: argparse.ArgumentParser) -> None:
     """The import settings, defaulting to the authors' model (as ``import-checkpoint``)."""
     from .tools import _image_size
 
@@ -44,25 +44,29 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
     download = subs.add_parser(
         "download", help="download a class's checkpoint and import it (OUTPUT_DIR/CLASS/last.pt)")
-    flag(download, "--dataset", required=True, choices=["mvtec", "visa"])
+    # No argparse choices: a data set of the paper without published weights gets a message
+    # that says so (authors_index.check_dataset_class), not "invalid choice".
+    flag(download, "--dataset", required=True, help="mvtec or visa (the authors publish no "
+         "weights for the other data sets)")
     flag(download, "--class-name", required=True)
     flag(download, "--output-dir", default=None,
          help="where CLASS/last.pt and the original .pth go (default: weights/DATASET)")
     location_flags(download)
-    _import_flags(download)
+    import_flags(download)
     flag(download, "--overwrite", action="store_true", default=False,
          help="replace a checkpoint at OUTPUT_DIR/CLASS/last.pt that was not imported from "
               "this download")
     flag(download, "--quiet", action="store_true", default=False, help="no progress bar")
 
-    listing = subs.add_parser("list", help="the classes with published weights, and which "
-                              "have a known file id")
-    flag(listing, "--dataset", default=None, choices=["mvtec", "visa"])
+    listing = subs.add_parser("list", help="the classes with published weights and their "
+                              "Google Drive file ids")
+    flag(listing, "--dataset", default=None, help="mvtec or visa (default: both)")
     flag(listing, "--index", default=None,
          help="JSON/YAML index of Drive ids (default: $PATCHGUARD_WEIGHTS_INDEX)")
 
 
-def _import_kwargs(args: argparse.Namespace) -> dict:
+def import_kwargs(args: argparse.Namespace) -> dict:
+    """The import settings of the flags, as keyword arguments of the import functions."""
     from ..config import DEFAULT_BACKBONE
 
     return {"backbone": args.backbone or DEFAULT_BACKBONE, "image_size": args.image_size,
@@ -80,7 +84,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     path = download_original_checkpoint(
         dataset, class_name, target, drive_id=args.drive_id, url=args.url, index=args.index,
         sha256=args.sha256, overwrite=args.overwrite, progress=not args.quiet,
-        **_import_kwargs(args))
+        **import_kwargs(args))
     original = path.parent / f"patchguard_{dataset}_{class_name}.pth"
     print(f"checkpoint: {path} (imported from {original})")
     print(f"next: patchguard test --checkpoint {path} --dataset-dir DATASET_DIR")
@@ -88,13 +92,20 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """Print per class whether a file id is known (built in or from the index)."""
+    """Print per class the file id (the authors', or one from an index) or that none exists."""
     import os
 
-    from ..inference.authors_index import DRIVE_FOLDERS, INDEX_ENV, KNOWN_FILES, read_index
+    from ..inference.authors_index import (
+        DRIVE_FOLDERS,
+        INDEX_ENV,
+        KNOWN_FILES,
+        UNPUBLISHED,
+        check_dataset,
+        read_index,
+    )
 
     index = args.index or os.environ.get(INDEX_ENV) or None
-    for dataset in [args.dataset] if args.dataset else list(DRIVE_FOLDERS):
+    for dataset in [check_dataset(args.dataset)] if args.dataset else list(DRIVE_FOLDERS):
         from_index = read_index(index, dataset) if index else {}
         print(f"{dataset}: weights folder {DRIVE_FOLDERS[dataset]}")
         for (name_dataset, name), entry in KNOWN_FILES.items():
@@ -102,11 +113,12 @@ def cmd_list(args: argparse.Namespace) -> int:
                 continue
             entry = from_index.get(name, entry)
             where = (f"Drive file {entry.drive_id}" if entry.drive_id else entry.url
-                     if entry.url else "no file id known")
+                     if entry.url else "not published by the authors")
             print(f"  {name:<12} {entry.filename:<36} {where}"
                   + (f" ({entry.source})" if entry.known else ""))
-    if not index:
-        print(f"(no index file: pass --index FILE or set {INDEX_ENV} to add file ids)")
+    print(f"data sets without published weights: {', '.join(UNPUBLISHED)}")
+    print("no SHA-256 is published: 'weights download' records the first download's in the "
+          "model card (trust on first use)")
     return 0
 
 
@@ -150,13 +162,13 @@ def prepare_test_download(args: argparse.Namespace) -> None:
         args.dataset_dir = ensure_data(args.dataset, args.dataset_dir, args.class_name,
                                        args.quiet)
         return
-    config = _stored_config(Path(args.checkpoint))
+    config = stored_config(Path(args.checkpoint))
     args.dataset_dir = ensure_data(args.dataset or config.get("dataset"),
                                    config.get("dataset_dir") or None,
                                    args.class_name or config.get("class_name"), args.quiet)
 
 
-def _stored_config(checkpoint: Path) -> dict:
+def stored_config(checkpoint: Path) -> dict:
     """A checkpoint's config, read without loading its tensors (memory-mapped)."""
     import torch
 

@@ -19,12 +19,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..data.layouts.classes import KNOWN_CLASSES
 from .defects import DEFECT_TYPES, add_defect
 from .drawing import blur, kernel, smooth_noise, smoothstep
 
+# The class names come from the data layer, where the demo is a data set of its own ("demo").
+DEMO_CLASSES: tuple[str, ...] = tuple(KNOWN_CLASSES["demo"])
 OBJECT_CLASS = "washer"
-TEXTURE_CLASSES: tuple[str, ...] = ("brick", "grass", "gravel")
-DEMO_CLASSES: tuple[str, ...] = (*TEXTURE_CLASSES, OBJECT_CLASS)
+TEXTURE_CLASSES: tuple[str, ...] = tuple(c for c in DEMO_CLASSES if c != OBJECT_CLASS)
 
 MARKER_NAME = ".patchguard_demo.json"
 # Bump whenever the generated pixels change, so stale on-disk data sets are rebuilt.

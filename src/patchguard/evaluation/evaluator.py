@@ -1,4 +1,5 @@
-"""Clean and adversarial evaluation (METHOD.md section 6): scores, maps and metric rows."""
+"""Clean and adversarial evaluation (docs/method.md, section 6): scores, maps and metric rows
+under one :class:`~patchguard.adversarial.settings.AttackSettings`."""
 
 from __future__ import annotations
 
@@ -17,21 +18,24 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..adversarial import standard
-from ..adversarial.attacks import DEFAULT_WORST_MEMBERS, run_attack_per_metric
-from ..adversarial.detector import (
+from ..adversarial.attackable import (
     AttackableDetector,
     CallableDetector,
     PatchLogitDetector,
     as_detector,
 )
-from ..adversarial.names import ATTACK_NAMES, DEFAULT_QUERIES, OBJECTIVE_NAMES, QUERY_ATTACKS
+from ..adversarial.attacks import DEFAULT_WORST_MEMBERS, attack_per_metric
+from ..adversarial.early_stop import ImageStop, ScoreBounds
+from ..adversarial.names import ATTACK_NAMES, OBJECTIVE_NAMES, QUERY_ATTACKS
 from ..adversarial.objectives import PATCH_OBJECTIVES
-from ..adversarial.standard import Member
+from ..adversarial.problem import AttackProblem
+from ..adversarial.settings import AttackSettings
+from ..adversarial.standard import IMAGE_OBJECTIVE, Member
 from ..config import TrainConfig
 from ..data.datasets import TestDataset, load_test_set
 from ..models.factory import load_model
 from ..models.patchguard import PatchGuard, patch_targets
-from ..utils.checks import InputError, attack_settings, choice
+from ..utils.checks import InputError, choice
 from ..utils.device import resolve_device
 from .metrics import compute_all
 
@@ -55,6 +59,8 @@ class Predictions:
     # pixel-level worst case (see patchguard.adversarial.standard).
     image_members: np.ndarray | None = None
     pixel_members: np.ndarray | None = None
+    # Images sent through the detector by the attack (a forward with or without a backward).
+    passes: int | None = None
 
 
 def attack_targets(batch: dict[str, Any], patch_size: int | None, device: torch.device
@@ -172,45 +178,56 @@ def decoded(dataset: Dataset, workers: int = 0) -> DecodedTestSet:
     return cached
 
 
+@dataclass(frozen=True)
+class PassOptions:
+    """How one pass over a test set runs, apart from what it attacks: the device, whether the
+    (adversarial) input images are kept, and the progress bar."""
+
+    device: torch.device
+    keep_images: bool = False
+    progress: bool = True
+    desc: str = ""
+    # The clean pass of the same test set and batches, when there is one: standard reads its
+    # clean scores instead of scoring the clean images again.
+    clean: Predictions | None = None
+    # Exact early stopping of standard (see adversarial.early_stop); needs ``clean``.
+    early_stop: bool = False
+
+
 def predict_dataset(
     model: Any,
     dataset: TestDataset,
     epsilon: float = 0.0,
-    steps: int = 10,
-    batch_size: int = 16,
+    steps: int | None = None,
+    *,
+    settings: AttackSettings | None = None,
     device: torch.device | str = "cpu",
-    workers: int = 0,
     keep_images: bool = False,
     progress: bool = True,
     desc: str = "",
-    attack: str = "pgd",
-    objective: str = "mask",
-    restarts: int = 1,
-    seed: int = 0,
-    queries: int | None = None,
-    standard_members: Sequence[Member] | None = None,
+    **options: Any,
 ) -> Predictions:
     """Score every test image, clean (epsilon 0) or attacked at ``epsilon`` (1/255 units).
 
-    ``model`` is PatchGuard or any detector (:func:`patchguard.adversarial.detector.as_detector`);
-    ``attack`` is a name of :data:`patchguard.adversarial.attacks.ATTACKS`; the default is the
-    faithful PGD with the mask objective of METHOD.md; ``queries`` is the budget of score-based
-    attacks; ``standard_members`` replaces the fixed members of ``standard`` (e.g. the demo's
-    smaller budgets). Scores come from the image-metric adversarials and maps from the
-    pixel-metric ones; they differ only for ``standard``, whose kept images are the pixel-metric
-    ones.
+    ``model`` is PatchGuard or any detector (:func:`patchguard.adversarial.attackable.as_detector`);
+    the attack is the first of ``settings.attacks`` (default: the paper's PGD with the mask
+    objective); ``steps`` and any :class:`~patchguard.adversarial.settings.AttackSettings`
+    field given as a keyword (``attack``, ``batch_size``, ``objective``, ``queries``,
+    ``standard_members``, ...) replace those of ``settings``. Scores come from the image-metric
+    adversarials and maps from the pixel-metric ones; they differ only for ``standard``, whose
+    kept images are the pixel-metric ones.
     """
-    device = torch.device(device)
+    settings = AttackSettings.build(settings, **options,
+                                    **({} if steps is None else {"steps": steps}))
+    run = PassOptions(torch.device(device), keep_images, progress, desc)
     detector = as_detector(model)
     owner = _state_owner(detector)
+    attack = settings.attacks[0]
     if epsilon <= 0 and owner is not None and isinstance(dataset, DecodedTestSet):
+        key = (settings.batch_size, str(run.device), keep_images, _function_key(detector))
         return dataset.clean_predictions(
-            owner, (batch_size, str(device), keep_images, _function_key(detector)),
-            lambda: _predict(detector, dataset, 0.0, steps, batch_size, device, workers,
-                             keep_images, progress, desc, attack, objective, restarts, seed,
-                             queries, None))
-    return _predict(detector, dataset, epsilon, steps, batch_size, device, workers, keep_images,
-                    progress, desc, attack, objective, restarts, seed, queries, standard_members)
+            owner, key, lambda: _predict(detector, dataset, 0.0, attack, settings, run))
+    return _predict(detector, dataset, epsilon, attack, settings, run)
 
 
 def _state_owner(detector: AttackableDetector) -> nn.Module | None:
@@ -238,44 +255,62 @@ def _function_key(detector: AttackableDetector) -> str:
     return getattr(getattr(function, "__func__", function), "__qualname__", type(function).__name__)
 
 
-def _predict(detector, dataset, epsilon, steps, batch_size, device, workers, keep_images,
-             progress, desc, attack, objective, restarts, seed, queries, standard_members
-             ) -> Predictions:
+def _predict(detector: AttackableDetector, dataset: Dataset, epsilon: float, attack: str,
+             settings: AttackSettings, run: PassOptions) -> Predictions:
+    """One pass over ``dataset``: clean, or ``attack`` at ``epsilon`` under ``settings``."""
     from tqdm.auto import tqdm
 
-    generator = torch.Generator().manual_seed(seed)  # random starts, reproducible
+    device = run.device
+    generator = torch.Generator().manual_seed(settings.seed)  # random starts, reproducible
     # standard: each member draws the numbers it would draw run alone with this seed.
-    own_generators = (standard.member_generators(standard_members, seed)
+    own_generators = (standard.member_generators(settings.standard_members, settings.seed)
                       if attack == "standard" else None)
+    budget = settings.budget(attack, generator, own_generators)
+    # standard's members bring their own objectives; the problem's is not used.
+    objective = IMAGE_OBJECTIVE if attack == "standard" else settings.objective
+    clean = run.clean if attack == "standard" and epsilon > 0 else None
+    bounds = (ScoreBounds(torch.from_numpy(clean.scores), torch.from_numpy(clean.labels))
+              if clean is not None and run.early_stop else None)
     detector.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=False,
+                        num_workers=settings.workers, pin_memory=device.type == "cuda")
     scores, labels, maps, masks, paths, images = [], [], [], [], [], []
     image_members, pixel_members = [], []
-    for batch in tqdm(loader, desc=desc or "evaluating", disable=not progress, leave=False):
+    passes, start = 0, 0
+    for batch in tqdm(loader, desc=run.desc or "evaluating", disable=not run.progress,
+                      leave=False):
         x = x_pixel = batch["image"].to(device)
+        rows = torch.arange(start, start + len(x))
+        start += len(x)
         if epsilon > 0:
-            targets = attack_targets(batch, detector.patch_size, device)
-            batch_labels = torch.as_tensor(batch["label"], device=device)
-            result = run_attack_per_metric(
-                attack, detector, x, targets, batch_labels, epsilon / 255.0, steps,
-                objective=objective, restarts=restarts, masks=batch["mask"].to(device),
-                generator=generator, queries=queries,
-                members=standard_members if attack == "standard" else None,
-                member_generators=own_generators)
+            problem = AttackProblem(detector, x, attack_targets(batch, detector.patch_size,
+                                                                device),
+                                    torch.as_tensor(batch["label"], device=device),
+                                    epsilon / 255.0, objective, batch["mask"].to(device))
+            if clean is not None:
+                problem.clean_scores = torch.from_numpy(clean.scores[rows.numpy()]).to(device)
+            if bounds is not None:
+                problem.stop = ImageStop(bounds, rows, device)
+            result = attack_per_metric(attack, problem, budget)
+            passes += problem.passes[0]
             x, x_pixel = result.image, result.pixel
             if result.image_member is not None and result.pixel_member is not None:
                 image_members.append(result.image_member.cpu().numpy())
                 pixel_members.append(result.pixel_member.cpu().numpy())
-        score, pixel_map = detector.predict(x)
-        if x_pixel is not x:  # image and pixel metrics have separate worst cases
+        if epsilon > 0 and result.image_scores is not None:
+            # standard scored its image worst cases already (the same eval-mode pass)
+            score = result.image_scores
             _, pixel_map = detector.predict(x_pixel)
+        else:
+            score, pixel_map = detector.predict(x)
+            if x_pixel is not x:  # image and pixel metrics have separate worst cases
+                _, pixel_map = detector.predict(x_pixel)
         scores.append(score.cpu().numpy())
         maps.append(pixel_map.float().cpu().numpy())
         labels.append(np.asarray(batch["label"]))
         masks.append(batch["mask"][:, 0].numpy() > 0)
         paths.extend(batch["path"])
-        if keep_images:
+        if run.keep_images:
             images.append((x_pixel.detach().cpu().permute(0, 2, 3, 1).numpy() * 255).round()
                           .astype(np.uint8))
     return Predictions(
@@ -284,86 +319,92 @@ def _predict(detector, dataset, epsilon, steps, batch_size, device, workers, kee
         maps=np.concatenate(maps),
         masks=np.concatenate(masks),
         paths=paths,
-        images=np.concatenate(images) if keep_images else None,
+        images=np.concatenate(images) if run.keep_images else None,
         image_members=np.concatenate(image_members) if image_members else None,
         pixel_members=np.concatenate(pixel_members) if pixel_members else None,
+        passes=passes if epsilon > 0 else None,
     )
 
 
 def evaluate(
     model: Any,
     dataset: TestDataset,
-    epsilons: Sequence[float] = (0, 8),
-    steps: int = 10,
-    batch_size: int = 16,
+    settings: AttackSettings | None = None,
+    *,
     device: torch.device | str = "cpu",
-    workers: int = 0,
     progress: bool = True,
-    attacks: Sequence[str] = ("pgd",),
-    objective: str = "mask",
-    restarts: int = 1,
-    queries: int | None = None,
-    standard_members: Sequence[Member] | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """Metrics for clean inputs (eps 0) and each attack at each eps (in 1/255 units).
 
-    ``model`` is PatchGuard or any detector (see :func:`predict_dataset`).
+    ``model`` is PatchGuard or any detector (see :func:`predict_dataset`); ``settings`` says
+    which attacks at which epsilons with which budgets (default
+    :class:`~patchguard.adversarial.settings.AttackSettings`: the paper's PGD-10 at 8/255);
+    its fields may also be given as keywords (``epsilons=(0, 2, 8), attacks=("standard",)``).
     """
-    rows, _ = evaluate_with_predictions(model, dataset, epsilons, steps, batch_size, device,
-                                        workers, progress, attacks=attacks,
-                                        objective=objective, restarts=restarts,
-                                        queries=queries, standard_members=standard_members)
-    return rows
+    settings = AttackSettings.build(settings, **options)
+    return _evaluate(model, dataset, settings, device, progress, keep_images=False,
+                     keep_predictions=False)[0]
 
 
 def evaluate_with_predictions(
     model: Any,
     dataset: TestDataset,
-    epsilons: Sequence[float] = (0, 8),
-    steps: int = 10,
-    batch_size: int = 16,
+    settings: AttackSettings | None = None,
+    *,
     device: torch.device | str = "cpu",
-    workers: int = 0,
     progress: bool = True,
     keep_images: bool = False,
-    attacks: Sequence[str] = ("pgd",),
-    objective: str = "mask",
-    restarts: int = 1,
-    queries: int | None = None,
-    standard_members: Sequence[Member] | None = None,
+    **options: Any,
 ) -> tuple[list[dict[str, Any]], dict[float, Predictions]]:
     """Like :func:`evaluate`, also returning predictions per epsilon (of the first attack)."""
-    epsilons = attack_settings(epsilons, steps, batch_size, restarts, workers, queries)
+    settings = AttackSettings.build(settings, **options)
+    return _evaluate(model, dataset, settings, device, progress, keep_images,
+                     keep_predictions=True)
+
+
+def _evaluate(model: Any, dataset: TestDataset, settings: AttackSettings,
+              device: torch.device | str, progress: bool, keep_images: bool,
+              keep_predictions: bool) -> tuple[list[dict[str, Any]], dict[float, Predictions]]:
+    """The rows of every pass and the predictions of the clean and the first attack's."""
+    device = torch.device(device)
     detector = as_detector(model)
-    check_attacks(attacks, objective, detector.has_patch_logits)
+    check_attacks(settings.attacks, settings.objective, detector.has_patch_logits)
     pixel_ok = dataset.has_pixel_masks
     if not pixel_ok:
         logger.warning("the test set has no pixel masks for its anomalous images: pixel AUROC is "
                        "reported as null and attacks use all-ones patch targets for them")
     rows, predictions = [], {}
-    settings = [("clean", 0.0)] if 0 in epsilons else []
-    settings += [(name, float(eps)) for name in attacks for eps in epsilons if eps > 0]
-    if len(settings) > 1 or dataset in _DECODED:
-        dataset = decoded(dataset, workers)  # decode and resize once for every pass
-    for attack, eps in settings:
+    passes = [("clean", 0.0)] if 0 in settings.epsilons else []
+    passes += [(name, float(eps)) for name in settings.attacks
+               for eps in settings.attacked_epsilons()]
+    if len(passes) > 1 or dataset in _DECODED:
+        dataset = decoded(dataset, settings.workers)  # decode and resize once for every pass
+    for attack, eps in passes:
         attacked = eps > 0
         started = time.perf_counter()
-        preds = predict_dataset(
-            detector, dataset, eps, steps, batch_size, device, workers, keep_images=keep_images,
-            progress=progress, attack=attack, objective=objective, restarts=restarts,
-            desc=_description(attack, steps, queries, eps), queries=queries,
-            standard_members=standard_members,
-        )
+        desc = _description(attack, settings, eps)
+        if attacked:
+            early = early_stopping(settings, attack, pixel_ok, keep_images,
+                                   keep_predictions and attack == settings.attacks[0])
+            clean = predictions.get(0.0)
+            if clean is None and (early or attack == "standard"):
+                clean = predict_dataset(detector, dataset, 0.0, settings=settings,
+                                        device=device, progress=False)
+            run = PassOptions(device, keep_images, progress, desc, clean, early)
+            preds = _predict(detector, dataset, eps, attack, settings, run)
+        else:
+            preds = predict_dataset(detector, dataset, eps, settings=settings, device=device,
+                                    keep_images=keep_images, progress=progress, desc=desc)
         seconds = time.perf_counter() - started
-        if attack in ("clean", attacks[0]):
+        if attack in ("clean", settings.attacks[0]):
             predictions[eps] = preds
         metrics = compute_all(preds.labels, preds.scores,
                               preds.masks if pixel_ok else None, preds.maps if pixel_ok else None)
         rows.append({
             "attack": attack,
             "epsilon": eps,
-            **attack_fields(attack, steps, objective, restarts, queries, attacked,
-                            detector.has_patch_logits, standard_members),
+            **attack_fields(attack, settings, attacked, detector.has_patch_logits),
             # compute_all takes every pixel metric from one sort of all pixels (its pixel AUROC
             # equals auroc() up to float rounding): no second sort for the AUROC.
             "image_auroc": metrics["image_auroc"],
@@ -374,12 +415,26 @@ def evaluate_with_predictions(
             "targets": (TARGETS_MASKS if pixel_ok else TARGETS_ALL_ONES) if attacked else None,
             "seconds": round(seconds, 3),
             "images_per_s": round(len(preds.scores) / seconds, 4) if seconds > 0 else None,
-            **_worst_sources(preds, detector.has_patch_logits, standard_members),
+            **_worst_sources(preds, detector.has_patch_logits, settings.standard_members),
         })
+        if preds.passes is not None:
+            rows[-1]["passes_per_image"] = round(preds.passes / max(len(preds.scores), 1), 2)
         if attack == "standard" and attacked:
-            logger.info("standard at eps %g/255: %.4g images/s (%d images, %.1f s)", eps,
-                        rows[-1]["images_per_s"], rows[-1]["n_images"], seconds)
+            logger.info("standard at eps %g/255: %.4g images/s (%d images, %.1f s, %.0f passes "
+                        "per image, early stopping %s)", eps, rows[-1]["images_per_s"],
+                        rows[-1]["n_images"], seconds, rows[-1]["passes_per_image"],
+                        "on" if early else "off")
     return rows, predictions
+
+
+def early_stopping(settings: AttackSettings, attack: str, pixel_metrics: bool,
+                   keep_images: bool, returns_scores: bool) -> bool:
+    """Whether ``attack`` stops early: only ``standard``, only when asked, and only where no
+    reported number can change. Every pixel metric may depend on any member's full result
+    (there is no exact rule for them), and kept images and returned per-image scores are
+    reported per image, so any of these keeps every image attacked to the full budget."""
+    return (settings.early_stop and attack == "standard" and not pixel_metrics
+            and not keep_images and not returns_scores)
 
 
 STANDARD_OBJECTIVE = "score (image metrics) / map (pixel metrics)"
@@ -401,31 +456,31 @@ def check_attacks(attacks: Sequence[str], objective: str, patch_logits: bool) ->
                          "gives image scores and maps only", "use score or map")
 
 
-def _description(attack: str, steps: int, queries: int | None, eps: float) -> str:
+def _description(attack: str, settings: AttackSettings, eps: float) -> str:
     """Progress-bar label of one evaluation setting."""
     if eps <= 0:
         return "clean"
     if attack == "standard":
         return f"standard eps {eps:g}/255"
-    budget = (f"{queries or DEFAULT_QUERIES} queries" if attack in QUERY_ATTACKS
-              else f"{steps} steps")
+    budget = (f"{settings.query_budget} queries" if attack in QUERY_ATTACKS
+              else f"{settings.steps} steps")
     return f"{attack} ({budget}) eps {eps:g}/255"
 
 
-def attack_fields(attack: str, steps: int, objective: str, restarts: int,
-                  queries: int | None, attacked: bool, patch_logits: bool = True,
-                  standard_members: Sequence[Member] | None = None) -> dict[str, Any]:
+def attack_fields(attack: str, settings: AttackSettings, attacked: bool,
+                  patch_logits: bool = True) -> dict[str, Any]:
     """The row fields that say how an attack was run (the fixed members for ``standard``)."""
     if not attacked:
         return {"steps": 0, "objective": None, "restarts": 0, "queries": None, "members": None}
     if attack == "standard":
-        run, skipped = standard.standard_members(patch_logits, standard_members)
+        members = settings.standard_members
+        run, skipped = standard.standard_members(patch_logits, members)
         fields = {"steps": max(m.steps for m in run), "objective": STANDARD_OBJECTIVE,
                   "restarts": 1, "queries": max(m.queries or 0 for m in run) or None,
                   "members": standard.describe_members(run),
                   # Only the fixed members make the citable number.
-                  "standard_budget": ("fixed" if standard_members is None
-                                      or tuple(standard_members) == standard.STANDARD_MEMBERS
+                  "standard_budget": ("fixed" if members is None
+                                      or tuple(members) == standard.STANDARD_MEMBERS
                                       else CUSTOM_STANDARD)}
         if skipped:
             fields["members_skipped"] = (f"{standard.describe_members(skipped)} "
@@ -433,9 +488,10 @@ def attack_fields(attack: str, steps: int, objective: str, restarts: int,
         return fields
     return {
         # Square takes no gradient steps, only queries.
-        "steps": 0 if attack in QUERY_ATTACKS else int(steps), "objective": objective,
-        "restarts": int(restarts),
-        "queries": int(queries or DEFAULT_QUERIES) if attack in QUERY_ATTACKS else None,
+        "steps": 0 if attack in QUERY_ATTACKS else settings.steps,
+        "objective": settings.objective,
+        "restarts": settings.restarts,
+        "queries": settings.query_budget if attack in QUERY_ATTACKS else None,
         "members": ", ".join(DEFAULT_WORST_MEMBERS) if attack == "worst" else None,
     }
 
@@ -446,9 +502,11 @@ def _worst_sources(preds: Predictions, patch_logits: bool,
     if preds.image_members is None or preds.pixel_members is None:
         return {}
     names = [m.describe() for m in standard.standard_members(patch_logits, standard_members)[0]]
+    names.append("clean")  # the image metrics' worst case may be the clean image itself
 
     def counts(chosen: np.ndarray) -> str:
-        return ", ".join(f"{name} {int((chosen == i).sum())}" for i, name in enumerate(names))
+        return ", ".join(f"{name} {int((chosen == i).sum())}" for i, name in enumerate(names)
+                         if name != "clean" or (chosen == i).any())
 
     return {"image_worst_from": counts(preds.image_members),
             "pixel_worst_from": counts(preds.pixel_members)}

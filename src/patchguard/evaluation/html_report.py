@@ -88,13 +88,16 @@ def _pick(labels: np.ndarray, n: int) -> list[int]:
     return sorted(spread(anomalous, n_bad) + spread(normal, n_good))
 
 
-def make_gallery(model, test_set, n: int = 6, epsilon: float = 0.0, steps: int = 10,
-                 attack: str = "pgd", objective: str = "mask", restarts: int = 1,
-                 batch_size: int = 16, device: Any = "cpu", class_name: str | None = None
-                 ) -> Gallery:
-    """Clean and attacked heatmaps of up to ``n`` test images (anomalous and normal mixed)."""
+def make_gallery(model, test_set, n: int = 6, epsilon: float = 0.0, settings: Any = None, *,
+                 device: Any = "cpu", class_name: str | None = None, **options: Any) -> Gallery:
+    """Clean and attacked heatmaps of up to ``n`` test images (anomalous and normal mixed),
+    attacked by the first attack of ``settings`` (an ``AttackSettings``; its fields may also be
+    given as keywords, e.g. ``attack="pgd", steps=10``)."""
+    from ..adversarial.settings import AttackSettings
+    from ..models.postprocess import PostProcessor, draw_outline, value_range
     from .evaluator import predict_dataset
-    from .visualization import draw_outline, heatmap_overlay, normalise_maps
+
+    used = AttackSettings.build(settings, **options)
 
     labels = np.asarray([record.label for record in test_set.records])
     chosen = _pick(labels, n)
@@ -102,34 +105,31 @@ def make_gallery(model, test_set, n: int = 6, epsilon: float = 0.0, steps: int =
     subset.records = [test_set.records[i] for i in chosen]
     if not subset.records:
         return Gallery([], class_name=class_name)
-    clean = predict_dataset(model, subset, 0.0, batch_size=batch_size, device=device,
+    clean = predict_dataset(model, subset, 0.0, settings=used, device=device,
                             keep_images=True, progress=False)
     adv = None
     if epsilon > 0:
-        adv = predict_dataset(model, subset, epsilon, steps, batch_size, device,
-                              keep_images=True, progress=False, attack=attack,
-                              objective=objective, restarts=restarts)
-    low, high = np.percentile(clean.maps.astype(np.float32), [1.0, 99.9])
+        adv = predict_dataset(model, subset, epsilon, settings=used, device=device,
+                              keep_images=True, progress=False)
+    shared, post = value_range(clean.maps), PostProcessor()
     items = []
     for i, path in enumerate(clean.paths):
         image = clean.images[i]
         mask = clean.masks[i] if clean.masks[i].any() else None
         tiles = {"image": draw_outline(image, mask) if mask is not None else image,
-                 "clean_map": heatmap_overlay(image, normalise_maps(clean.maps[i], low, high),
-                                              mask)}
+                 "clean_map": post.heatmap(image, clean.maps[i], mask, shared)}
         if adv is not None:
             delta = adv.images[i].astype(np.float32) - image.astype(np.float32)
             tiles["attacked"] = adv.images[i]
             tiles["perturbation"] = np.clip(127.5 + delta * PERTURBATION_GAIN, 0,
                                             255).astype(np.uint8)
-            tiles["attacked_map"] = heatmap_overlay(
-                adv.images[i], normalise_maps(adv.maps[i], low, high), mask)
+            tiles["attacked_map"] = post.heatmap(adv.images[i], adv.maps[i], mask, shared)
         name = f"{Path(path).parent.name}/{Path(path).name}"
         items.append(GalleryItem(name, int(clean.labels[i]), float(clean.scores[i]),
                                  None if adv is None else float(adv.scores[i]), tiles))
-    return Gallery(items, attack if adv is not None else None, float(epsilon),
-                   steps if adv is not None else 0, objective if adv is not None else None,
-                   class_name)
+    return Gallery(items, used.attacks[0] if adv is not None else None, float(epsilon),
+                   used.steps if adv is not None else 0,
+                   used.objective if adv is not None else None, class_name)
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -310,6 +310,7 @@ class ClassSection:
     curves: bytes | None = None
     gallery: Gallery | None = None
     card: str | None = None
+    plot: bool = True  # the AUROC-vs-epsilon plot (and the training curves' heading)
 
 
 def render_html(title: str, sections: Sequence[ClassSection], notes: str = "",
@@ -332,14 +333,15 @@ def render_html(title: str, sections: Sequence[ClassSection], notes: str = "",
     several = len(sections) > 1
     for section in sections:
         label = f" &mdash; {html.escape(section.name)}" if several else ""
-        plot = _plot_png(section.rows)
-        parts.append(f"<h2>AUROC against epsilon{label}</h2>" + (
-            f"<div class='plot'>{_img(plot, f'AUROC vs epsilon {section.name}')}</div>" if plot
-            else "<p>Only clean rows: nothing to plot against epsilon.</p>"))
-        parts.append(f"<h2>Training curves{label}</h2>" + (
-            f"<div class='plot'>{_img(section.curves, f'training curves {section.name}')}"
-            "</div>" if section.curves else
-            "<p>No training log beside the checkpoint (an imported checkpoint has none).</p>"))
+        if section.plot:
+            plot = _plot_png(section.rows)
+            parts.append(f"<h2>AUROC against epsilon{label}</h2>" + (
+                f"<div class='plot'>{_img(plot, f'AUROC vs epsilon {section.name}')}</div>"
+                if plot else "<p>Only clean rows: nothing to plot against epsilon.</p>"))
+            parts.append(f"<h2>Training curves{label}</h2>" + (
+                f"<div class='plot'>{_img(section.curves, f'training curves {section.name}')}"
+                "</div>" if section.curves else
+                "<p>No training log beside the checkpoint (an imported checkpoint has none).</p>"))
         if section.gallery is not None:
             parts.append(f"<h2>Gallery{label}</h2>{_gallery_html(section.gallery)}")
         if section.card:

@@ -7,13 +7,13 @@ not beat the gradient attack. Violations are reported as warnings, never hidden.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from ..adversarial.names import DEFAULT_QUERIES, QUERY_ATTACKS
+from ..adversarial.settings import AttackSettings
 from ..data.datasets import TestDataset
 from .evaluator import evaluate
 
@@ -35,25 +35,34 @@ class SanityReport:
         return not self.warnings
 
 
+@dataclass(frozen=True)
+class SanityLimits:
+    """What the gradient-masking checks sweep and tolerate (see :func:`sanity_check`)."""
+
+    epsilons: tuple[float, ...] = (1, 2, 4, 8, 16)
+    large_epsilon: float = 128.0
+    more_steps_factor: int = 4
+    tolerance: float = 0.02
+    near_zero: float = 0.1
+    square_queries: int = DEFAULT_QUERIES
+
+
 def sanity_check(
     model: Any,
     dataset: TestDataset,
     attack: str = "pgd",
     objective: str = "mask",
     steps: int = 10,
-    epsilons: Sequence[float] = (1, 2, 4, 8, 16),
-    large_epsilon: float = 128.0,
-    more_steps_factor: int = 4,
-    tolerance: float = 0.02,
-    near_zero: float = 0.1,
+    *,
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     progress: bool = True,
-    square_queries: int = DEFAULT_QUERIES,
+    **limits: Any,
 ) -> SanityReport:
     """Epsilon sweep, more steps, huge epsilon, Square: flag any sign of gradient masking.
 
-    ``model`` is PatchGuard or any detector (:func:`patchguard.adversarial.detector.as_detector`).
+    ``model`` is PatchGuard or any detector (:func:`patchguard.adversarial.attackable.as_detector`);
+    ``limits`` are :class:`SanityLimits` fields given as keywords (or ``limits=`` one value).
     Checks, on the AUROCs the objective targets (image for ``score``, pixel for ``map``, both
     for ``mask``; pixel only with masks), with ``tolerance`` for noise:
     the attacked AUROC does not increase with epsilon; ``more_steps_factor`` times the steps
@@ -62,9 +71,15 @@ def sanity_check(
     of the two gradient runs (skipped when ``attack`` is ``square`` or ``standard``, or
     ``square_queries`` is 0); at ``large_epsilon`` it falls to at most ``near_zero``.
     """
+    given = limits.pop("limits", None) or SanityLimits()
+    lim = replace(given, **limits)
+    epsilons, large_epsilon, more_steps_factor = (lim.epsilons, lim.large_epsilon,
+                                                  lim.more_steps_factor)
+    tolerance, near_zero, square_queries = lim.tolerance, lim.near_zero, lim.square_queries
     sweep = sorted({0.0, *map(float, epsilons)})
-    rows = evaluate(model, dataset, sweep, steps, batch_size, device, progress=progress,
-                    attacks=(attack,), objective=objective)
+    base = AttackSettings(attacks=(attack,), epsilons=tuple(sweep), steps=steps,
+                          objective=objective, batch_size=batch_size)
+    rows = evaluate(model, dataset, base, device=device, progress=progress)
     report = SanityReport(rows=list(rows))
     # Only the metrics the objective attacks must fall: the score objective may leave pixel
     # maps anywhere, the map objective the image score.
@@ -81,8 +96,8 @@ def sanity_check(
                     "a larger budget helped the model (attack too weak or gradients masked)")
     eps_ref = max(e for e in sweep if e > 0)
     reference = next(r for r in rows if r["epsilon"] == eps_ref)
-    longer = evaluate(model, dataset, (eps_ref,), steps * more_steps_factor, batch_size, device,
-                      progress=progress, attacks=(attack,), objective=objective)[0]
+    longer = evaluate(model, dataset, base, device=device, progress=progress,
+                      epsilons=(eps_ref,), steps=steps * more_steps_factor)[0]
     report.rows.append(longer)
     for metric in metrics:
         report.checks.append(f"{metric} with {longer['steps']} steps <= with {steps} steps")
@@ -92,9 +107,8 @@ def sanity_check(
                 f"({steps} steps) to {longer[metric]:.3f} ({longer['steps']} steps): more "
                 "attack steps helped the model")
     if attack not in _HOLDS_SQUARE and square_queries > 0:
-        square = evaluate(model, dataset, (eps_ref,), steps, batch_size, device,
-                          progress=progress, attacks=("square",), objective=objective,
-                          queries=square_queries)[0]
+        square = evaluate(model, dataset, base, device=device, progress=progress,
+                          epsilons=(eps_ref,), attacks=("square",), queries=square_queries)[0]
         report.rows.append(square)
         for metric in metrics:
             # The best gradient result at this epsilon: with the base or the longer budget.
@@ -107,8 +121,8 @@ def sanity_check(
                     f"({square_queries} queries) got it to {square[metric]:.3f}, clearly "
                     f"stronger than {attack} ({gradient:.3f}): a sign of gradient masking; "
                     "report the Square (or standard) number, not the gradient attack's")
-    huge = evaluate(model, dataset, (large_epsilon,), steps, batch_size, device,
-                    progress=progress, attacks=(attack,), objective=objective)[0]
+    huge = evaluate(model, dataset, base, device=device, progress=progress,
+                    epsilons=(large_epsilon,))[0]
     report.rows.append(huge)
     report.checks.append(f"image_auroc at eps {large_epsilon:g} <= {near_zero}")
     if huge["image_auroc"] is not None and huge["image_auroc"] > near_zero:

@@ -1,4 +1,5 @@
-"""Heatmaps over images with ground-truth outlines, per-image panels and a contact sheet."""
+"""Per-image panels of clean and attacked heatmaps, and a contact sheet (the colours: the one
+post-processing component, :mod:`patchguard.models.postprocess`)."""
 
 from __future__ import annotations
 
@@ -9,32 +10,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..models.postprocess import PostProcessor, draw_outline, value_range
+from ..models.postprocess import overlay as heatmap_overlay
 
-def normalise_maps(maps: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Scale maps to [0, 1] with a shared (low, high) range so clean and attacked compare."""
-    return np.clip((maps.astype(np.float32) - low) / max(high - low, 1e-8), 0.0, 1.0)
-
-
-def heatmap_overlay(
-    image: np.ndarray, heat: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.5
-) -> np.ndarray:
-    """Blend a [0, 1] heat map (jet colours) over a uint8 RGB image; outline the mask in green."""
-    colours = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    colours = cv2.cvtColor(colours, cv2.COLOR_BGR2RGB)
-    blended = (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha)
-    blended = blended.clip(0, 255).astype(np.uint8)
-    return draw_outline(blended, mask) if mask is not None else blended
-
-
-def draw_outline(image: np.ndarray, mask: np.ndarray, colour=(0, 255, 0)) -> np.ndarray:
-    """Draw the contour of a binary mask on a copy of the image."""
-    contours, _ = cv2.findContours(
-        (mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
-    )
-    out = np.ascontiguousarray(image.copy())
-    thickness = max(1, image.shape[0] // 160)
-    cv2.drawContours(out, contours, -1, colour, thickness)
-    return out
+__all__ = ["draw_outline", "heatmap_overlay", "image_panel", "save_panels"]
 
 
 def _label(tile: np.ndarray, text: str) -> np.ndarray:
@@ -87,9 +66,10 @@ def save_panels(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    low, high = np.percentile(clean_maps.astype(np.float32), [1.0, 99.9])
-    clean_heat = normalise_maps(clean_maps, low, high)
-    adv_heat = normalise_maps(adv_maps, low, high) if adv_maps is not None else None
+    shared = value_range(clean_maps)
+    post = PostProcessor()
+    clean_heat = post.heat(clean_maps, shared)
+    adv_heat = post.heat(adv_maps, shared) if adv_maps is not None else None
     written, rows = [], []
     for i, name in enumerate(names):
         title = Path(name).parent.name + "/" + Path(name).stem

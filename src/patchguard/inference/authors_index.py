@@ -1,11 +1,13 @@
 """Where the original authors' per-class checkpoints are: one Google Drive file per class.
 
-The authors publish one ``patchguard_<dataset>_<class>.pth`` per class of MVTec AD and VisA
-inside two Google Drive *folders* (:data:`DRIVE_FOLDERS`); their ``download_weight.py`` fetches
-each class's *file* by id with gdown. Those file ids are not known to this package: no copy of
-that script was available when it was written, and a folder cannot be listed over plain HTTP
-without an API key. So :data:`KNOWN_FILES` holds an entry per class with no id, and a user who
-copies the ids once passes them in one of three ways (first match wins):
+The authors publish one ``patchguard_<dataset>_<class>.pth`` per class of MVTec AD and VisA;
+their ``download_weight.py`` fetches each by its Google Drive *file* id. Those ids ship here
+(:data:`AUTHORS_FILE_IDS`, copied from that script): every published class downloads with no
+flag. The authors publish no checkpoint for MVTec AD ``zipper``, nor for any other data set
+(:data:`UNPUBLISHED`); asking for one says so. No SHA-256 is published: the first download's
+digest is recorded in the imported checkpoint's model card (trust on first use).
+
+Another location can still be given, first match wins:
 
 1. ``--drive-id ID`` or ``--url URL`` on the command line (one class);
 2. an index file, ``--index FILE`` (JSON or YAML), or the ``PATCHGUARD_WEIGHTS_INDEX``
@@ -16,10 +18,7 @@ copies the ids once passes them in one of three ways (first match wins):
 
    or, for one data set, a flat ``{"bottle": "1AbC..."}``. A value is a Drive file id, a Drive
    file link, an http(s) URL, or a mapping with ``id`` or ``url`` and an optional ``sha256``;
-3. the ids shipped here (none yet).
-
-Without an id the error names the Drive folder and both ways out (pass the id, or download the
-file by hand and ``patchguard import-checkpoint`` it).
+3. the ids shipped here.
 """
 
 from __future__ import annotations
@@ -72,22 +71,78 @@ class WeightsFile:
         return bool(self.drive_id or self.url)
 
 
-#: One entry per class of the two data sets with published weights; no file id is known yet
-#: (ids are never guessed: a wrong id would fetch another file).
+#: The authors' Google Drive file ids, from their ``download_weight.py`` (rohban-lab/PatchGuard
+#: at commit af39835). MVTec AD ``zipper`` has none: the authors never published it.
+AUTHORS_FILE_IDS: dict[str, dict[str, str]] = {
+    "mvtec": {
+        "bottle": "1vAV5zzVxx6SqLlirkP0kibEileHxKflz",
+        "cable": "1mNWWZXmr07bsxOkSY2FerNPM5nSMFIz6",
+        "capsule": "1THd1QZhCOSbknYMP_lLsALfsn66tt8zh",
+        "carpet": "1x1N0K33_gaymE6UHmWRYdVem_n2UUJsY",
+        "grid": "1LvsbOqD2e_GLuOxEtGvlUiq9DGhmGTOX",
+        "hazelnut": "1F8lFOX19_fhEUJjPnlg_vYkzFwAFa8lt",
+        "leather": "13_rrkYu4-87zv1TeEngkwTIonBbgTPmO",
+        "metal_nut": "1MYM56tOgznEGwqUvKxzRedL6gVL5xw8q",
+        "pill": "1teEY-5VUMOhpTlPzyYaBsW82u0x2-ipg",
+        "screw": "1Lb8IIRGpBqG7j53Pw0KvPRuAF_Q0YKD8",
+        "tile": "1vKh-eidKw3bb9l6l9jCA8sqpl0RYqaJ0",
+        "toothbrush": "1Mcmi4FxqigGv3p-M7lLYX_gDWr1drvvt",
+        "transistor": "1ap1HRkciis4IWoczqPo_Pr7UZsOMUxwe",
+        "wood": "1uMzkccZaV4f0yMf0AVt3usiniaNKy5fY",
+    },
+    "visa": {
+        "candle": "16LM-735VfnK7Zxa1VJ4xJ3AnpuU11T5F",
+        "capsules": "1L7EiRCgvcPeAoPEVoxFP0Urk9-z-0fC1",
+        "cashew": "1hwnmbVyZqPeHj4zD92EB-BKfn9CDs8vU",
+        "chewinggum": "1Lrl26QthpI6dUlIEDAYNnVSju1fyjEdQ",
+        "fryum": "1YTxzmXCe-sh8dWa1h3bhC4eiPpihG7nW",
+        "macaroni1": "1UNVTVKmo6ch3D5eeseSwVKUpC-E0mkuY",
+        "macaroni2": "1tRoyS0dnOUKvGYnUbu2E44269b1CFmx5",
+        "pcb1": "1nuBmi4J2mNHvYoVO1AFuzTt-nymDEKCq",
+        "pcb2": "1j5_YR9_qcQP8cwYy3foxgiUUBEiil_nK",
+        "pcb3": "1p5MAuXvUdg-wqKFSo3lWc6vqU4ochYiW",
+        "pcb4": "1WPWVcsYq0wEA275_dLN4tB-f_Ri-px_l",
+        "pipe_fryum": "1JV3Q4lyIz8b98yZyH2aKHlfAg0FM5yla",
+    },
+}
+AUTHORS_SOURCE = "the authors' download_weight.py"
+
+#: One entry per published class (with its id) and per class the authors left out (none).
 KNOWN_FILES: dict[tuple[str, str], WeightsFile] = {
-    (dataset, name): WeightsFile(dataset, name)
+    (dataset, name): WeightsFile(dataset, name, AUTHORS_FILE_IDS[dataset].get(name),
+                                 source=AUTHORS_SOURCE)
     for dataset in DATASETS for name in KNOWN_CLASSES[dataset]
 }
 
+#: The data sets of the paper with no published checkpoints (the authors' README: "-").
+UNPUBLISHED = tuple(name for name in KNOWN_CLASSES
+                    if name not in DATASETS and name not in ("folder", "visa-patchguard"))
+
+
+def check_dataset(dataset: Any) -> str:
+    """A data set with published weights; any other data set of the paper says it has none."""
+    if isinstance(dataset, str) and dataset in UNPUBLISHED:
+        raise ManualDownloadError(
+            f"the authors publish no checkpoints for --dataset {dataset} (their README lists "
+            f"'-'; only {' and '.join(DATASETS)} have per-class weights). Train one with "
+            f"'patchguard train --dataset {dataset} ...', or give a checkpoint file.")
+    return choice("dataset (--dataset)", dataset, DATASETS)
+
 
 def check_dataset_class(dataset: Any, class_name: Any) -> tuple[str, str]:
-    """The (dataset, class) pair, refused with the allowed values when not published."""
-    dataset = choice("dataset (--dataset)", dataset, DATASETS)
-    classes = KNOWN_CLASSES[dataset]
-    if not isinstance(class_name, str) or class_name not in classes:
+    """The (dataset, class) pair, refused with the allowed values when unknown.
+
+    A data set of the paper without published weights (MPDD, BTAD, ...) is a
+    ManualDownloadError that says so; a class outside the data set is an InputError listing the
+    published ones. A known class without an id (MVTec AD ``zipper``) passes here: a location
+    may still come from a flag or an index (:func:`resolve_weights` says what is missing).
+    """
+    dataset = check_dataset(dataset)
+    if not isinstance(class_name, str) or class_name not in KNOWN_CLASSES[dataset]:
+        published = [name for name in KNOWN_CLASSES[dataset]
+                     if AUTHORS_FILE_IDS[dataset].get(name)]
         raise InputError("class_name (--class-name)", class_name,
-                         f"is not a {dataset} class with published weights",
-                         f"choose one of {', '.join(classes)}")
+                         f"is not a {dataset} class", f"choose one of {', '.join(published)}")
     return dataset, class_name
 
 
@@ -198,16 +253,14 @@ def resolve_weights(
 
 
 def unknown_message(dataset: str, class_name: str, index_path: str | Path | None = None) -> str:
-    """How to get a class's weights when no file id is known."""
+    """Why no location is known for a class (the authors never published it), and the ways out."""
     name = f"patchguard_{dataset}_{class_name}.pth"
-    looked = f" ({index_path} has no entry for it)" if index_path else ""
+    looked = f" and {index_path} has no entry for it" if index_path else ""
     return (
-        f"no Google Drive file id is known for the authors' {dataset} {class_name} weights "
-        f"({name}){looked}. They are in the Drive folder {DRIVE_FOLDERS[dataset]}, which cannot "
-        f"be listed without an API key. Either copy the file's id (or share link) from the "
-        f"authors' download_weight.py or from the folder and pass it: --drive-id ID, or an "
-        f"index file ('--index FILE' or {INDEX_ENV}=FILE, e.g. "
-        f'{{"{dataset}": {{"{class_name}": "ID"}}}}); or download {name} in a browser and run '
-        f"'patchguard import-checkpoint --original {name} --output "
-        f"weights/{dataset}/{class_name}/last.pt'."
+        f"the authors publish no checkpoint for {dataset} {class_name} (their "
+        f"download_weight.py has no entry for it{looked}). Train one with 'patchguard train "
+        f"--dataset {dataset} --class-name {class_name} ...'; or, if you have {name} from "
+        f"elsewhere, pass its location (--drive-id ID, --url URL, or an index file: '--index "
+        f"FILE' or {INDEX_ENV}=FILE) or import the file: 'patchguard import-checkpoint "
+        f"--original {name} --output weights/{dataset}/{class_name}/last.pt'."
     )

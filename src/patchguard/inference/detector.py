@@ -10,8 +10,9 @@ Example::
 
 Thresholds live in the checkpoint under ``thresholds`` (computed by
 :func:`.thresholds.calibrate_thresholds`, written by :func:`.thresholds.write_thresholds` or
-``patchguard calibrate``). Without an image threshold ``Prediction.decisions`` is ``None`` (never
-a guess); pass ``threshold=`` to decide anyway.
+``patchguard calibrate``); what follows from them (decisions, masks, heatmap colours) is the
+model's :class:`~patchguard.models.postprocess.PostProcessor`. Without an image threshold
+``Prediction.decisions`` is ``None`` (never a guess); pass ``threshold=`` to decide anyway.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 from ..models.factory import load_model
 from ..models.patchguard import PatchGuard
+from ..models.postprocess import PostProcessor
 from ..utils.device import resolve_device
 from .card import model_card
 from .inputs import ImageInput, expand_inputs, load_input
@@ -47,12 +49,14 @@ class Prediction:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def post(self) -> PostProcessor:
+        """The thresholds these results were decided with, and their heatmap colours."""
+        return PostProcessor(self.threshold, self.pixel_threshold)
+
     def masks(self) -> np.ndarray:
         """Binary defect masks (n, H, W): map >= the pixel threshold."""
-        if self.pixel_threshold is None:
-            raise ValueError("no pixel threshold: calibrate the checkpoint ('patchguard "
-                             "calibrate') or pass pixel_threshold= to predict()")
-        return self.maps >= self.pixel_threshold
+        return self.post.masks(self.maps)
 
 
 def _concat(parts: list[Prediction], failed: list[tuple[str, str]]) -> Prediction:
@@ -85,9 +89,22 @@ class Detector:
         # Keep the metadata, not a second copy of the weights (or the optimizer state).
         self.info = {k: v for k, v in (checkpoint or {}).items()
                      if k not in ("model", "optimizer", "scheduler", "rng")}
-        thresholds = self.info.get("thresholds") or {}
-        self.threshold: float | None = thresholds.get("image")
-        self.pixel_threshold: float | None = thresholds.get("pixel")
+        self.post = PostProcessor.from_checkpoint(self.info)
+
+    @property
+    def threshold(self) -> float | None:
+        """The image threshold (score >= it is anomalous), or None."""
+        return self.post.image_threshold
+
+    @threshold.setter
+    def threshold(self, value: float | None) -> None:
+        self.post = PostProcessor(None if value is None else float(value),
+                                  self.post.pixel_threshold)
+
+    @property
+    def pixel_threshold(self) -> float | None:
+        """The pixel threshold (map >= it is a defect pixel), or None."""
+        return self.post.pixel_threshold
 
     @property
     def image_size(self) -> int:
@@ -114,8 +131,8 @@ class Detector:
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        image_threshold = self.threshold if threshold is None else float(threshold)
-        map_threshold = self.pixel_threshold if pixel_threshold is None else float(pixel_threshold)
+        post = self.post.overridden(threshold, pixel_threshold)
+        image_threshold, map_threshold = post.image_threshold, post.pixel_threshold
         items, failed = expand_inputs(images_or_paths)
         size = self.image_size
         from tqdm.auto import tqdm
@@ -132,8 +149,7 @@ class Detector:
             scores_np = scores.float().cpu().numpy()
             result = Prediction(
                 scores=scores_np,
-                decisions=(None if image_threshold is None
-                           else scores_np.astype(np.float64) >= image_threshold),
+                decisions=post.decide(scores_np),
                 maps=maps.float().cpu().numpy(),
                 paths=list(batch_names),
                 failed=list(failed),
@@ -195,8 +211,17 @@ class Detector:
             keep_images: also return the resized uint8 inputs (``Prediction.images``).
             progress: show a progress bar.
 
-        Unreadable or truncated inputs are listed in ``Prediction.failed`` as (path, reason);
-        they never raise. ``decisions`` is None when there is no image threshold.
+        Returns:
+            A ``Prediction`` of the readable inputs in input order: ``scores``,
+                ``decisions`` (None when there is no image threshold), ``maps``, ``paths``, and
+                ``failed``, the unreadable or truncated inputs as (path, reason); they never raise.
+
+        Example:
+            ```python
+            detector = patchguard.load("runs/bottle/last.pt")
+            result = detector.predict(["part_001.png", "line_images/"])
+            flagged = [p for p, d in zip(result.paths, result.decisions) if d]
+            ```
         """
         parts = list(self.predict_batches(images_or_paths, batch_size, threshold,
                                           pixel_threshold, keep_images, progress))
@@ -205,7 +230,21 @@ class Detector:
 
 
 def load(checkpoint: str | Path, device: str | torch.device = "auto") -> Detector:
-    """Load a patchguard checkpoint (weights_only) as a :class:`Detector` in eval mode."""
+    """Load a patchguard checkpoint (weights_only) as a :class:`Detector` in eval mode.
+
+    Args:
+        checkpoint: a patchguard checkpoint (``last.pt``).
+        device: ``auto`` (a GPU when there is one), ``cpu``, ``cuda``, or a torch device.
+
+    Returns:
+        A ``Detector`` with the checkpoint's image and pixel thresholds.
+
+    Example:
+        ```python
+        detector = patchguard.load("runs/bottle/last.pt")
+        print(detector.card())
+        ```
+    """
     torch_device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     model, state = load_model(checkpoint, torch_device)
     return Detector(model, state, torch_device)

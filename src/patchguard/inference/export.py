@@ -20,11 +20,15 @@ from torch import nn
 
 from ..models.factory import load_model
 from ..models.patchguard import PatchGuard
+from ..models.postprocess import PostProcessor
 
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("scores", "maps")
+#: The ONNX metadata key holding the model's post-processing (thresholds, decision, colours) as
+#: JSON, so that a deployment decides exactly as ``patchguard predict`` does.
+POSTPROCESS_KEY = "patchguard.postprocess"
 
 
 class ExportWrapper(nn.Module):
@@ -88,8 +92,9 @@ def export_model(
     verify: bool = True,
     tolerance: float = 1e-3,
     verify_batch: int = 2,
+    post: PostProcessor | None = None,
 ) -> ExportReport:
-    """Export an in-memory model (see :func:`export_onnx`)."""
+    """Export an in-memory model (see :func:`export_onnx`), with ``post`` in its metadata."""
     onnx = _require_onnx()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +133,12 @@ def export_model(
                          "works") from None
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+    if post is not None:
+        import json
+
+        proto = onnx.load(str(output))
+        onnx.helper.set_model_props(proto, {POSTPROCESS_KEY: json.dumps(post.to_dict())})
+        onnx.save(proto, str(output))
     onnx.checker.check_model(str(output))
     if not verify:
         return ExportReport(output, "onnx.checker", None)
@@ -234,15 +245,17 @@ def export_onnx(
     verify: bool = True,
     tolerance: float = 1e-3,
 ) -> ExportReport:
-    """Export a checkpoint to ONNX: ``images`` (B, 3, S, S) in [0, 1] -> ``scores``, ``maps``.
+    """Export a checkpoint to ONNX: ``images`` (B, 3, S, S) in [0, 1] -> ``scores``, ``maps``;
+    its thresholds and colour scale go into the metadata (:data:`POSTPROCESS_KEY`, JSON).
 
     The batch axis is dynamic. After export the graph is run with onnxruntime on random images
     and compared with PyTorch (the max abs difference is printed; above ``tolerance`` raises);
     without onnxruntime only ``onnx.checker`` validates it.
     """
     check_opset(opset)
-    model, _ = load_model(checkpoint, "cpu")
-    return export_model(model, output, opset=opset, verify=verify, tolerance=tolerance)
+    model, state = load_model(checkpoint, "cpu")
+    return export_model(model, output, opset=opset, verify=verify, tolerance=tolerance,
+                        post=PostProcessor.from_checkpoint(state))
 
 
 def export_openvino(

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..utils.checks import integer_list
 
-# Input normalisation of every ImageNet-pretrained backbone (METHOD.md section 1).
+# Input normalisation of every ImageNet-pretrained backbone (docs/method.md, section 1).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

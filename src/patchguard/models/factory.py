@@ -35,7 +35,29 @@ def build_model(config: TrainConfig, load_weights: bool = True) -> tuple[PatchGu
 def load_model(
     checkpoint: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[PatchGuard, dict[str, Any]]:
-    """Rebuild a model from a checkpoint (in eval mode) and return it with the checkpoint dict."""
+    """Rebuild a model from a checkpoint (in eval mode) and return it with the checkpoint dict.
+
+    The file is read with ``weights_only=True`` (no code runs) and its stored config is checked
+    as a user's would be.
+
+    Args:
+        checkpoint: a patchguard checkpoint (``last.pt``, ``epoch_NNNN.pt`` or an imported one).
+        device: where to put the model.
+
+    Returns:
+        ``(model, checkpoint)``: the ``PatchGuard`` network in
+            eval mode, and the checkpoint's dict (``config``, ``epoch``, ``thresholds``, ...).
+
+    Example:
+        ```python
+        import torch
+        import patchguard
+
+        model, state = patchguard.load_model("runs/bottle/last.pt")
+        images = torch.rand(4, 3, model.image_size, model.image_size)   # in [0, 1]
+        scores, maps = model.predict(images)
+        ```
+    """
     state = load_checkpoint(checkpoint)
     config = TrainConfig.from_dict(state["config"], source=str(checkpoint))
     model = model_class(config).from_config(config)

@@ -1,6 +1,6 @@
 """Import checkpoints of the original PatchGuard implementation (rohban-lab/PatchGuard).
 
-The original saves a plain ``state_dict`` of its ``PatchGuard`` module (METHOD.md section 8):
+The original saves a plain ``state_dict`` of its ``PatchGuard`` module (docs/method.md, section 7):
 
 * ``feature_extractor.pretrained_model.*``: the timm ViT, the same keys as ours (our
   :class:`~patchguard.models.backbone.FeatureExtractor` keeps the attribute name for this reason);
@@ -40,15 +40,15 @@ ORIGINAL_BLOCK_KEYS = {
 }
 
 BLOCK_PREFIX = "discriminator.transformer_encoder."
-# The original's default regularised layers and its KL coefficients (METHOD.md). Its loss pairs
-# the coefficients with the regularised layers by position, whatever their block numbers: the
-# authors' reference run with layers [2, 4, 6] used 0.005 / 0.01 / 0.05.
+# The original's default regularised layers and its KL coefficients (docs/method.md, section 3).
+# Its loss pairs the coefficients with the regularised layers by position, whatever their block
+# numbers: the authors' reference run with layers [2, 4, 6] used 0.005 / 0.01 / 0.05.
 DEFAULT_REG = {6: 0.005, 9: 0.01, 12: 0.05}
 ORIGINAL_COEFFICIENTS = (0.005, 0.01, 0.05)
 _NAME_PATTERN = re.compile(r"^patchguard_([A-Za-z0-9]+)_(.+?)(?:_pgd\d+_last_epoch)?$")
 
 
-def _unwrap(payload: Any) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(payload: Any) -> dict[str, torch.Tensor]:
     """The tensor dict inside what torch.load returned (plain, or under 'state_dict'/'model')."""
     if isinstance(payload, dict):
         for key in ("state_dict", "model"):
@@ -112,7 +112,7 @@ def convert_original_state_dict(
     infers it from the positional encodings. Raises ValueError listing every unused, missing or
     mis-shaped key; the result loads into :class:`PatchGuard` with ``strict=True``.
     """
-    state_dict = _unwrap(state_dict)
+    state_dict = unwrap_state_dict(state_dict)
     pos_key = "discriminator.positional_encodings"
     if pos_key not in state_dict:
         raise ValueError(f"no {pos_key!r}: not a state dict of the original PatchGuard (keys "
@@ -210,7 +210,7 @@ def load_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError, RuntimeError, EOFError, ...
         raise ValueError(f"cannot load {path} safely ({type(error).__name__}: {error})") from error
-    return _unwrap(payload)
+    return unwrap_state_dict(payload)
 
 
 def names_from_filename(path: str | Path) -> tuple[str | None, str | None]:

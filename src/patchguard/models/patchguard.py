@@ -1,7 +1,7 @@
 """The PatchGuard network: a ViT feature extractor and a per-patch transformer discriminator.
 
 The model takes images in [0, 1] and normalises them itself, so that attacks operate in pixel
-space (METHOD.md section 1).
+space (docs/method.md, section 1).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..inference.detector import Detector
+from ..models.postprocess import PostProcessor
 from ..utils.checkpoint import model_fingerprint
 from ..version import __version__
 from .batcher import MicroBatcher, QueueFull
@@ -79,17 +80,12 @@ def model_identity(detector: Detector, checkpoint: str | None = None) -> dict[st
     }
 
 
-def heatmap_png(image: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: float | None
-                ) -> bytes:
-    """The heatmap overlay of ``patchguard predict`` (a sigmoid centred on the pixel
-    threshold, jet colours over the resized input), as PNG bytes."""
+def heatmap_png(image: np.ndarray, anomaly_map: np.ndarray, post: PostProcessor) -> bytes:
+    """The heatmap of ``patchguard predict`` (the model's post-processing: its colour scale
+    centred on the pixel threshold, over the resized input), as PNG bytes."""
     from PIL import Image
 
-    from ..evaluation.visualization import heatmap_overlay
-
-    centre = 0.0 if pixel_threshold is None else pixel_threshold
-    heat = 1.0 / (1.0 + np.exp(-2.0 * (anomaly_map.astype(np.float64) - centre)))
-    overlay = heatmap_overlay(np.round(image * 255).astype(np.uint8), heat.astype(np.float32))
+    overlay = post.heatmap(np.round(image * 255).astype(np.uint8), anomaly_map)
     buffer = io.BytesIO()
     Image.fromarray(overlay).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -273,21 +269,17 @@ def create_app(
             logger.error("forward pass failed: %s", error)
             return refuse(500, f"the model failed on this batch ({type(error).__name__}: "
                           f"{error}); the server goes on")
-        used = detector.threshold if threshold is None else threshold
+        post = detector.post.overridden(threshold)
+        used = post.image_threshold
         source = "query" if threshold is not None else "checkpoint" if used is not None else None
         results = []
         for i, (name, _) in enumerate(files):
             score = float(result.scores[i])
-            results.append({
-                "name": name, "score": score,
-                "decision": None if used is None else
-                ("anomalous" if score >= used else "normal"),
-                "threshold": used,
-            })
+            results.append({"name": name, "score": score, "decision": post.label(score),
+                            "threshold": used})
         if heatmap is not None:
             pngs = await run_in_threadpool(lambda: [
-                heatmap_png(images[i], result.maps[i], detector.pixel_threshold)
-                for i in range(len(files))])
+                heatmap_png(images[i], result.maps[i], post) for i in range(len(files))])
             if heatmap == "png":
                 row = results[0]
                 return Response(pngs[0], media_type="image/png", headers={

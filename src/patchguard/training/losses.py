@@ -1,4 +1,4 @@
-"""Training objectives: per-patch BCE and the KL attention regulariser (METHOD.md section 3)."""
+"""Training losses: per-patch BCE and the KL attention regulariser (docs/method.md, section 3)."""
 
 from __future__ import annotations
 

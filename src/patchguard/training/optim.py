@@ -1,5 +1,5 @@
-"""The optimiser and learning-rate schedule of METHOD.md section 3 (plus an optional backbone lr
-and warm-up).
+"""The optimiser and learning-rate schedule of docs/method.md, section 3 (plus an optional
+backbone lr and warm-up).
 """
 
 from __future__ import annotations

@@ -87,14 +87,18 @@ class LossTerm:
     """One term of the training loss: its logged name, its weight in the total (from the
     config; 0 switches it off) and the function computing it.
 
-    A per-view term is computed on each view's rows and counts in that view's logged loss; a
-    batch term is computed once over all views and logged (unweighted) under its name.
+    A per-view term is computed on each view's rows and counts in that view's logged loss
+    (and, when ``logged``, its sum over the views is logged under its name, 0 when off); a
+    batch term is computed once over all views and logged, unweighted, under its name when on.
+    ``attention``: the term reads the backbone's attention maps (the forward then returns them).
     """
 
     name: str
     weight: Callable[[TrainConfig], float]
     function: Callable[[Forward, slice], torch.Tensor] | Callable[[Forward], torch.Tensor]
     per_view: bool = False
+    logged: bool = True
+    attention: bool = False
 
 
 def _bce(forward: Forward, part: slice) -> torch.Tensor:
@@ -128,10 +132,11 @@ def _rank(forward: Forward) -> torch.Tensor:
 
 
 # Every term of the training loss, in the order they are summed (the order fixes the float
-# rounding the numerics test pins down). ``reg`` is logged even when off (as 0).
+# rounding the numerics test pins down).
 LOSS_TERMS: tuple[LossTerm, ...] = (
-    LossTerm("bce", lambda config: 1.0, _bce, per_view=True),
-    LossTerm("reg", lambda config: float(config.reg), _attention_reg, per_view=True),
+    LossTerm("bce", lambda config: 1.0, _bce, per_view=True, logged=False),
+    LossTerm("reg", lambda config: float(config.reg), _attention_reg, per_view=True,
+             attention=True),
     LossTerm("trades", lambda config: config.trades_weight, _trades),
     LossTerm("rank", lambda config: config.rank_weight, _rank),
 )
@@ -187,12 +192,12 @@ class TrainingTask:
                names: Sequence[str]) -> dict[str, torch.Tensor]:
         """Every loss by name, from one forward over all views stacked in ``names`` order.
 
-        ``loss`` is the weighted total (with its graph), ``reg`` the views' regularisers
-        summed, each view's name its per-view terms, each active batch term's name its
-        unweighted value (all but ``loss`` detached).
+        ``loss`` is the weighted total (with its graph), each logged per-view term's name
+        (``reg``) its sum over the views, each view's name its per-view terms, each active
+        batch term's name its unweighted value (all but ``loss`` detached).
         """
         batch_size = images.shape[0] // len(names)
-        needs_attention = any(w > 0 for t, w in self.terms if t.name == "reg")
+        needs_attention = any(w > 0 for t, w in self.terms if t.attention)
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.autocast_dtype is not None):
             output = self.model(images, with_attention=needs_attention)
@@ -200,14 +205,15 @@ class TrainingTask:
         total = torch.zeros((), device=self.device)
         per_view = [(t, w) for t, w in self.terms if t.per_view and w > 0]
         logged: dict[str, torch.Tensor] = {}
-        regs: list[torch.Tensor] = []
+        sums: dict[str, list[torch.Tensor]] = {t.name: [] for t, _ in self.terms
+                                               if t.per_view and t.logged}
         for name in names:
             part = forward.part(name)
             loss = None
             for term, weight in per_view:
                 value = term.function(forward, part)
-                if term.name == "reg":
-                    regs.append(value.detach())
+                if term.logged:
+                    sums[term.name].append(value.detach())
                 value = value if weight == 1.0 else weight * value
                 loss = value if loss is None else loss + value
             logged[name] = loss.detach()
@@ -217,8 +223,9 @@ class TrainingTask:
                 value = term.function(forward)
                 total = total + weight * value
                 logged[term.name] = value.detach()
-        reg = torch.stack(regs).sum() if regs else torch.zeros((), device=self.device)
-        return {"loss": total, "reg": reg, **logged}
+        zero = torch.zeros((), device=self.device)
+        return {"loss": total, **{k: torch.stack(v).sum() if v else zero
+                                  for k, v in sums.items()}, **logged}
 
     def optimise(self, total: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """Backward ``total``, average the gradients over ranks, step the optimiser."""

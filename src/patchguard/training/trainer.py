@@ -27,13 +27,6 @@ from ..evaluation.plots import plot_training_log
 from ..models.factory import build_model
 from ..utils.checkpoint import load_checkpoint, save_checkpoint
 from ..utils.device import cuda_speed_settings, resolve_device
-from .checkpoints import (
-    CheckpointPolicy,
-    check_resumable,
-    checkpoint_payload,
-    reset_log,
-    set_rng_state,
-)
 from .distributed import (
     DistContext,
     GlobalBatchSampler,
@@ -47,6 +40,13 @@ from .heldout import probe_images, split_validation, validation_thresholds
 from .loader import foreground_records, make_loader
 from .optim import build_optimizer, build_scheduler
 from .robust import PerturbationBank, adv_schedule, freeze_blocks
+from .run_state import (
+    CheckpointPolicy,
+    check_resumable,
+    checkpoint_payload,
+    reset_log,
+    set_rng_state,
+)
 from .runs import prepare_run
 from .task import StepResult, TrainingTask
 
@@ -60,7 +60,7 @@ LOG_INTERVAL_S = 2.0
 class LossMeter:
     """Per-epoch sums of the step losses, weighted by batch size, accumulated on the device.
 
-    :meth:`read` is the only synchronisation: the training loop calls it once per logging
+    :meth:`totals` is the only synchronisation: the training loop calls it once per logging
     interval. A non-finite loss anywhere in the epoch makes the summed total non-finite, so the
     check there catches it without a per-step synchronisation.
     """
@@ -113,7 +113,7 @@ def train(
             epoch's losses, learning rate and images/s besides ``train_log.jsonl``.
         log_dir: where they write (default ``OUTPUT_DIR/logs``).
     """
-    from ..evaluation.tracking import check_loggers
+    from ..tracking import check_loggers
 
     loggers = check_loggers(loggers)  # a missing package fails before any work
 
@@ -150,7 +150,7 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
            log_dir: str | Path | None = None) -> Path:
     from tqdm.auto import tqdm
 
-    from ..evaluation.tracking import Trackers, open_trackers
+    from ..tracking import Trackers, open_trackers
 
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

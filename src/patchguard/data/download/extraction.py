@@ -81,7 +81,9 @@ def _archive_kind(path: Path) -> str:
         return "zip"
     if tarfile.is_tarfile(path):
         return "tar"
-    raise ValueError(f"{path} is neither a zip nor a (compressed) tar archive")
+    # A zip cut short loses its central directory (at the end) and is not recognised at all.
+    raise ValueError(f"{path} is neither a zip nor a (compressed) tar archive: truncated, or "
+                     "not an archive (an HTML page saved instead of the file?)")
 
 
 def move_into(src: Path, dest: Path, replace: bool = True) -> list[Path]:

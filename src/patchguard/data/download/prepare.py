@@ -14,10 +14,11 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
+from ...utils.files import atomic_write_text
 from ..images import IMAGE_EXTENSIONS
-from .errors import LayoutError, ManualDownloadError
+from .errors import DownloadError, LayoutError, ManualDownloadError
 from .extraction import move_into, safe_extract
-from .sources import DatasetSource, get_source
+from .sources import Archive, DatasetSource, get_source
 from .transfer import fetch_archive, folder_error, is_drive_folder
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,56 @@ def _place_foreground(tree: Path, source: DatasetSource, ds_root: Path,
     return placed
 
 
+_IGNORED_FOLDERS = ("__MACOSX",)  # written by macOS's zip, never data
+
+
+def _class_folders(tree: Path, source: DatasetSource, archive: Path) -> list[Path]:
+    """The top-level class folders of one of the authors' mask zips, all checked first.
+
+    Single wrapper folders that are not classes are looked through. A folder that is no class
+    of the data set refuses the whole archive (nothing is placed): it is another data set's zip.
+    """
+    top = tree
+    for _ in range(3):
+        entries = [e for e in top.iterdir() if e.name not in _IGNORED_FOLDERS
+                   and not e.name.startswith(".")]
+        folders = [e for e in entries if e.is_dir()]
+        if len(folders) == 1 and len(entries) == 1 and folders[0].name not in source.classes:
+            top = folders[0]
+            continue
+        break
+    unknown = sorted(f.name for f in folders if f.name not in source.classes)
+    if unknown:
+        raise LayoutError(
+            f"the foreground-mask archive {archive} holds folder(s) {unknown} that are not "
+            f"{source.name} classes ({', '.join(source.classes)}); nothing was placed. Is it "
+            f"the {source.name} mask zip?")
+    return sorted(folders)
+
+
+def _place_class_folders(tree: Path, source: DatasetSource, ds_root: Path, archive: Path,
+                         overwrite: bool = False) -> list[str]:
+    """Move each class folder of the authors' zip to ``foreground_dir``; return classes placed.
+
+    A class whose folder is not in the data set (a partial download) is skipped with a
+    warning rather than created half. Masks already in place are kept unless ``overwrite``.
+    """
+    placed: list[str] = []
+    for folder in _class_folders(tree, source, archive):
+        name = folder.name
+        if not (ds_root / name).is_dir():
+            log.warning("skipped the foreground masks of %s: %s is not in the data set",
+                        name, ds_root / name)
+            continue
+        dest = ds_root / source.foreground_dir.format(cls=name)
+        kept = move_into(folder, dest, replace=overwrite)
+        if kept:
+            log.warning("kept %d foreground mask(s) already in %s; pass --overwrite to replace "
+                        "them", len(kept), dest)
+        placed.append(name)
+    return placed
+
+
 def _extract_to_temp(archive: Path, parent: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=parent))
     try:
@@ -126,7 +177,11 @@ def download_foreground(
     archive: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
 ) -> list[str]:
-    """Fetch (or take from ``archive``) the published foreground masks; return classes served."""
+    """Fetch (or take from ``archive``) the published foreground masks; return classes served.
+
+    A download that turns out not to be a usable archive is deleted (the next run fetches it
+    again) and the error says so; nothing is placed from a refused archive.
+    """
     source = get_source(name)
     root = Path(root)
     ds_root = root / source.dirname
@@ -136,30 +191,61 @@ def download_foreground(
             f"`patchguard data foreground --dataset {name}` (textures: the whole image)."
         )
     downloads = root / ".downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
-    if archive is not None:
-        files = [Path(archive)]
-    else:
-        files = []
-        for item in source.foreground:
-            if is_drive_folder(item.url):
-                raise folder_error(
-                    item.url, f"The {name} foreground-mask release", "--foreground-archive"
-                )
-            files.append(fetch_archive(item, downloads / item.filename, progress, f"{name} masks"))
-    placed: list[str] = []
-    for f in files:
-        tmp = _extract_to_temp(f, root)
-        try:
-            placed += _place_foreground(tmp / "x", source, ds_root, overwrite)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    owned = archive is None
+    try:
+        if archive is not None:
+            files = [Path(archive)]
+        else:
+            files = []
+            for item in source.foreground:
+                if is_drive_folder(item.url):
+                    raise folder_error(
+                        item.url, f"The {name} foreground-mask release", "--foreground-archive"
+                    )
+                downloads.mkdir(parents=True, exist_ok=True)
+                files.append(fetch_archive(item, downloads / item.filename, progress,
+                                           f"{name} masks"))
+        placed: list[str] = []
+        for f in files:
+            try:
+                tmp = _extract_to_temp(f, root)
+            except ValueError as error:
+                if owned:
+                    f.unlink(missing_ok=True)
+                    raise ValueError(f"{error} (the downloaded {f.name} was deleted; run the "
+                                     "command again to fetch it again)") from None
+                raise
+            try:
+                if source.foreground_layout == "class_folders":
+                    placed += _place_class_folders(tmp / "x", source, ds_root, f, overwrite)
+                else:
+                    placed += _place_foreground(tmp / "x", source, ds_root, overwrite)
+            except LayoutError:
+                if owned:
+                    f.unlink(missing_ok=True)  # the wrong file: fetch again once it is fixed
+                raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if owned and downloads.is_dir() and not any(downloads.iterdir()):
+            downloads.rmdir()  # a failed first fetch leaves no empty folder behind
     if not placed:
         raise LayoutError(
             f"the foreground-mask archive(s) {[str(f) for f in files]} held no mask images for "
             f"any class of {name} ({', '.join(source.classes) or 'single class'})"
         )
+    info = _read_marker(ds_root / MARKER_NAME)
+    if info is not None and info.get("dataset") == source.name:
+        # A prepared data set remembers its masks: the next run does not fetch them again.
+        info.update(foreground_classes=placed, foreground_note="")
+        atomic_write_text(ds_root / MARKER_NAME, json.dumps(info, indent=2))
     return placed
+
+
+def _fetchable(archives: Iterable[Archive]) -> bool:
+    """True when every archive can be fetched without a browser (no Drive folder)."""
+    archives = list(archives)
+    return bool(archives) and not any(is_drive_folder(a.url) for a in archives)
 
 
 def _read_marker(path: Path) -> dict | None:
@@ -192,12 +278,11 @@ def download_dataset(
     marker = ds_root / MARKER_NAME
     info = _read_marker(marker)
     if info is not None and info.get("dataset") == source.name:
-        if foreground and foreground_archive is not None:
-            info["foreground_classes"] = download_foreground(
-                name, root, progress, foreground_archive, overwrite
-            )
-            info["foreground_note"] = ""
-            marker.write_text(json.dumps(info, indent=2))
+        # Masks given now, or published by file id and not placed yet (an earlier run failed
+        # to fetch them, or predates their ids): fetch them into the prepared data set.
+        if foreground and (foreground_archive is not None or (
+                not info.get("foreground_classes") and _fetchable(source.foreground))):
+            download_foreground(name, root, progress, foreground_archive, overwrite)
         log.info("%s already prepared at %s (remove %s to redo)", source.name, ds_root, marker)
         return ds_root
     root.mkdir(parents=True, exist_ok=True)
@@ -245,14 +330,17 @@ def download_dataset(
         try:
             fg_classes = download_foreground(name, root, progress, foreground_archive,
                                              overwrite)
-        except ManualDownloadError as exc:
+        except (DownloadError, LayoutError, ValueError) as exc:
+            # The data set itself is complete: keep it, and let a rerun fetch the masks.
             fg_note = str(exc)
             warnings.warn(
                 f"{source.name} is ready but its foreground masks were not fetched: {exc} "
-                "Without them training generates masks automatically.",
+                "Without them training generates masks automatically"
+                + ("; run the command again to retry them." if _fetchable(source.foreground)
+                   else "."),
                 stacklevel=2,
             )
-    marker.write_text(
+    atomic_write_text(marker,
         json.dumps(
             {
                 "dataset": source.name,
@@ -268,4 +356,6 @@ def download_dataset(
     if not keep_archives and archive is None:
         for f in files:
             f.unlink(missing_ok=True)
+        if downloads.is_dir() and not any(downloads.iterdir()):
+            downloads.rmdir()
     return ds_root

@@ -29,6 +29,10 @@ class DatasetSource:
     archives: tuple[Archive, ...] = ()
     foreground: tuple[Archive, ...] = ()
     foreground_dir: str = "{cls}/train/foreground_mask"
+    # "search": find each class's mask folder anywhere in the archive; "class_folders": the
+    # authors' zips, one top-level folder per class, each moved whole to ``foreground_dir``
+    # (a folder that is no class of the data set is refused).
+    foreground_layout: str = "search"
     license: str = ""
     manual: str = ""  # non-empty: no public direct archive, these are the instructions
     homepage: str = ""
@@ -77,7 +81,10 @@ DATASETS: dict[str, DatasetSource] = {
                 "tar.xz",
             ),
         ),
-        foreground=(Archive(_drive_folder("1VHYcJUDja7o2xbYlh7YKYK_6EleizdoU"), "mvtec_fg.zip"),),
+        # The file id of the authors' download_data.py (their README links the folder
+        # 1VHYcJUDja7o2xbYlh7YKYK_6EleizdoU); no digest is published.
+        foreground=(Archive("gdrive:18Ml7zpIw47wWhlV9OLYl3pWPeQTK1QiI", "MVTec_FG.zip"),),
+        foreground_layout="class_folders",
         license="CC BY-NC-SA 4.0 (non-commercial use only), MVTec Software GmbH.",
         homepage="https://www.mvtec.com/company/research/datasets/mvtec-ad/",
     ),
@@ -99,8 +106,10 @@ DATASETS: dict[str, DatasetSource] = {
                 "tar",
             ),
         ),
-        foreground=(Archive(_drive_folder("1IdLOXyMpi8dzhyeUV6cLOeW5LK4rIOfC"), "visa_fg.zip"),),
+        # The file id of the authors' download_data.py (folder 1IdLOXyMpi8dzhyeUV6cLOeW5LK4rIOfC).
+        foreground=(Archive("gdrive:1c4oLDSiuhmejGspI17TtgaggLSlNL-Pi", "VisA_FG.zip"),),
         foreground_dir="{cls}/Data/Images/foreground_mask",
+        foreground_layout="class_folders",
         license="CC BY 4.0, Amazon (registry.opendata.aws/visa).",
         homepage="https://github.com/amazon-science/spot-diff",
     ),

@@ -30,6 +30,10 @@ KNOWN_CLASSES: dict[str, list[str]] = {
     "brats2021": ["brats2021"],
     "headct": ["headct"],
     "folder": [],
+    # The data set `patchguard demo` generates (patchguard.demo.dataset), in MVTec AD's layout:
+    # named for what it is, so that its classes are known ones (in this order: the builder seeds
+    # each class by its position).
+    "demo": ["brick", "grass", "gravel", "washer"],
 }
 KNOWN_CLASSES["visa-patchguard"] = KNOWN_CLASSES["visa"]
 

@@ -136,6 +136,7 @@ folder_records = _spec_layout(FOLDER_SPEC, "Records of a user's own folders (mod
 SPECS: dict[str, _Spec] = {
     "mvtec": MVTEC_SPEC, "mpdd": MVTEC_SPEC, "dtd": MVTEC_SPEC, "wfdd": MVTEC_SPEC,
     "headct": MVTEC_SPEC, "btad": BTAD_SPEC, "brats2021": BRATS_SPEC, "folder": FOLDER_SPEC,
+    "demo": MVTEC_SPEC,
 }
 
 

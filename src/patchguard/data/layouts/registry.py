@@ -26,6 +26,7 @@ LAYOUTS: Registry[Layout] = Registry("dataset layout", {
     "brats2021": brats_records,
     "headct": mvtec_like_records,
     "folder": folder_records,
+    "demo": mvtec_like_records,
 })
 
 

@@ -1,5 +1,6 @@
-"""The parameter tables of the pseudo-anomaly generator (METHOD.md section 5): severity levels,
-their parameter ranges and augmentation pools, and the per-class lower bounds of the patch size.
+"""The parameter tables of the pseudo-anomaly generator (docs/method.md, section 5): severity
+levels, their parameter ranges and augmentation pools, and the per-class lower bounds of the patch
+size.
 """
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 # Lower bound of the pasted patch side, in pixels at 224 px: "*" is the data set's default, the
-# other keys are the classes that differ from it (METHOD.md section 5).
+# other keys are the classes that differ from it (docs/method.md, section 5).
 LOWER_BOUNDS_224: dict[str, dict[str, int]] = {
     "mvtec": {"*": 14, "screw": 9},
     "visa": {"*": 14, "capsules": 6, "fryum": 6, "cashew": 10},

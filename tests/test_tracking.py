@@ -8,9 +8,9 @@ import logging
 
 import pytest
 
+from patchguard import tracking
 from patchguard.cli import main
-from patchguard.evaluation import tracking
-from patchguard.evaluation.tracking import Tracker, Trackers
+from patchguard.tracking import Tracker, Trackers
 
 from helpers.data import make_mvtec_class
 from helpers.models import TINY_BACKBONE

@@ -55,7 +55,7 @@ class DetectorOutput:
         return self._maps
 
 
-class Detector(Protocol):
+class DifferentiableDetector(Protocol):
     """A differentiable detector: images in [0, 1] -> (scores, maps) or a DetectorOutput."""
 
     def __call__(self, images: torch.Tensor) -> DetectorOutput | tuple[torch.Tensor, ...]:

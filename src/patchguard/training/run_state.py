@@ -1,5 +1,7 @@
-"""Training checkpoints: everything needed to resume a run exactly (model, optimiser, scheduler,
-RNG states, epoch, config), the resumed run's config, and the log kept in step with it.
+"""A training run's state in its checkpoints: everything needed to resume a run exactly (model,
+optimiser, scheduler, RNG states, epoch, config), when last.pt is written, the resumed run's
+config, and the log kept in step with it. (Reading and writing the files themselves, for any
+checkpoint, is :mod:`patchguard.utils.checkpoint`.)
 """
 
 from __future__ import annotations
