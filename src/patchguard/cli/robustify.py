@@ -4,6 +4,7 @@ labels (writes a .safetensors backbone for ``train --backbone-weights`` and a JS
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 
 from .args import EPSILON_ARG, POSITIVE, common_flags, data_flags, flag
@@ -63,10 +64,16 @@ def cmd_robustify(args: argparse.Namespace) -> int:
     if not args.dataset_dir and not args.images:
         raise ValueError("robustify needs images: --dataset-dir and --class-name (the class's "
                          "training images) and/or --images FOLDER ...")
-    result = robustify(args.output, settings, dataset=args.dataset or "mvtec",
-                       dataset_dir=args.dataset_dir or "", class_name=args.class_name or "",
-                       extra_images=args.images, overwrite=args.overwrite,
-                       progress=not args.quiet, device=resolve_device(args.device or "auto"))
+    try:
+        result = robustify(args.output, settings, dataset=args.dataset or "mvtec",
+                           dataset_dir=args.dataset_dir or "", class_name=args.class_name or "",
+                           extra_images=args.images, overwrite=args.overwrite,
+                           progress=not args.quiet,
+                           device=resolve_device(args.device or "auto"))
+    except KeyboardInterrupt as interrupt:
+        if str(interrupt):  # which file holds the steps done (the error report says only
+            print(f"patchguard: {interrupt}", file=sys.stderr)  # "interrupted.")
+        raise
     stability = result.card["feature_stability"]
     for eps in stability["before"]:
         print(f"feature shift at {eps}/255: {stability['before'][eps]:.3f} before, "
