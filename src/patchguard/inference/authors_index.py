@@ -116,7 +116,7 @@ KNOWN_FILES: dict[tuple[str, str], WeightsFile] = {
 
 #: The data sets of the paper with no published checkpoints (the authors' README: "-").
 UNPUBLISHED = tuple(name for name in KNOWN_CLASSES
-                    if name not in DATASETS and name not in ("folder", "visa-patchguard"))
+                    if name not in DATASETS and name not in ("folder", "visa-patchguard", "demo"))
 
 
 def check_dataset(dataset: Any) -> str:
