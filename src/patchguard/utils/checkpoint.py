@@ -130,9 +130,13 @@ def check_weights(path: str | Path, weights: dict[str, torch.Tensor],
     wrong shape): a damaged file, named with the first weights that are wrong."""
     missing = sorted(set(expected) - set(weights))
     extra = sorted(set(weights) - set(expected))
+    def fits(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
+        # A 0-sized dimension is a placeholder the checkpoint fills (a kNN memory bank).
+        return len(got) == len(want) and all(w in (0, g) for g, w in zip(got, want))
+
     shapes = [(name, tuple(weights[name].shape), tuple(expected[name].shape))
               for name in expected if name in weights
-              and tuple(weights[name].shape) != tuple(expected[name].shape)]
+              and not fits(tuple(weights[name].shape), tuple(expected[name].shape))]
     problems = []
     if missing:
         problems.append(f"{len(missing)} weight(s) missing ({', '.join(missing[:3])}"
