@@ -444,8 +444,9 @@ def robustify(
     from safetensors.torch import save as save_tensors
 
     blob = save_tensors(tensors, metadata={"patchguard_card": json.dumps(card)})
-    atomic_write_bytes(output, lambda handle: handle.write(blob))
-    atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
+    # A cache, not an output a user names: kept out of the folder's manifest.
+    atomic_write_bytes(output, lambda handle: handle.write(blob), own=False)
+    atomic_write_text(card_path, json.dumps(card, indent=2) + "\n", own=False)
     if interrupted:
         raise KeyboardInterrupt(f"robustify interrupted after {done} of {total} steps; "
                                 f"{output} holds them (its card says complete: false)")
