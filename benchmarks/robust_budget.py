@@ -44,6 +44,8 @@ from patchguard.evaluation.sanity import sanity_check
 from patchguard.models.factory import load_model
 from patchguard.training import run_state, trainer
 
+ROBUSTIFY_4 = {"robustify_epsilon": 4.0, "robustify_steps": 3, "robustify_epochs": 8,
+               "robustify_images": ["skimage"]}
 # name -> (preset, overrides); image size 112 for all (the demo data's size here).
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     # docs/method.md at 112 px (PGD-10 mask objective, lr 8e-4 everywhere, feature layer 12)
@@ -71,6 +73,19 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "score-rank": ("fast", {"image_size": 112, "train_objective": "score",
                             "backbone_lr": 1e-4, "frozen_blocks": 2, "eps_ramp": 0.3,
                             "rank_weight": 10.0}),
+    # issue 21: what the scores are computed from. "knn" is a patch memory bank (head knn, no
+    # training) on the pretrained backbone; "-rb4" / "-rb8" first fine-tune the backbone's
+    # layer-6 features without labels (robustify, FARE-style, PGD-3 at 4 or 8/255, 8 epochs over
+    # the class's training images and scikit-image's photographs); "dsc-rb4" is PatchGuard's
+    # discriminator on that backbone, frozen, with the robust preset's score-objective training
+    # attack (the --epochs of the run); --no-adv-train twins drop both robust parts.
+    "knn": ("robust", {"head": "knn", "adv_train": False}),
+    "knn-rb4": ("robust", {"head": "knn", **ROBUSTIFY_4}),
+    "knn-rb8": ("robust", {"head": "knn", **ROBUSTIFY_4, "robustify_epsilon": 8.0}),
+    "dsc-rb4": ("robust", {**ROBUSTIFY_4, "backbone_lr": 0.0}),
+    # the preset that packages knn-rb4, and its twin (= knn: the bank on the original backbone)
+    "robust-features": ("robust-features", {}),
+    "robust-features-noadv": ("robust-features", {"adv_train": False}),
 }
 STRONG_STEPS = 50
 
@@ -174,7 +189,24 @@ def train_recipe(name: str, args: argparse.Namespace, run_dir: Path) -> tuple[li
         trainer.train(config, progress=False, overwrite=True)
     finally:
         trainer.CheckpointPolicy = original
+    if config.head == "knn":  # one pass, no epochs: the bank is the model
+        (run_dir / "last.pt").replace(run_dir / "epoch_0001.pt")
+        (run_dir / "last.pt").symlink_to("epoch_0001.pt")
+        return [1], config.image_size
     return wanted, config.image_size
+
+
+def robustify_minutes(checkpoint: Path) -> float:
+    """CPU minutes of the robust backbone fine-tuning a run started from (its card), or 0."""
+    from patchguard.training.robustify import card_path_for
+    from patchguard.utils.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    weights = state["config"].get("backbone_weights")
+    card = card_path_for(weights) if weights else None
+    if card is None or not card.is_file():
+        return 0.0
+    return round(json.loads(card.read_text())["cpu_seconds"] / 60, 2)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -292,12 +324,15 @@ def main() -> None:
                 secs = sum(r["seconds"] for r in log if r["epoch"] <= epoch)
                 probes = {k: v for r in log if r["epoch"] <= epoch
                           for k, v in r.items() if k.startswith("probe") or k.startswith("cata")}
+                robust_min = robustify_minutes(run_dir / f"epoch_{epoch:04d}.pt")
                 row = {"recipe": label, "class": args.class_name, "epoch": epoch,
-                       "epochs": args.epochs, "train_cpu_min": round(cpu / 60, 2),
+                       "epochs": args.epochs, "train_cpu_min": round(cpu / 60 + robust_min, 2),
+                       "robustify_cpu_min": robust_min,
                        "train_wall_min": round(secs / 60, 2), "run_wall_min": round(wall / 60, 2),
                        "threads": args.threads, "set": {**RECIPES[name][1],
                                                         **json.loads(args.set)},
-                       "loss": round(log[epoch - 1]["loss"], 4), **probes,
+                       "loss": (round(log[epoch - 1]["loss"], 4) if "loss" in log[epoch - 1]
+                                else None), **probes,
                        **evaluate_checkpoint(run_dir / f"epoch_{epoch:04d}.pt", data, attack,
                                              args.epsilons)}
                 print(json.dumps(row), flush=True)

@@ -17,6 +17,7 @@ _EXPORTS = {
     "build_config": "patchguard.config",
     "train": "patchguard.api",
     "evaluate_checkpoint": "patchguard.api",
+    "robustify": "patchguard.api",
     "evaluate": "patchguard.evaluation.evaluator",
     "evaluate_detector": "patchguard.robustness",
     "load_model": "patchguard.models.factory",

@@ -1,4 +1,4 @@
-"""High-level Python API: train a class, evaluate a checkpoint."""
+"""High-level Python API: train a class, evaluate a checkpoint, fine-tune a robust backbone."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from .adversarial.settings import AttackSettings
 from .config import TrainConfig, build_config
 from .evaluation.evaluator import evaluate, load_for_evaluation
 from .evaluation.reports import format_table, write_results
+from .training.robustify import RobustifyResult, RobustifySettings, robustify
 from .training.trainer import train as _train
 from .utils.device import resolve_device
+
+__all__ = ["RobustifyResult", "RobustifySettings", "evaluate_checkpoint", "robustify", "train"]
 
 
 def train(

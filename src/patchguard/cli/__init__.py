@@ -3,8 +3,8 @@
 ``args`` holds the shared flag helpers; ``train``, ``evaluate`` (test, visualize), ``benchmark``,
 ``report`` (HTML pages), ``tools`` (predict, calibrate, import-checkpoint, export, info),
 ``data``, ``weights`` (the authors' checkpoints), ``audit`` (a published figure beside
-``standard``), ``serve`` (HTTP) and ``demo`` each register
-their verbs and map them to functions in ``COMMANDS``. Heavy modules are imported
+``standard``), ``serve`` (HTTP), ``demo`` and ``robustify`` (robust backbone fine-tuning) each
+register their verbs and map them to functions in ``COMMANDS``. Heavy modules are imported
 inside the commands.
 """
 
@@ -17,11 +17,24 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..version import __version__
-from . import audit, benchmark, data, demo, evaluate, report, serve, tools, train, weights
+from . import (
+    audit,
+    benchmark,
+    data,
+    demo,
+    evaluate,
+    report,
+    robustify,
+    serve,
+    tools,
+    train,
+    weights,
+)
 
 logger = logging.getLogger("patchguard")
 
-_VERB_MODULES = (train, evaluate, benchmark, audit, report, demo, tools, data, weights, serve)
+_VERB_MODULES = (train, robustify, evaluate, benchmark, audit, report, demo, tools, data,
+                 weights, serve)
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     verb: command for module in _VERB_MODULES for verb, command in module.COMMANDS.items()
 }

@@ -7,14 +7,21 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig
+from ..config import HEADS, TrainConfig
 from ..utils.checkpoint import load_checkpoint
+from .knn import PatchKNN
 from .patchguard import PatchGuard
+
+
+def model_class(config: TrainConfig) -> type[PatchGuard] | type[PatchKNN]:
+    """The network a config describes: its ``head``'s entry in :data:`patchguard.config.HEADS`
+    (PatchGuard for the discriminator, PatchKNN for knn)."""
+    return HEADS[config.head]
 
 
 def build_model(config: TrainConfig, load_weights: bool = True) -> tuple[PatchGuard, str]:
     """Create the model and (if configured) load pretrained backbone weights; return the source."""
-    model = PatchGuard.from_config(config)
+    model = model_class(config).from_config(config)
     source = "random initialisation (--no-pretrained)"
     if config.pretrained and load_weights:
         from .weights import load_backbone_weights
@@ -53,7 +60,7 @@ def load_model(
     """
     state = load_checkpoint(checkpoint)
     config = TrainConfig.from_dict(state["config"], source=str(checkpoint))
-    model = PatchGuard.from_config(config)
+    model = model_class(config).from_config(config)
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return model, state

@@ -19,7 +19,7 @@ import torch
 
 from ..config import TrainConfig
 from ..data.layouts import default_class_name, get_layout, load_records
-from ..models.patchguard import PatchGuard
+from ..models.factory import model_class
 from ..utils.checks import InputError, epsilon_units_note
 from ..utils.device import resolve_device
 from ..utils.files import remove_stale_temp_files
@@ -96,7 +96,7 @@ def clear_run(folder: str | Path) -> list[Path]:
 def check_architecture(config: TrainConfig) -> None:
     """Build the network on the meta device: its own checks run, no weight is allocated."""
     with torch.device("meta"):
-        model = PatchGuard.from_config(config)
+        model = model_class(config).from_config(config)
     patches = model.grid_size ** 2
     if config.top_k > patches:
         logger.warning("top_k = %d is more than the %d patches of a %d px image: the image "

@@ -128,6 +128,14 @@ def train(
         raise ValueError("train() needs a config or a checkpoint to resume")
     # Every input is checked before anything is written, truncated or deleted.
     config = prepare_run(config, state, resume, overwrite)
+    if state is None:  # a recipe's robust backbone fine-tuning step, cached (robustify.py)
+        from .robustify import robust_backbone_for
+
+        config = robust_backbone_for(config, progress)
+    if config.head == "knn":  # a memory bank, built in one pass: no optimiser, no epochs
+        from .memory_bank import build_memory_bank
+
+        return build_memory_bank(config, progress)
     ctx = init_distributed(config.device)
     try:
         with cuda_speed_settings(resolve_device(config.device), config.tf32):

