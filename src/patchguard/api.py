@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from .evaluation.evaluator import evaluate, load_for_evaluation
 from .evaluation.reports import format_table, write_results
 from .training.robustify import RobustifyResult, RobustifySettings, robustify
 from .training.trainer import train as _train
+from .utils import checks
 from .utils.device import resolve_device
 
 __all__ = ["RobustifyResult", "RobustifySettings", "evaluate_checkpoint", "robustify", "train"]
@@ -114,6 +116,10 @@ def evaluate_checkpoint(
         ```
     """
     settings = AttackSettings.build(settings, **options)
+    for eps in settings.epsilons:  # as the command line warns about --epsilon-test 0.5
+        note = checks.epsilon_units_note("epsilons", eps)
+        if note:
+            warnings.warn(note, UserWarning, stacklevel=2)
     target = load_for_evaluation(checkpoint, dataset, dataset_dir, class_name,
                                  resolve_device(device))
     rows = evaluate(target.model, target.test_set, settings, device=target.device,

@@ -124,6 +124,9 @@ def _text_list(name: str, value: Any) -> list[str]:
 
 
 BOOLEAN = Domain(checks.boolean, "true / false")
+# A class name becomes a folder name under the data set and a run folder: one component only.
+FOLDER_NAME = Domain(lambda name, value: checks.path_component(name, value, allow_empty=True),
+                     "a single folder name")
 LAYERS = Domain(lambda name, value: checks.integer_list(name, value, 1),
                 "list of distinct block numbers >= 1")
 
@@ -149,7 +152,7 @@ class DataOptions:
     dataset: str = option("mvtec", text(allow_empty=False),
                           "data set layout (default: mvtec)")
     dataset_dir: str = option("", text(), "root folder holding one folder per class")
-    class_name: str = option("", text(), "class folder name")
+    class_name: str = option("", FOLDER_NAME, "class folder name (a single folder name)")
     pseudo_size_scale: float = option(1.0, numbers(0.0, 1.0, min_open=True),
                                       "scale of the pseudo anomalies' size", flag=None)
     auto_foreground: bool = option(
@@ -552,12 +555,32 @@ def preset_values(name: str) -> dict[str, Any]:
     return dict(PRESETS[name])
 
 
+# A config is a page of settings; anything larger is not one (and is never parsed whole).
+_MAX_YAML_BYTES = 1_000_000
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors' aliases: a few hundred bytes of nested aliases expand
+    into gigabytes (the "billion laughs"), and a config never needs them."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 - PyYAML's signature
+        """Refuse an alias before it is expanded."""
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"line {mark.line + 1}: YAML aliases (*name) are not accepted "
+                                 "in a config; write the value out")
+        return super().compose_node(parent, index)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file (flat, or nested by section) into a flat dict with underscores
-    in the keys."""
+    in the keys; aliases are refused (:class:`_NoAliasLoader`)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if path.is_file() and path.stat().st_size > _MAX_YAML_BYTES:
+            raise ValueError(f"config file {path} is {path.stat().st_size} bytes, more than a "
+                             f"config's {_MAX_YAML_BYTES}; is it the right file?")
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader) or {}
     except UnicodeDecodeError:
         raise ValueError(f"cannot read config file {path}: not UTF-8 text (is it a YAML "
                          "file?)") from None

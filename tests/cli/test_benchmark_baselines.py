@@ -121,13 +121,15 @@ def test_markdown_csv_plot_and_page_hold_every_method(sweep):
 def test_rerun_trains_and_evaluates_no_baseline_and_resumes_a_missing_one(sweep, capsys):
     root, command = sweep
     folder = root / "ckpts" / "widget" / "baselines"
-    kept = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    # (hidden files: the manifest of what patchguard wrote there)
+    kept = {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if not p.name.startswith(".")}
     assert set(kept) == {"patchcore.pt", "patchcore_rows.json", "padim.pt", "padim_rows.json"}
     before = [r for r in _rows(root) if r["method"] != "PatchGuard"]
     capsys.readouterr()
     assert main(command) == 0
     assert "PatchCore rows read back" in capsys.readouterr().out
-    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == kept
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()
+            if not p.name.startswith(".")} == kept
     # read back, not recomputed: even the timing fields are the stored ones
     assert [r for r in _rows(root) if r["method"] != "PatchGuard"] == before
     # an interrupted sweep: PaDiM never ran; the rerun trains it alone

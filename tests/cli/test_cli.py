@@ -132,7 +132,8 @@ def test_errors_are_clear_messages_not_tracebacks(tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     assert main(["test", "--checkpoint", str(bad), "--quiet"]) == 2
-    assert "cannot load checkpoint" in capsys.readouterr().err
+    assert "bad.pt is not a patchguard checkpoint: cannot be loaded safely" in \
+        capsys.readouterr().err
 
 
 def test_test_without_pixel_masks_reports_null(tmp_path, trained):

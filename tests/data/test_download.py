@@ -279,11 +279,20 @@ def test_download_dataset_end_to_end(server, tmp_path, monkeypatch):
 
 
 def test_download_dataset_layout_check_and_manual(tmp_path, monkeypatch):
+    # An archive of some complete classes (one per class, as mirrors ship MVTec AD) prepares
+    # those classes; the data set is not marked complete (issue 24).
     archive = tmp_path / "partial.zip"
     archive.write_bytes(_mvtec_like_zip(("bottle",)))
-    with pytest.raises(dl.LayoutError, match="cable/train/good"):
-        dl.download_dataset("mvtec", tmp_path / "d", progress=False, archive=archive)
+    root = dl.download_dataset("mvtec", tmp_path / "d", progress=False, archive=archive)
+    assert (root / "bottle/train/good/000.png").is_file()
     assert not (tmp_path / "d/mvtec" / dl.MARKER_NAME).exists()
+    # A class whose own layout is incomplete is still refused, and nothing of it moved in.
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(_zip_bytes({"cable/train/good/000.png": b"png",
+                                   "cable/ground_truth/x/000_mask.png": b"png"}))
+    with pytest.raises(dl.LayoutError, match="cable/test/good"):
+        dl.download_dataset("mvtec", tmp_path / "d", progress=False, archive=broken)
+    assert not (root / "cable").exists()
     with pytest.raises(dl.ManualDownloadError, match="kaggle"):
         dl.download_dataset("headct", tmp_path / "d", progress=False)
     with pytest.raises(dl.ManualDownloadError, match="--archive"):

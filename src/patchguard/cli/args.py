@@ -9,10 +9,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..utils.checks import DEVICE_ARG, EPSILON_ARG, FINITE_ARG, FPR_ARG, WORKERS_ARG, at_least
+from ..utils.checks import (
+    DEVICE_ARG,
+    EPSILON_ARG,
+    FINITE_ARG,
+    FPR_ARG,
+    NAME_ARG,
+    WORKERS_ARG,
+    at_least,
+)
 
-__all__ = ["DEVICE_ARG", "EPSILON_ARG", "FINITE_ARG", "FPR_ARG", "POSITIVE", "NON_NEGATIVE",
-           "at_least", "attack_flags", "common_flags", "data_flags", "flag", "logger_flags"]
+__all__ = ["DEVICE_ARG", "EPSILON_ARG", "FINITE_ARG", "FPR_ARG", "NAME_ARG", "POSITIVE",
+           "NON_NEGATIVE", "at_least", "attack_flags", "common_flags", "data_flags", "flag",
+           "logger_flags"]
 
 POSITIVE = at_least(1)  # batch sizes, steps, restarts, image counts
 NON_NEGATIVE = WORKERS_ARG  # loader workers: 0..256
@@ -32,7 +41,8 @@ def data_flags(parser: argparse.ArgumentParser, required: bool) -> None:
          "checkpoint's)")
     flag(parser, "--dataset-dir", default=None, required=required,
          help="root folder holding one folder per class")
-    flag(parser, "--class-name", default=None, required=required, help="class folder name")
+    flag(parser, "--class-name", type=NAME_ARG, default=None, required=required,
+         help="class folder name (a single folder name)")
 
 
 def common_flags(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .args import EPSILON_ARG, NON_NEGATIVE, POSITIVE, attack_flags, common_flags, flag
+from .args import (
+    EPSILON_ARG,
+    NAME_ARG,
+    NON_NEGATIVE,
+    POSITIVE,
+    attack_flags,
+    common_flags,
+    flag,
+)
 from .attack_settings import attack_settings, early_stop_flag
 
 OFFLINE_BACKBONE = "resnet18"  # random-init default of PatchCore and PaDiM: downloads nothing
@@ -30,7 +38,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     bench = verbs.add_parser("benchmark", help="evaluate several classes: paper-style table")
     flag(bench, "--dataset", default=None)
     flag(bench, "--dataset-dir", default=None)
-    flag(bench, "--classes", nargs="+", required=True,
+    flag(bench, "--classes", nargs="+", required=True, type=NAME_ARG,
          help="class names, or 'all' for every CHECKPOINT_DIR/<class>/last.pt")
     flag(bench, "--checkpoint-dir", required=True,
          help="holds <class>/last.pt (or <class>.pt) per class")
@@ -43,7 +51,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
     attack_flags(bench, default=("pgd", "standard"))
     early_stop_flag(bench)
     flag(bench, "--batch-size", type=POSITIVE, default=16)
-    flag(bench, "--output-dir", default=None, help="default: CHECKPOINT_DIR")
+    flag(bench, "--output-dir", default=None,
+         help="where benchmark.md/.json/.csv/.html and benchmark_vs_epsilon.png go (default: "
+              "CHECKPOINT_DIR)")
+    flag(bench, "--overwrite", action="store_true", default=False,
+         help="replace those files in --output-dir even when patchguard did not write them")
     flag(bench, "--train", action="store_true", default=False,
          help="train every class first (skipping finished ones, resuming partial ones)")
     flag(bench, "--preset", default=None, choices=sorted(PRESETS), help="with --train")
@@ -170,6 +182,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     out = Path(args.output_dir or root)
     if out.exists() and not out.is_dir():  # before hours of evaluation, not after
         raise NotADirectoryError(f"--output-dir {out} is a file; give a folder")
+    if args.output_dir:  # CHECKPOINT_DIR's benchmark.* are an earlier benchmark's
+        from ..utils.files import refuse_foreign
+
+        refuse_foreign([out / name for name in ("benchmark.md", "benchmark.json",
+                                                "benchmark.csv", "benchmark.html",
+                                                "benchmark_vs_epsilon.png")],
+                       "--output-dir", args.overwrite)
     if args.jobs is None:
         import torch
 

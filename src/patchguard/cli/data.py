@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..utils.checks import DEVICE_ARG
+from ..utils.checks import DEVICE_ARG, NAME_ARG
 from .args import flag
 
 DEFAULT_DATASET = "mvtec"
@@ -29,7 +29,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(info, "--dataset", default=DEFAULT_DATASET, choices=sorted(LAYOUTS),
           help=f"layout (default {DEFAULT_DATASET})")
     flag(info, "--dataset-dir", required=True, help="root folder holding one folder per class")
-    flag(info, "--class-name", default=None, help="one class (default: every class found)")
+    flag(info, "--class-name", type=NAME_ARG, default=None,
+         help="one class (default: every class found)")
     flag(info, "--quick", action="store_true", default=False,
           help="read file headers only instead of decoding every image")
 
@@ -50,7 +51,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     foreground = subs.add_parser("foreground", help="generate missing foreground masks")
     flag(foreground, "--dataset", default=DEFAULT_DATASET, choices=sorted(LAYOUTS))
     flag(foreground, "--dataset-dir", required=True)
-    flag(foreground, "--class-name", default=None, help="class folder name (default: all)")
+    flag(foreground, "--class-name", type=NAME_ARG, default=None,
+         help="class folder name (default: all)")
     flag(foreground, "--method", default="auto", choices=["auto", "dino", "threshold", "full"])
     flag(foreground, "--device", type=DEVICE_ARG, default="auto",
           help="auto (default), cpu, cuda, cuda:1, ...")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +37,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
     early_stop_flag(test)
     flag(test, "--batch-size", type=POSITIVE, default=16)
     flag(test, "--workers", type=NON_NEGATIVE, default=0)
-    flag(test, "--json", default=None, help="results file (default: beside the checkpoint)")
+    flag(test, "--json", default=None,
+         help="results file NAME.json (default: results.json beside the checkpoint); also "
+              "writes NAME.csv, NAME.md, NAME.html, NAME_vs_epsilon.png and NAME_gallery/")
+    flag(test, "--overwrite", action="store_true", default=False,
+         help="replace those files even when patchguard did not write them")
     flag(test, "--no-record", action="store_true", default=None,
          help="do not record the results for the model card (CHECKPOINT_STEM.results.json)")
     flag(test, "--sanity", action="store_true", default=None,
@@ -58,6 +63,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(vis, "--steps", type=POSITIVE, default=10)
     attack_flags(vis, several=False)
     flag(vis, "--output-dir", default=None, help="default: <checkpoint dir>/visualization")
+    flag(vis, "--overwrite", action="store_true", default=False,
+         help="replace NNNN_*.png panels and contact_sheet.png in --output-dir that patchguard "
+              "did not write")
     flag(vis, "--max-images", type=POSITIVE, default=None,
          help="limit the number of test images")
     flag(vis, "--batch-size", type=POSITIVE, default=16)
@@ -99,15 +107,19 @@ def _report_paths(json_path: Path) -> list[Path]:
             json_path.with_suffix(".html")]
 
 
-def check_report_paths(json_path: Path, checkpoint: Path) -> None:
-    """Refuse a --json (or a report beside it) that would replace a checkpoint or a folder."""
+def check_report_paths(json_path: Path, checkpoint: Path, overwrite: bool = False,
+                       run_folder: bool = False) -> None:
+    """Refuse a --json (or a report beside it) that would replace a checkpoint, a folder, or
+    a file patchguard did not write (unless ``overwrite``). ``run_folder``: the default
+    results.* beside the checkpoint, a training run's own report files (RUN_FILES)."""
     from ..inference.card import results_path
     from ..utils.files import check_output_file
 
     inputs = [("checkpoint", checkpoint), ("model card's results file", results_path(checkpoint))]
     for path in _report_paths(json_path):
-        check_output_file(path, "--json", inputs, replaceable=lambda p: p.suffix in (
-            ".json", ".csv", ".md", ".png", ".html"), fix="choose another --json file")
+        check_output_file(path, "--json", inputs, overwrite=overwrite,
+                          replaceable=(lambda p: True) if run_folder else None,
+                          fix="choose another --json file, or add --overwrite")
     from ..utils.checks import InputError
     from .report import gallery_dir
 
@@ -124,10 +136,12 @@ def cmd_test(args: argparse.Namespace) -> int:
     from ..inference.card import write_results_sidecar
     from ..tracking import check_loggers
     from ..utils.device import resolve_device
+    from ..utils.files import refuse_inside
 
     checkpoint = Path(args.checkpoint)
     json_path = Path(args.json or checkpoint.with_name("results.json"))
-    check_report_paths(json_path, checkpoint)  # before any work, as every other input
+    # Before any work, as every other input.
+    check_report_paths(json_path, checkpoint, args.overwrite, run_folder=args.json is None)
     warn_epsilon_units("--epsilon-test", args.epsilon_test)
     settings = attack_settings(args, sorted({0.0, *args.epsilon_test}), args.workers)
     loggers = check_loggers(args.logger or ())
@@ -138,6 +152,8 @@ def cmd_test(args: argparse.Namespace) -> int:
         prepare_test_download(args)
     target = load_for_evaluation(checkpoint, args.dataset, args.dataset_dir, args.class_name,
                                  device)
+    # Reports written into the data set (a PNG in test/good) would be read back as test images.
+    refuse_inside(json_path.parent, "--json", [("data set folder", target.dataset_dir)])
     if not any(record.label for record in target.test_set.records):
         logging.getLogger("patchguard").warning(
             "the test set of %s has no anomalous test images: AUROC, AP and F1 are undefined "
@@ -195,21 +211,28 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     from ..evaluation.evaluator import load_for_evaluation, predict_dataset
     from ..evaluation.visualization import save_panels
     from ..utils.device import resolve_device
-    from ..utils.files import remove_own_outputs
+    from ..utils.files import record_outputs, refuse_foreign, refuse_inside, remove_own_outputs
 
     warn_epsilon_units("--epsilon", [args.epsilon])
     out_dir = Path(args.output_dir or Path(args.checkpoint).parent / "visualization")
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"--output-dir {out_dir} is a file; give a folder")
+    panels = re.compile(r"\d{4}_.+\.png|contact_sheet\.png")
     device = resolve_device(args.device or "auto")
     target = load_for_evaluation(args.checkpoint, args.dataset, args.dataset_dir,
                                  args.class_name, device)
+    refuse_inside(out_dir, "--output-dir", [("data set folder", target.dataset_dir)])
     model, device, test_set = target.model, target.device, target.test_set
     if args.max_images is not None and args.max_images < len(test_set):
         # An even spread keeps every defect type in view.
         step = len(test_set) / args.max_images
         indices = [int(i * step) for i in range(args.max_images)]
         test_set.records = [test_set.records[i] for i in indices]
+    # The panels' names (save_panels), checked before any work: a user's photo named like one
+    # is never replaced without --overwrite.
+    names = [f"{i:04d}_{Path(r.path).parent.name}_{Path(r.path).stem}.png"
+             for i, r in enumerate(test_set.records)] + ["contact_sheet.png"]
+    refuse_foreign([out_dir / n for n in names], "--output-dir", args.overwrite)
     progress = not args.quiet
     clean = predict_dataset(model, test_set, 0.0, batch_size=args.batch_size, device=device,
                             keep_images=True, progress=progress, desc="clean")
@@ -218,13 +241,14 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         adv = predict_dataset(model, test_set, args.epsilon, settings=attack_settings(args),
                               device=device, keep_images=True, progress=progress,
                               desc=f"{args.attack} eps {args.epsilon:g}/255")
-    # A rerun with fewer images must not leave the previous run's panels beside the new ones.
-    remove_own_outputs(out_dir, r"\d{4}_.+\.png|contact_sheet\.png")
     written = save_panels(
         clean.images, clean.maps, clean.masks, clean.paths, out_dir,
         adv.images if adv else None, adv.maps if adv else None,
         clean.scores, adv.scores if adv else None,
     )
+    record_outputs(written)
+    # A rerun with fewer images must not leave its previous panels beside the new ones.
+    remove_own_outputs(out_dir, panels.pattern, keep=written)
     print(f"wrote {len(written) - 1} panels and the contact sheet {written[-1]}")
     return 0
 

@@ -20,6 +20,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
                              "(benchmark), or one such JSON file")
     flag(report, "--output", default=None,
          help="HTML file to write (default: beside the JSON, same name with .html)")
+    flag(report, "--overwrite", action="store_true", default=False,
+         help="replace an existing --output that patchguard did not write")
 
 
 def gallery_dir(json_path: Path) -> Path:
@@ -155,9 +157,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     for json_path in found:
         rows = _read_rows(json_path)
         output = Path(args.output) if args.output else json_path.with_suffix(".html")
+        # Without --output the page beside the results is the run's own; a named --output is
+        # replaced only when patchguard wrote it (or with --overwrite).
         check_output_file(output, "--output", [("results file", json_path)],
-                          replaceable=lambda p: p.suffix.lower() in (".html", ".htm"),
-                          fix="choose another --output file")
+                          overwrite=args.overwrite,
+                          replaceable=(lambda p: True) if not args.output else None,
+                          fix="choose another --output file, or add --overwrite")
         if json_path.name == "benchmark.json" or len({r.get("class_name") for r in rows}) > 1:
             results: dict[str, list] = {}
             for row in rows:

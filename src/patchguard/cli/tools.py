@@ -11,14 +11,17 @@ import argparse
 import csv
 import io
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .args import DEVICE_ARG, FINITE_ARG, FPR_ARG, POSITIVE, flag
+from .args import DEVICE_ARG, FINITE_ARG, FPR_ARG, NAME_ARG, POSITIVE, flag
 
 CSV_FIELDS = ("path", "score", "decision", "threshold", "heatmap", "mask")
+# The names of predict's heatmaps and masks: NNNNN_<input stem>.png
+_OUTPUT_NAME = re.compile(r"\d{5}_.+\.png")
 
 
 def _image_size(value: str) -> int | None:
@@ -52,6 +55,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(predict, "--save-masks", action="store_true", default=False,
           help="also write binary defect masks (map >= pixel threshold)")
     flag(predict, "--quiet", action="store_true", default=None, help="no progress bar")
+    flag(predict, "--overwrite", action="store_true", default=False,
+         help="replace files in --output-dir that patchguard did not write (its own earlier "
+              "predictions are always replaced)")
 
     calibrate = verbs.add_parser(
         "calibrate", help="set image/pixel thresholds from normal (and anomalous) images")
@@ -88,7 +94,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(imp, "--dsc-heads", type=POSITIVE, default=4,
           help="the original's --dsc_heads (default 4)")
     flag(imp, "--dataset", default=None, help="default: from the file name, when known")
-    flag(imp, "--class-name", default=None, help="default: from the file name")
+    flag(imp, "--class-name", type=NAME_ARG, default=None, help="default: from the file name")
 
     export = verbs.add_parser("export", help="export a checkpoint to ONNX or OpenVINO")
     flag(export, "--checkpoint", required=True)
@@ -97,7 +103,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(export, "--output", default=None,
          help="default: the checkpoint's name with .onnx (openvino: .xml)")
     flag(export, "--overwrite", action="store_true", default=False,
-          help="replace an existing --output that is not an earlier export")
+          help="replace an existing --output that patchguard did not write")
     flag(export, "--opset", type=int, default=17,
           help="ONNX opset (default 17; the range the installed exporter supports; openvino "
                "converts from this ONNX graph)")
@@ -120,16 +126,32 @@ def _safe_stem(name: str) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict on files, folders or globs; write CSV, JSON, heatmaps (and masks)."""
-    import numpy as np
-    from PIL import Image
-
     from ..inference.detector import load
+    from ..inference.inputs import expand_inputs
     from ..utils.device import resolve_device
-    from ..utils.files import atomic_write_text, remove_own_outputs
+    from ..utils.files import (
+        atomic_write_text,
+        record_outputs,
+        refuse_foreign,
+        refuse_inside,
+        remove_own_outputs,
+    )
 
     out_dir = Path(args.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"--output-dir {out_dir} is a file; give a folder")
+    heat_dir, mask_dir = out_dir / "heatmaps", out_dir / "masks"
+    # Written into an input folder, the heatmaps would be predicted on by the next run.
+    refuse_inside(out_dir, "--output-dir", [("--input folder", Path(p)) for p in args.input
+                                            if Path(p).is_dir()])
+    # What this command writes, and nothing else; an existing file only when it wrote it.
+    # Heatmap i is named after input i (failed inputs keep their number), known up front.
+    inputs = [name for name, _ in expand_inputs(args.input)[0]]
+    names = [f"{i:05d}_{_safe_stem(name)}.png" for i, name in enumerate(inputs)]
+    targets = [out_dir / "predictions.csv", out_dir / "predictions.json"]
+    targets += [heat_dir / n for n in names]
+    targets += [mask_dir / n for n in names] if args.save_masks else []
+    refuse_foreign(targets, "--output-dir", args.overwrite)
     detector = load(args.checkpoint, resolve_device(args.device or "auto"))
     threshold = args.threshold if args.threshold is not None else detector.threshold
     pixel_threshold = (args.pixel_threshold if args.pixel_threshold is not None
@@ -140,40 +162,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if threshold is None:
         print("warning: the checkpoint has no image threshold (run 'patchguard calibrate' or "
               "pass --threshold): scores and heatmaps only, no decisions", file=sys.stderr)
-    heat_dir, mask_dir = out_dir / "heatmaps", out_dir / "masks"
-    # A rerun with fewer inputs must not leave the previous run's heatmaps and masks behind.
-    for folder in (heat_dir, mask_dir):
-        remove_own_outputs(folder, r"\d{5}_.+\.png")
     heat_dir.mkdir(parents=True, exist_ok=True)
     if args.save_masks:
         mask_dir.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
-    for part in detector.predict_batches(args.input, args.batch_size, threshold, pixel_threshold,
-                                         keep_images=True, progress=not args.quiet):
-        failed.extend(part.failed)
-        masks = part.masks() if args.save_masks else None
-        for i, path in enumerate(part.paths):
-            index = len(rows)
-            name = f"{index:05d}_{_safe_stem(path)}"
-            heat_file = heat_dir / f"{name}.png"
-            Image.fromarray(part.post.heatmap(part.images[i], part.maps[i])).save(heat_file)
-            mask_file = None
-            if masks is not None:
-                mask_file = mask_dir / f"{name}.png"
-                Image.fromarray(masks[i].astype(np.uint8) * 255).save(mask_file)
-            decision = ""
-            if part.decisions is not None:
-                decision = "anomalous" if part.decisions[i] else "normal"
-            rows.append({
-                "path": path,
-                "score": float(part.scores[i]),
-                "decision": decision,
-                "threshold": threshold,
-                "heatmap": str(heat_file.relative_to(out_dir)),
-                "mask": str(mask_file.relative_to(out_dir)) if mask_file else "",
-            })
+    written: list[Path] = []
+    cursor = [0]
+    try:
+        for part in detector.predict_batches(args.input, args.batch_size, threshold,
+                                             pixel_threshold, keep_images=True,
+                                             progress=not args.quiet):
+            failed.extend(part.failed)
+            rows.extend(_write_images(part, heat_dir, mask_dir if args.save_masks else None,
+                                      out_dir, threshold, (inputs, names), cursor,
+                                      written))
+    finally:
+        record_outputs(written)  # also after a failure: they are ours to replace next time
+    # An earlier run's heatmaps and masks that this run did not rewrite (never a user's file).
+    for folder in (heat_dir, mask_dir):
+        remove_own_outputs(folder, _OUTPUT_NAME.pattern, keep=written)
     csv_path = out_dir / "predictions.csv"
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
@@ -198,6 +207,47 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"predicted {len(rows)} image(s){flagged}; results in {csv_path} and "
           f"{out_dir / 'predictions.json'}, heatmaps in {heat_dir}")
     return _report_failures(failed)
+
+
+def _write_images(part: Any, heat_dir: Path, mask_dir: Path | None, out_dir: Path,
+                  threshold: float | None, plan: tuple[list[str], list[str]],
+                  cursor: list[int], written: list[Path]) -> list[dict[str, Any]]:
+    """Write one batch's heatmaps (and masks) under the planned names (input i gets name i,
+    ``cursor`` the next input); its CSV rows. ``written`` collects the files."""
+    import numpy as np
+    from PIL import Image
+
+    # The detector's post-processing draws the heatmaps and thresholds the masks (one colour
+    # scale and one rule for predict, serve and the API).
+    masks = part.masks() if mask_dir is not None else None
+    rows = []
+    for i, path in enumerate(part.paths):
+        # Inputs come back in their order, failed ones left out: the next one of this name.
+        inputs, names = plan
+        while inputs[cursor[0]] != path:
+            cursor[0] += 1
+        name = names[cursor[0]][:-4]
+        cursor[0] += 1
+        heat_file = heat_dir / f"{name}.png"
+        Image.fromarray(part.post.heatmap(part.images[i], part.maps[i])).save(heat_file)
+        written.append(heat_file)
+        mask_file = None
+        if mask_dir is not None:
+            mask_file = mask_dir / f"{name}.png"
+            Image.fromarray(masks[i].astype(np.uint8) * 255).save(mask_file)
+            written.append(mask_file)
+        decision = ""
+        if part.decisions is not None:
+            decision = "anomalous" if part.decisions[i] else "normal"
+        rows.append({
+            "path": path,
+            "score": float(part.scores[i]),
+            "decision": decision,
+            "threshold": threshold,
+            "heatmap": str(heat_file.relative_to(out_dir)),
+            "mask": str(mask_file.relative_to(out_dir)) if mask_file else "",
+        })
+    return rows
 
 
 def _report_failures(failed: list[tuple[str, str]]) -> int:
@@ -312,16 +362,6 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_openvino_ir(path: Path) -> bool:
-    """An OpenVINO IR's .xml (its root element is ``<net``)."""
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(512)
-    except OSError:
-        return False
-    return b"<net " in head
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint to ONNX or OpenVINO IR and verify it."""
     from ..inference.export import check_opset, export_onnx, export_openvino, openvino_weights
@@ -334,20 +374,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         if output.suffix != ".xml":
             raise InputError("--output", str(output), "is not an .xml file",
                              "OpenVINO IR is NAME.xml (its weights go to NAME.bin)")
-        # An earlier IR (.xml and its .bin) is replaced; a checkpoint never silently. A .bin
-        # may be PyTorch weights (pytorch_model.bin): replaced only beside an IR's .xml.
-        earlier = _is_openvino_ir(output)
+        # An IR this command wrote (.xml and its .bin, per the folder's manifest) is
+        # replaced; any other file only with --overwrite, a checkpoint never silently.
         check_output_file(output, "--output", [("checkpoint", checkpoint)],
-                          overwrite=args.overwrite, replaceable=lambda p: earlier)
+                          overwrite=args.overwrite)
         check_output_file(openvino_weights(output), "--output's weights file",
-                          [("checkpoint", checkpoint)], overwrite=args.overwrite or earlier)
+                          [("checkpoint", checkpoint)], overwrite=args.overwrite)
         check_opset(args.opset)
         export_openvino(checkpoint, output, opset=args.opset, verify=not args.no_verify)
         return 0
     output = Path(args.output or checkpoint.with_suffix(".onnx"))
-    # An earlier ONNX export is replaced; a checkpoint (the input above all) never silently.
+    # An export this command wrote is replaced (the folder's manifest says so); any other
+    # file only with --overwrite; a checkpoint (the input above all) never silently.
     check_output_file(output, "--output", [("checkpoint", checkpoint)],
-                      overwrite=args.overwrite, replaceable=lambda p: p.suffix == ".onnx")
+                      overwrite=args.overwrite)
     check_opset(args.opset)
     export_onnx(checkpoint, output, opset=args.opset, verify=not args.no_verify)
     return 0
@@ -370,10 +410,12 @@ def _matching_results(checkpoint: Path) -> list[dict[str, Any]]:
 def cmd_info(args: argparse.Namespace) -> int:
     """Print the model card of a checkpoint."""
     from ..inference.card import model_card, read_results, results_path
+    from ..models.factory import check_checkpoint
     from ..utils.checkpoint import load_checkpoint
 
     path = Path(args.checkpoint)
     state = load_checkpoint(path)
+    check_checkpoint(path, state)  # the weights fit the network its config describes
     rows, note = read_results(path, state)
     if not rows and not results_path(path).exists():
         # No record at all (tested with --no-record, or by an old version): a results.json

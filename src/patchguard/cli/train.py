@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from .args import common_flags, data_flags, flag, logger_flags
+
+logger = logging.getLogger(__name__)
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -50,7 +53,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         if resume.is_dir():  # a run folder: its last.pt
             resume = resume / "last.pt"
         if not resume.exists():
-            raise FileNotFoundError(f"--resume: {resume} does not exist")
+            from ..training.runs import describe_run, has_checkpoint
+
+            held = describe_run(resume.parent)
+            if held is None or has_checkpoint(resume.parent) or "dataset_dir" not in overrides:
+                raise FileNotFoundError(f"--resume: {resume} does not exist")
+            # A run that stopped before its first checkpoint (a full disk): nothing to
+            # continue, so the same command starts it afresh, as the error message advised.
+            logger.warning("--resume: %s holds no checkpoint (%s); starting the run afresh",
+                           resume.parent, held)
+            args.resume, resume = None, None
+    if resume is not None:
         # Resume continues the saved run: only the flags given now change it.
         overrides.setdefault("output_dir", str(resume.parent))
         config = resume_config(resume, overrides)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .args import POSITIVE, flag
+from .args import NAME_ARG, POSITIVE, flag
 
 
 def import_flags(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     # that says so (authors_index.check_dataset_class), not "invalid choice".
     flag(download, "--dataset", required=True, help="mvtec or visa (the authors publish no "
          "weights for the other data sets)")
-    flag(download, "--class-name", required=True)
+    flag(download, "--class-name", type=NAME_ARG, required=True)
     flag(download, "--output-dir", default=None,
          help="where CLASS/last.pt and the original .pth go (default: weights/DATASET)")
     location_flags(download)

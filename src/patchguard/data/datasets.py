@@ -130,7 +130,7 @@ class TestDataset(Dataset):
         record = self.records[index]
         image = resize_image(read_image(record.path), self.image_size)
         if record.mask_path is not None:
-            raw = read_mask(record.mask_path)
+            raw = read_mask(record.mask_path, ground_truth=True)
             if raw.shape[:2] != image_dimensions(record.path)[::-1]:
                 raise DatasetError(
                     f"mask {record.mask_path} is {raw.shape[1]}x{raw.shape[0]} but its image "

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..utils.files import atomic_write_text, remove_own_outputs
+from ..utils.files import atomic_write_text, record_outputs, remove_own_outputs
 from .reports import COLUMNS, NO_PIXEL_MASKS_NOTE, cell
 
 GALLERY_INDEX = "gallery.json"
@@ -145,14 +145,15 @@ def save_gallery(gallery: Gallery, folder: str | Path) -> Path:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} is a file; the gallery needs a folder")
-    remove_own_outputs(folder, r"\d{4}_[a-z_]+\.png")
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
+    written: list[Path] = []
     for i, item in enumerate(gallery.items):
         files = {}
         for key, tile in item.tiles.items():
             files[key] = f"{i:04d}_{key}.png"
             (folder / files[key]).write_bytes(_png(tile))
+            written.append(folder / files[key])
         entries.append({"name": item.name, "label": item.label,
                         "clean_score": item.clean_score, "attacked_score": item.attacked_score,
                         "tiles": files})
@@ -160,6 +161,9 @@ def save_gallery(gallery: Gallery, folder: str | Path) -> Path:
              "objective": gallery.objective, "class_name": gallery.class_name,
              "items": entries}
     atomic_write_text(folder / GALLERY_INDEX, json.dumps(index, indent=2) + "\n")
+    record_outputs(written)
+    # A rerun with fewer images leaves no stale tiles (only tiles patchguard wrote go).
+    remove_own_outputs(folder, r"\d{4}_[a-z_]+\.png", keep=written)
     return folder
 
 

@@ -60,7 +60,10 @@ def read_results(checkpoint: str | Path, state: dict[str, Any]) -> tuple[list[di
             return rows, f"from {path.name}"
         return [], (f"{path.name} holds results of another version of this file (epoch "
                     f"{payload.get('epoch')}); rerun 'patchguard test'")
-    return list(state.get("results") or []), "stored in the checkpoint"
+    rows = list(state.get("results") or [])
+    if not rows:
+        return [], "none recorded (run 'patchguard test' on this checkpoint)"
+    return rows, "stored in the checkpoint"
 
 
 def model_card(checkpoint: dict[str, Any]) -> str:

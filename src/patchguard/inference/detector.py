@@ -28,6 +28,7 @@ import torch
 from ..models.factory import load_model
 from ..models.patchguard import PatchGuard
 from ..models.postprocess import PostProcessor
+from ..utils import checks
 from ..utils.device import resolve_device
 from .card import model_card
 from .inputs import ImageInput, expand_inputs, load_input
@@ -129,8 +130,13 @@ class Detector:
         Each batch's ``failed`` holds the inputs that failed since the previous batch (the last
         yielded item carries the remainder; an all-failed run yields one empty Prediction).
         """
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        # The checks of the command line's --batch-size, --threshold and --pixel-threshold.
+        checks.integer("batch_size (--batch-size)", batch_size, 1)
+        if threshold is not None:
+            threshold = checks.number("threshold (--threshold)", threshold)
+        if pixel_threshold is not None:
+            pixel_threshold = checks.number("pixel_threshold (--pixel-threshold)",
+                                            pixel_threshold)
         post = self.post.overridden(threshold, pixel_threshold)
         image_threshold, map_threshold = post.image_threshold, post.pixel_threshold
         items, failed = expand_inputs(images_or_paths)

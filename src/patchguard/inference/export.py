@@ -95,9 +95,25 @@ def export_model(
     post: PostProcessor | None = None,
 ) -> ExportReport:
     """Export an in-memory model (see :func:`export_onnx`), with ``post`` in its metadata."""
-    onnx = _require_onnx()
+    from ..utils.files import staged_output
+
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    # Exported and verified under a temporary name: a failed export or check leaves no broken
+    # file behind, and the previous file (an earlier export) survives it.
+    with staged_output(output) as staged:
+        report = _export_model(model, staged, opset, verify, tolerance, verify_batch, post)
+    report.path = output
+    if report.verified_with == "onnxruntime":
+        print(f"exported {output}; onnxruntime vs PyTorch on {verify_batch} random images: "
+              f"max abs diff {report.max_abs_diff:.3g}")
+    elif verify:
+        print(f"exported {output}; verified with onnx.checker (onnxruntime not installed)")
+    return report
+
+
+def _export_model(model: PatchGuard, output: Path, opset: int, verify: bool, tolerance: float,
+                  verify_batch: int, post: PostProcessor | None) -> ExportReport:
+    onnx = _require_onnx()
     model = model.float().cpu().eval()
     wrapper = ExportWrapper(model).eval()
     size = model.image_size
@@ -147,13 +163,10 @@ def export_model(
     except ImportError:
         logger.warning("onnxruntime is not installed: the graph was checked with onnx.checker "
                        "only (pip install onnxruntime to compare it with PyTorch)")
-        print(f"exported {output}; verified with onnx.checker (onnxruntime not installed)")
         return ExportReport(output, "onnx.checker", None)
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     diff = _compare(wrapper, lambda images: session.run(list(OUTPUT_NAMES),
                                                         {INPUT_NAME: images}), verify_batch)
-    print(f"exported {output}; onnxruntime vs PyTorch on {verify_batch} random images: "
-          f"max abs diff {diff:.3g}")
     _check_tolerance(diff, tolerance)
     return ExportReport(output, "onnxruntime", diff)
 
@@ -225,6 +238,9 @@ def export_model_openvino(
         output.unlink(missing_ok=True)
         openvino_weights(output).unlink(missing_ok=True)
         raise
+    from ..utils.files import record_outputs
+
+    record_outputs([output, openvino_weights(output)])
     if not verify:
         print(f"exported {output} and {openvino_weights(output).name} (not verified)")
         return ExportReport(output, "none", None)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..config import HEADS, TrainConfig
-from ..utils.checkpoint import load_checkpoint
+from ..utils.checkpoint import check_weights, load_checkpoint
 from .knn import PatchKNN
 from .patchguard import PatchGuard
 
@@ -38,7 +38,9 @@ def load_model(
     """Rebuild a model from a checkpoint (in eval mode) and return it with the checkpoint dict.
 
     The file is read with ``weights_only=True`` (no code runs) and its stored config is checked
-    as a user's would be.
+    as a user's would be. A damaged file (config not a mapping, weights missing, of the wrong
+    shape, NaN) is refused with :class:`patchguard.utils.checkpoint.CheckpointError` naming it,
+    before any weight loads.
 
     Args:
         checkpoint: a patchguard checkpoint (``last.pt``, ``epoch_NNNN.pt`` or an imported one).
@@ -61,6 +63,17 @@ def load_model(
     state = load_checkpoint(checkpoint)
     config = TrainConfig.from_dict(state["config"], source=str(checkpoint))
     model = model_class(config).from_config(config)
+    check_weights(checkpoint, state["model"], model.state_dict())
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return model, state
+
+
+def check_checkpoint(checkpoint: str | Path, state: dict[str, Any]) -> TrainConfig:
+    """A loaded checkpoint's config and weights checked against each other without allocating
+    the network (PyTorch's meta device); CheckpointError naming the file when they disagree."""
+    config = TrainConfig.from_dict(state["config"], source=str(checkpoint))
+    with torch.device("meta"):
+        model = model_class(config).from_config(config)
+    check_weights(checkpoint, state["model"], model.state_dict())
+    return config

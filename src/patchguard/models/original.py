@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..config import DEFAULT_BACKBONE, TrainConfig
+from ..utils.checkpoint import load_failure
 from ..utils.checks import InputError, integer
 from ..version import __version__
 from .backbone import create_backbone
@@ -209,7 +210,11 @@ def load_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError, RuntimeError, EOFError, ...
-        raise ValueError(f"cannot load {path} safely ({type(error).__name__}: {error})") from error
+        raise ValueError(f"cannot load {path} safely ({load_failure(error, path)})") from error
+    if isinstance(payload, dict) and {"model", "config", "format_version"} <= set(payload):
+        raise ValueError(f"{path} is already a patchguard checkpoint, not one of the original "
+                         f"PatchGuard code: use it as it is (patchguard info --checkpoint "
+                         f"{path})")
     return unwrap_state_dict(payload)
 
 

@@ -279,6 +279,16 @@ class PatchGuard(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image scores (B,) and anomaly maps (B, H, W) without attention or gradients."""
+        """Image scores (B,) and anomaly maps (B, H, W) without attention or gradients.
+
+        ``images`` are floats in [0, 1] (ValueError otherwise: 0..255 pixels would score as
+        confidently as real ones, and wrongly).
+        """
+        if images.numel():
+            low, high = float(images.min()), float(images.max())
+            if not (low >= -1e-3 and high <= 1.0 + 1e-3):  # also catches NaN
+                raise ValueError(f"predict takes images in [0, 1]; these hold values in "
+                                 f"[{low:g}, {high:g}]" + ("; divide 0..255 pixels by 255"
+                                                          if high > 1.5 else ""))
         logits = self.forward(images, with_attention=False).logits
         return self.image_score(logits), self.anomaly_map(logits)

@@ -22,7 +22,7 @@ from ..data.layouts import default_class_name, get_layout, load_records
 from ..models.factory import model_class
 from ..utils.checks import InputError, epsilon_units_note
 from ..utils.device import resolve_device
-from ..utils.files import remove_stale_temp_files
+from ..utils.files import lock_folder, refuse_inside, remove_stale_temp_files, unlock_folder
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +58,30 @@ def describe_run(folder: str | Path) -> str | None:
     return ", ".join(parts) or None
 
 
-def check_output_dir(config: TrainConfig, resume: str | Path | None, overwrite: bool) -> None:
-    """Refuse an output folder that is a file, or that holds a run nobody asked to replace."""
+def has_checkpoint(folder: str | Path) -> bool:
+    """Whether a run folder holds a checkpoint to continue from (last.pt or an epoch_*.pt)."""
+    folder = Path(folder)
+    return (folder / "last.pt").is_file() or any(folder.glob("epoch_*.pt"))
+
+
+def check_output_dir(config: TrainConfig, resume: str | Path | None, overwrite: bool,
+                     note: bool = False) -> bool:
+    """Refuse an output folder that is a file, inside the data set, or that holds a run nobody
+    asked to replace; True when it holds a run that stopped before its first checkpoint (a
+    full disk, a crash), which a rerun replaces: nothing of it can be continued."""
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise InputError("output_dir (--output-dir)", config.output_dir, "is a file",
                          "give a folder")
+    refuse_inside(out, "output_dir (--output-dir)", [("data set folder", config.dataset_dir)])
     held = describe_run(out)
     if held is None:
-        return
+        return False
+    if not has_checkpoint(out) and not (resume is not None and Path(resume).is_file()):
+        if note:
+            logger.warning("%s holds a run that stopped before its first checkpoint (%s): "
+                           "starting it afresh", out, held)
+        return True
     continuing = resume is not None and Path(resume).resolve().parent == out.resolve()
     if continuing:
         if overwrite:
@@ -79,6 +94,7 @@ def check_output_dir(config: TrainConfig, resume: str | Path | None, overwrite: 
             f"already holds a training run ({held})",
             "add --resume to continue it, --overwrite to replace it (its checkpoints, log and "
             "results are removed), or choose another --output-dir")
+    return False
 
 
 def clear_run(folder: str | Path) -> list[Path]:
@@ -172,14 +188,40 @@ def prepare_run(config: TrainConfig, state: dict[str, Any] | None, resume: str |
         raise InputError("backbone_weights (--backbone-weights)", weights, "no such file",
                          "give a local .safetensors or .pth file")
     n_images = _check_data(config)
+    config = _resolved_dataset_dir(config)
     _warn_about_recipe(config, n_images)
     check_output_dir(config, resume, overwrite)
     if state is not None and int(state["epoch"]) >= config.epochs:
         logger.info("%s already holds %d epoch(s), --epochs is %d: nothing to train",
                     resume, int(state["epoch"]), config.epochs)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun one process writes
-        if overwrite:  # never the folder --resume continues: check_output_dir refused that
-            clear_run(config.output_dir)
-        remove_stale_temp_files(config.output_dir)
+        # Locked until the run ends (release_run_folder); checked again under the lock, since a
+        # run that started meanwhile may have written to it.
+        lock_folder(config.output_dir, "output_dir (--output-dir)")
+        try:
+            unfinished = check_output_dir(config, resume, overwrite, note=True)
+            if overwrite or unfinished:  # never the folder --resume continues (refused above)
+                clear_run(config.output_dir)
+            remove_stale_temp_files(config.output_dir)
+        except BaseException:
+            unlock_folder(config.output_dir)
+            raise
     return config
+
+
+def release_run_folder(config: TrainConfig) -> None:
+    """Release the lock :func:`prepare_run` took on the run folder."""
+    unlock_folder(config.output_dir)
+
+
+def _resolved_dataset_dir(config: TrainConfig) -> TrainConfig:
+    """The data set folder as an absolute path, as checkpoints store it: a relative one would
+    mean another folder when the checkpoint is tested from elsewhere."""
+    given = Path(config.dataset_dir).expanduser()
+    if given.is_absolute():
+        return config
+    resolved = given.resolve()
+    logger.info("dataset_dir %s is stored as %s (resolved from %s)", config.dataset_dir,
+                resolved, Path.cwd())
+    return TrainConfig.from_dict({**config.to_dict(), "dataset_dir": str(resolved)})
 

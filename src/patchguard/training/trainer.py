@@ -25,7 +25,7 @@ from ..data.layouts import load_records
 from ..data.pseudo_anomaly import PseudoAnomalyGenerator, min_patch_size
 from ..evaluation.plots import plot_training_log
 from ..models.factory import build_model
-from ..utils.checkpoint import load_checkpoint, save_checkpoint
+from ..utils.checkpoint import check_weights, load_checkpoint, save_checkpoint
 from ..utils.device import cuda_speed_settings, resolve_device
 from .distributed import (
     DistContext,
@@ -47,7 +47,7 @@ from .run_state import (
     reset_log,
     set_rng_state,
 )
-from .runs import prepare_run
+from .runs import prepare_run, release_run_folder
 from .task import StepResult, TrainingTask
 
 logger = logging.getLogger(__name__)
@@ -127,22 +127,26 @@ def train(
     if config is None:
         raise ValueError("train() needs a config or a checkpoint to resume")
     # Every input is checked before anything is written, truncated or deleted.
-    config = prepare_run(config, state, resume, overwrite)
-    if state is None:  # a recipe's robust backbone fine-tuning step, cached (robustify.py)
-        from .robustify import robust_backbone_for
-
-        config = robust_backbone_for(config, progress)
-    if config.head == "knn":  # a memory bank, built in one pass: no optimiser, no epochs
-        from .memory_bank import build_memory_bank
-
-        return build_memory_bank(config, progress)
-    ctx = init_distributed(config.device)
+    config = prepare_run(config, state, resume, overwrite)  # locks the run folder
+    locked = config
     try:
-        with cuda_speed_settings(resolve_device(config.device), config.tf32):
-            return _train(config, state, resume, progress and ctx.is_main, ctx, loggers,
-                          log_dir)
+        if state is None:  # a recipe's robust backbone fine-tuning step, cached (robustify.py)
+            from .robustify import robust_backbone_for
+
+            config = robust_backbone_for(config, progress)
+        if config.head == "knn":  # a memory bank, built in one pass: no optimiser, no epochs
+            from .memory_bank import build_memory_bank
+
+            return build_memory_bank(config, progress)
+        ctx = init_distributed(config.device)
+        try:
+            with cuda_speed_settings(resolve_device(config.device), config.tf32):
+                return _train(config, state, resume, progress and ctx.is_main, ctx, loggers,
+                              log_dir)
+        finally:
+            shutdown(ctx)
     finally:
-        shutdown(ctx)
+        release_run_folder(locked)
 
 
 def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
@@ -193,6 +197,7 @@ def _train(config: TrainConfig, state: dict | None, resume, progress: bool,
     scheduler = build_scheduler(optimizer, steps_per_epoch, config)
     start_epoch = 0
     if state is not None:
+        check_weights(resume, state["model"], model.state_dict())
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

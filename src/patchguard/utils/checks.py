@@ -110,6 +110,24 @@ def text(name: str, value: Any, allow_empty: bool = True, fix: str = "") -> str:
     return value
 
 
+def path_component(name: str, value: Any, fix: str = "", allow_empty: bool = False) -> str:
+    """A single file or folder name (a class name): no separator, not ``.``/``..``, not absolute.
+
+    Class names become folder names under a data set root and a run folder; one that held a
+    separator or ``..`` would read or write outside them.
+    """
+    text(name, value, allow_empty=allow_empty)
+    if allow_empty and value == "":
+        return value
+    bad = (value in (".", "..") or "/" in value or "\\" in value or "\0" in value
+           or value != value.strip() or value.startswith("~"))
+    if bad:
+        raise InputError(name, value, "must be a single folder name (no '/', '\\', '..', "
+                         "leading '~' or surrounding spaces)",
+                         fix or "give the class folder's own name, e.g. 'bottle'")
+    return value
+
+
 def optional(check: Callable[..., Any], name: str, value: Any, *args: Any, **kwargs: Any) -> Any:
     """None, or a value that passes ``check``."""
     return None if value is None else check(name, value, *args, **kwargs)
@@ -224,6 +242,7 @@ EPSILON_ARG = arg(epsilon)
 FINITE_ARG = arg(finite)
 FPR_ARG = arg(lambda name, value: number(name, value, 0.0, 1.0, max_open=True))
 DEVICE_ARG = arg(device, str)
+NAME_ARG = arg(path_component, str)
 WORKERS_ARG = arg(workers, int)
 
 

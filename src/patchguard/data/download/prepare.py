@@ -32,13 +32,45 @@ def check_layout(source: DatasetSource, root: str | os.PathLike[str]) -> list[st
     return [p for p in source.expected_paths() if not (root / p).exists()]
 
 
+def _class_probes(source: DatasetSource) -> list[list[str]]:
+    """Per class, the paths its layout requires (for archives that hold some classes only)."""
+    templates = [t for t in source.required if "{cls}" in t]
+    if not templates:
+        return []
+    return [[t.format(cls=c) for t in templates] for c in source.classes]
+
+
+def _absent_classes(source: DatasetSource, *roots: Path) -> list[str]:
+    """Classes none of whose required paths exist under any of ``roots``."""
+    probes = _class_probes(source)
+    return [cls for cls, paths in zip(source.classes, probes)
+            if not any((root / p).exists() for root in roots for p in paths)]
+
+
+def _only_complete_classes(source: DatasetSource, staging: Path) -> bool:
+    """The unpacked archives hold class folders only, each with its whole layout."""
+    folders = {d.name for d in staging.iterdir() if d.is_dir()}
+    complete = {cls for cls, paths in zip(source.classes, _class_probes(source))
+                if all((staging / p).exists() for p in paths)}
+    return bool(folders) and folders <= complete
+
+
 def _find_layout_root(tree: Path, source: DatasetSource, depth: int = 3) -> Path:
-    """The directory inside an extracted tree that holds the data set (class folders)."""
+    """The directory inside an extracted tree that holds the data set (class folders).
+
+    The whole data set's layout is looked for first; then a folder holding one or more
+    complete class folders (a per-class archive such as ``bottle.tar.gz`` with ``bottle/`` at
+    its top, as many mirrors ship MVTec AD: its class folder is not a wrapper to strip).
+    """
     probes = source.expected_paths()
+    per_class = _class_probes(source)
     frontier = [tree]
     for _ in range(depth + 1):
         for d in frontier:
             if probes and all((d / p).exists() for p in probes):
+                return d
+        for d in frontier:
+            if any(all((d / p).exists() for p in paths) for paths in per_class):
                 return d
         frontier = [c for d in frontier for c in sorted(d.iterdir()) if c.is_dir()]
     # Fallback: descend through single-directory wrappers (e.g. "BTech_Dataset_transformed/").
@@ -46,7 +78,8 @@ def _find_layout_root(tree: Path, source: DatasetSource, depth: int = 3) -> Path
     while True:
         subdirs = [c for c in d.iterdir() if c.is_dir()]
         files = [c for c in d.iterdir() if not c.is_dir()]
-        if len(subdirs) == 1 and not files:
+        # A class's own folder is not a wrapper (a per-class archive missing some of it).
+        if len(subdirs) == 1 and not files and subdirs[0].name not in source.classes:
             d = subdirs[0]
         else:
             return d
@@ -310,7 +343,19 @@ def download_dataset(
                 shutil.rmtree(tmp, ignore_errors=True)
         missing = [p for p in source.expected_paths()
                    if not (staging / p).exists() and not (ds_root / p).exists()]
+        absent = _absent_classes(source, staging, ds_root) if archive is not None else []
+        if missing and absent and _only_complete_classes(source, staging) and set(missing) == {
+                p for paths in _class_probes(source) for p in paths
+                if p.split("/", 1)[0] in absent}:
+            # Archives of some classes (one per class, by hand): those are prepared; the data
+            # set is marked complete only once every class is there.
+            log.warning("%s: prepared the class(es) in %s; %d class(es) are not in them (%s): "
+                        "add their archives later the same way", source.name,
+                        ", ".join(f.name for f in files), len(absent), ", ".join(absent))
+            missing = []
         if missing:
+            # What is missing from the classes the archives do hold comes first.
+            missing.sort(key=lambda p: not (staging / p.split("/", 1)[0]).is_dir())
             shown = ", ".join(missing[:10]) + (
                 f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""
             )
@@ -324,6 +369,8 @@ def download_dataset(
     if kept:
         log.warning("kept %d file(s) already in %s instead of the archive's (e.g. %s); pass "
                     "--overwrite to replace them", len(kept), ds_root, kept[0])
+    if archive is not None and _absent_classes(source, ds_root, ds_root):
+        return ds_root  # some classes only: no marker, no foreground masks yet
     fg_classes: list[str] = []
     fg_note = ""
     if foreground and (source.foreground or foreground_archive is not None):

@@ -75,7 +75,10 @@ def _request(
     except urllib.error.HTTPError as exc:
         if exc.code == 416:  # Range not satisfiable: the caller decides
             return exc  # type: ignore[return-value]
-        raise DownloadError(f"HTTP {exc.code} {exc.reason} for {url}") from exc
+        error = DownloadError(f"HTTP {exc.code} {exc.reason} for {url}")
+        # A missing or forbidden file stays so: retrying only delays the message.
+        error.permanent = 400 <= exc.code < 500 and exc.code not in (408, 425, 429)
+        raise error from exc
     except (urllib.error.URLError, OSError) as exc:
         raise DownloadError(f"could not reach {url}: {exc}") from exc
 
@@ -188,10 +191,13 @@ def download_file(
         except ChecksumError:
             raise
         except DownloadError as exc:
+            if getattr(exc, "permanent", False):
+                raise
             if attempt == retries:
+                kept = (f"; the partial file {part} is kept and the next run resumes from it"
+                        if part.exists() else "")
                 raise DownloadError(
-                    f"{exc} (gave up after {retries + 1} attempts; the partial file {part} is "
-                    "kept and the next run resumes from it)"
+                    f"{exc} (gave up after {retries + 1} attempts{kept})"
                 ) from exc
             log.warning("%s; resuming (attempt %d of %d)", exc, attempt + 2, retries + 1)
             time.sleep(min(2.0**attempt, 10.0) * 0.1)

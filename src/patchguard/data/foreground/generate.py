@@ -55,7 +55,7 @@ def _write_mask(path: Path, mask: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", mask.astype(np.uint8) * 255)
     if not ok:
         raise OSError(f"cannot encode mask for {path}")
-    atomic_write_bytes(path, lambda handle: handle.write(encoded.tobytes()))
+    atomic_write_bytes(path, lambda handle: handle.write(encoded.tobytes()), own=False)
 
 
 def generate_foreground_masks(

@@ -72,7 +72,10 @@ def load_records(
     anomalous images without masks, masks of the wrong size, unreadable files) and every problem
     is reported in one :class:`DatasetError`, as ``patchguard data info`` lists them.
     """
+    from ...utils.checks import path_component
+
     layout = get_layout(dataset)
+    path_component("class_name (--class-name)", class_name, allow_empty=True)
     warn_unknown_class(dataset, class_name)
     records = layout(root, class_name, split)
     if not validate:

@@ -59,7 +59,15 @@ def warn_unknown_class(dataset: str, class_name: str) -> None:
 
 
 def resolve_class_dir(root: str | Path, class_name: str) -> Path:
-    """``<root>/<class_name>``, or root itself when it already is a class folder."""
+    """``<root>/<class_name>``, or root itself when it already is a class folder.
+
+    A class name is a single folder name (:func:`patchguard.utils.checks.path_component`): one
+    holding ``/`` or ``..`` would read outside the data set.
+    """
+    from ...utils.checks import path_component
+
+    if class_name:
+        path_component("class_name (--class-name)", class_name)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"data set directory {root} does not exist; check --dataset-dir")

