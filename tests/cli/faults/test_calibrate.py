@@ -38,7 +38,7 @@ def test_calibrate_warns_when_too_few_normals(cli, run_copy, data):
 
 @pytest.mark.parametrize("case", ["missing-dir", "bomb", "imported-no-scores"])
 def test_calibrate_without_usable_normals(cli, imported, tmp_path, run_copy, case):
-    # C-normal-missing / C-normal-bomb. failed before the fixes: "no readable normal image: nothing to
+    # C-normal-missing / C-normal-bomb. failed before: "no readable normal image: nothing to
     #   calibrate on" is raised before the skipped inputs and their reasons are listed.
     # C-imported; passed before the fixes too
     if case == "imported-no-scores":

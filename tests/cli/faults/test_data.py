@@ -191,7 +191,7 @@ def test_data_foreground_device_foo(cli, tmp_path):
 
 @pytest.mark.parametrize("case", ["root-file", "info-file", "foreground-missing"])
 def test_data_paths_of_the_wrong_kind(cli, tmp_path, case):
-    # DD-root-file / DI-file / DF-missing. Before the fixes: errno texts, exit 1, "no class folders".
+    # DD-root-file / DI-file / DF-missing. Before: errno texts, exit 1, "no class folders".
     blocker = tmp_path / "file"
     blocker.write_text("x")
     if case == "root-file":
@@ -206,7 +206,7 @@ def test_data_paths_of_the_wrong_kind(cli, tmp_path, case):
 
 
 def test_data_download_incomplete_layout_moves_nothing(cli, tmp_path):
-    # DD-wrong-layout. Before the fixes: refused, but the archive's readme.txt was left in the data set.
+    # DD-wrong-layout. Before: refused, but the archive's readme.txt was left in the data set.
     archive = _tar(tmp_path / "a.tar.gz", [("stuff/readme.txt", b"hello", "file")])
     root = tmp_path / "ds"
     result = download(cli, root, archive)

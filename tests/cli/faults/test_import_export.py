@@ -90,7 +90,7 @@ def test_export_bad_opset(cli, finished_run, tmp_path, opset):
 
 
 def test_import_output_folder_and_export_over_another_checkpoint(cli, original, run_copy):
-    # I-out-dir / E-out-epoch. Before the fixes: a temp file's name in the message / silently replaced.
+    # I-out-dir / E-out-epoch. Before: a temp file's name in the message / silently replaced.
     assert_refused(cli(*import_argv(original, run_copy)), "--output", "is a folder")
     before = digest(run_copy)
     result = cli("export", "--checkpoint", run_copy / "last.pt", "--output",

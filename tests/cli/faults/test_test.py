@@ -40,10 +40,10 @@ def _bad_mask(cls: Path) -> None:
 
 @pytest.mark.parametrize("damage,needle", [
     (lambda c: truncate_file(c / "test/spot/000.png"), "000.png"),  # passed before the fixes too
-    (lambda c: (c / "test/good/000.png").write_bytes(b""), "000.png"),  # passed before the fixes too
+    (lambda c: (c / "test/good/000.png").write_bytes(b""), "000.png"),  # passed before too
     (_bad_mask, "000_mask.png"),  # passed before the fixes too
     (lambda c: (c / "ground_truth/spot/001_mask.png").write_text("no"), "001_mask.png"),  # pass
-    (lambda c: (c / "ground_truth/spot/001_mask.png").unlink(), "001"),  # passed before the fixes too
+    (lambda c: (c / "ground_truth/spot/001_mask.png").unlink(), "001"),  # passed before too
 ], ids=["D-trunc-img", "D-zero-img", "D-mask-size", "D-mask-corrupt", "D-mask-missing"])
 def test_broken_test_set_files(cli, tmp_path, finished_run, damage, needle):
     root = damaged_data(tmp_path, damage)
@@ -62,15 +62,15 @@ def _test_argv(ckpt: Path, tmp_path: Path, *extra: object) -> list[object]:
 
 
 TEST_BAD = [
-    ("X-steps-neg", "steps_test", ["--steps-test", "-3"], "-3"),  # before the fixes: PGD row == clean row
+    ("X-steps-neg", "steps_test", ["--steps-test", "-3"], "-3"),  # before: PGD row == clean row
     ("X-steps-0", "steps_test", ["--steps-test", "0"], "0"),  # before the fixes: accepted
-    ("X-eps-neg", "epsilon_test", ["--epsilon-test", "-8"], "-8"),  # before the fixes: silently dropped
-    ("X-eps-nan", "epsilon_test", ["--epsilon-test", "nan"], "nan"),  # before the fixes: silently dropped
+    ("X-eps-neg", "epsilon_test", ["--epsilon-test", "-8"], "-8"),  # before: silently dropped
+    ("X-eps-nan", "epsilon_test", ["--epsilon-test", "nan"], "nan"),  # before: silently dropped
     ("X-eps-big", "epsilon_test", ["--epsilon-test", "1000"], "1000"),  # before the fixes: accepted
-    ("X-restarts-0", "restarts", ["--attack", "pgd-rs", "--restarts", "0"], "0"),  # failed before the fixes
-    ("X-restarts-neg", "restarts", ["--attack", "apgd", "--restarts", "-1"], "-1"),  # failed before the fixes
-    ("X-bs-0", "batch_size", ["--batch-size", "0"], "0"),  # passed before the fixes too (torch's words)
-    ("X-workers-neg", "workers", ["--workers", "-1"], "-1"),  # before the fixes: torch's words, no value
+    ("X-restarts-0", "restarts", ["--attack", "pgd-rs", "--restarts", "0"], "0"),  # failed before
+    ("X-restarts-neg", "restarts", ["--attack", "apgd", "--restarts", "-1"], "-1"),  # failed before
+    ("X-bs-0", "batch_size", ["--batch-size", "0"], "0"),  # passed before too (torch's words)
+    ("X-workers-neg", "workers", ["--workers", "-1"], "-1"),  # before: torch's words, no value
     ("X-device-foo", "device", ["--device", "foo"], "foo"),  # before the fixes: RuntimeError
 ]
 
@@ -137,7 +137,7 @@ def test_decided_test_without_anomalous_images_warns(cli, finished_run, tmp_path
 
 
 def test_testing_an_imported_checkpoint_asks_for_the_data(cli, imported, data, tmp_path):
-    # An imported checkpoint records no data set folder. Before the fixes: "class folder . does not exist".
+    # An imported checkpoint records no data set folder. Before: "class folder . does not exist".
     assert_refused(cli("test", "--checkpoint", imported, "--quiet"), "--dataset-dir",
                    "is not recorded")
     result = cli("test", "--checkpoint", imported, "--dataset-dir", data, "--steps-test", "1",

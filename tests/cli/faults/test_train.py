@@ -50,23 +50,23 @@ TRAIN_BAD_FLAGS = [
     ("T-blr-neg", "backbone_lr", ["--backbone-lr", "-1"], "-1"),  # before the fixes: trains
     ("T-blr-nan", "backbone_lr", ["--backbone-lr", "nan"], "nan"),  # before the fixes: late
     ("T-warmup-neg", "warmup_epochs", ["--warmup-epochs", "-1"], "-1"),  # failed before the fixes
-    ("T-regc-neg", "reg_coefficients", ["--reg-coefficients", "-1", "0.05"], "-1"),  # failed before the fixes
-    ("T-regc-nan", "reg_coefficients", ["--reg-coefficients", "nan", "0.05"], "nan"),  # failed before the fixes
-    ("T-eps-neg", "epsilon_train", ["--epsilon-train", "-8"], "-8"),  # before the fixes: adv. training off
+    ("T-regc-neg", "reg_coefficients", ["--reg-coefficients", "-1", "0.05"], "-1"),  # failed before
+    ("T-regc-nan", "reg_coefficients", ["--reg-coefficients", "nan", "0.05"], "nan"),  # failed
+    ("T-eps-neg", "epsilon_train", ["--epsilon-train", "-8"], "-8"),  # before: adv. training off
     ("T-eps-nan", "epsilon_train", ["--epsilon-train", "nan"], "nan"),  # before the fixes: late
-    ("T-eps-big", "epsilon_train", ["--epsilon-train", "1000"], "1000"),  # before the fixes: accepted
+    ("T-eps-big", "epsilon_train", ["--epsilon-train", "1000"], "1000"),  # before: accepted
     ("T-steps-0", "steps_train", ["--steps-train", "0"], "0"),  # before the fixes: accepted
     ("T-steps-neg", "steps_train", ["--steps-train", "-1"], "-1"),  # before the fixes: accepted
     ("T-seed-neg", "seed", ["--seed", "-1"], "-1"),  # before the fixes: numpy's words, no value
-    ("T-workers-neg", "workers", ["--workers", "-1"], "-1"),  # before the fixes: torch's words, late
+    ("T-workers-neg", "workers", ["--workers", "-1"], "-1"),  # before: torch's words, late
     ("T-save-neg", "save_every", ["--save-every", "-1"], "-1"),  # before the fixes: accepted
-    ("T-fpr-noval", "target_fpr", ["--target-fpr", "5"], "5"),  # before the fixes: unused, so unchecked
+    ("T-fpr-noval", "target_fpr", ["--target-fpr", "5"], "5"),  # before: unused, so unchecked
     ("T-val-1", "val_fraction", ["--val-fraction", "1"], "1"),  # passed before the fixes too
     ("T-val-nan", "val_fraction", ["--val-fraction", "nan"], "nan"),  # passed before the fixes too
     # before the fixes: checked only after training (last.pt written), named in words
     ("T-fpr-1", "target_fpr", ["--val-fraction", "0.5", "--target-fpr", "1"], "1"),
-    ("T-feat-99", "feature_layers", ["--feature-layers", "99"], "99"),  # before the fixes: names "layer"
-    ("T-reg-0", "reg_layers", ["--reg-layers", "0", "3"], "0"),  # before the fixes: names "layer" only
+    ("T-feat-99", "feature_layers", ["--feature-layers", "99"], "99"),  # before: names "layer"
+    ("T-reg-0", "reg_layers", ["--reg-layers", "0", "3"], "0"),  # before: names "layer" only
     ("T-regc-count", "reg_coefficients", ["--reg-coefficients", "0.05"], "0.05"),  # passes
     ("T-img-70", "image_size", ["--image-size", "70"], "70"),  # passed before the fixes too
     ("T-backbone-x", "backbone", ["--backbone", "no_such_vit"], "no_such_vit"),  # passes
@@ -137,7 +137,7 @@ YAML_BAD = [
     ("Y-radius-neg", "map_radius", -3, "-3"),  # before the fixes: RuntimeError traceback
     ("Y-adv-str", "adv_train", "false", "false"),  # before the fixes: a string is truthy: ON
     ("Y-bf16-str", "bf16", "yes please", "yes please"),  # before the fixes: truthy string
-    ("Y-pretrained-str", "pretrained", "maybe", "maybe"),  # before the fixes: tries to fetch weights
+    ("Y-pretrained-str", "pretrained", "maybe", "maybe"),  # before: tries to fetch weights
     ("Y-img-null", "image_size", None, ("null", "none")),  # before the fixes: silently 224 px
     ("Y-topk-0", "top_k", 0, "0"),  # before the fixes: accepted, scores are NaN
     ("Y-dsc-hidden-0", "dsc_hidden", 0, "0"),  # before the fixes: accepted
@@ -147,7 +147,7 @@ YAML_BAD = [
     ("Y-steps-neg", "steps_train", -2, "-2"),  # before the fixes: accepted
     ("Y-lr-neg", "lr", -0.001, "-0.001"),  # before the fixes: accepted
     ("Y-eps-nan", "epsilon_train", float("nan"), "nan"),  # before the fixes: late loss error
-    ("Y-batch-float", "batch_size", 4.0, "4.0"),  # passed before the fixes too (torch's words, late)
+    ("Y-batch-float", "batch_size", 4.0, "4.0"),  # passed before too (torch's words, late)
     ("Y-dropout-2", "dsc_dropout", 2.0, "2"),  # before the fixes: torch's words, no key named
     ("Y-wd-neg", "weight_decay", -1.0, "-1"),  # passed before the fixes too (torch's words)
     ("Y-pseudo-0", "pseudo_size_scale", 0.0, "0"),  # before the fixes: names size_scale only
@@ -170,7 +170,7 @@ def test_train_yaml_value_checked_like_its_flag(cli, data, tmp_path, key, value,
 
 
 def test_train_yaml_string_numbers_are_converted_like_flags(cli, data, tmp_path):
-    # Y-lr-str: PyYAML reads `lr: 1e-3` as the string "1e-3"; passed before the fixes too (argparse).
+    # Y-lr-str: PyYAML reads `lr: 1e-3` as the string "1e-3"; passed before too (argparse).
     out = tmp_path / "run"
     config = write_yaml(tmp_path / "c.yaml", data, out)
     config.write_text(config.read_text() + "lr: 1e-3\n")
