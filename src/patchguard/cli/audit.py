@@ -18,7 +18,6 @@ RESULT_NAME = "audit.json"  # per class, in OUTPUT_DIR/<class>/, and the summary
 
 def register(verbs: argparse._SubParsersAction) -> None:
     """Add ``audit`` to the ``patchguard`` parser."""
-    from ..evaluation.audit import PAPER_STEPS
     from .weights import import_flags
 
     audit = verbs.add_parser(
@@ -41,9 +40,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
     classes.add_argument("--classes", nargs="+", default=None, help="several classes")
     flag(audit, "--output-dir", default=None, help="default: audit/DATASET")
     flag(audit, "--batch-size", type=POSITIVE, default=16)
-    flag(audit, "--pgd-steps", type=POSITIVE, default=PAPER_STEPS,
-         help=f"steps of the paper's PGD (default {PAPER_STEPS}, the paper's; fewer: not "
-              "citable)")
+    # The defaults are read when the audit runs: importing them here would import torch on
+    # every `patchguard --help`.
+    flag(audit, "--pgd-steps", type=POSITIVE, default=None,
+         help="steps of the paper's PGD (default: the paper's 10, as standard's PGD member; "
+              "fewer: not citable)")
     flag(audit, "--standard-apgd-steps", type=POSITIVE, default=None,
          help="steps of standard's APGD members (default: standard's fixed 100; fewer: not "
               "citable, for a quick look)")
@@ -60,9 +61,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 def _budget(args: argparse.Namespace):
     from ..adversarial.standard import STANDARD_APGD_STEPS, STANDARD_SQUARE_QUERIES
-    from ..evaluation.audit import AuditBudget
+    from ..evaluation.audit import PAPER_STEPS, AuditBudget
 
-    return AuditBudget(pgd_steps=args.pgd_steps,
+    return AuditBudget(pgd_steps=args.pgd_steps or PAPER_STEPS,
                        apgd_steps=args.standard_apgd_steps or STANDARD_APGD_STEPS,
                        square_queries=args.standard_square_queries or STANDARD_SQUARE_QUERIES,
                        sanity=not args.no_sanity)

@@ -1,8 +1,8 @@
 """Helpers of the fault tests (issue #13, #24): running ``patchguard.cli.main`` and checking
 what it printed, wrote and refused; tiny data, runs and foreign checkpoints.
 
-Case ids are those of the reliability audit's catalogue; comments ``a0df06f: ...`` record what that
-commit did before the fixes. Every case asserts the desired behaviour: bad input exits 2, failed
+Case ids are those of the reliability audit's catalogue; comments ``before: ...`` record what the
+code did before the fixes. Every case asserts the desired behaviour: bad input exits 2, failed
 work 1 (Ctrl-C 130), one message naming the flag or file and the value, never a traceback;
 nothing of the user's is replaced or deleted.
 """

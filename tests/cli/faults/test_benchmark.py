@@ -18,7 +18,7 @@ from .common import (
 
 
 def test_benchmark_epsilon_zero_writes_the_clean_table(cli, finished_run, data, tmp_path):
-    # B-eps0. a0df06f: evaluates, then "error: max() arg is an empty sequence".
+    # B-eps0. Before the fixes: evaluates, then "error: max() arg is an empty sequence".
     root = tmp_path / "ck"
     (root / CLASS).mkdir(parents=True)
     shutil.copy(finished_run / "last.pt", root / CLASS / "last.pt")
@@ -29,8 +29,8 @@ def test_benchmark_epsilon_zero_writes_the_clean_table(cli, finished_run, data, 
 
 
 @pytest.mark.parametrize("key,flags,value", [
-    ("epsilon_test", ["--epsilon-test", "-8"], "-8"),  # a0df06f: max() of empty
-    ("steps_test", ["--steps-test", "-1"], "-1"),  # a0df06f: accepted
+    ("epsilon_test", ["--epsilon-test", "-8"], "-8"),  # before the fixes: max() of empty
+    ("steps_test", ["--steps-test", "-1"], "-1"),  # before the fixes: accepted
 ], ids=["B-eps-neg", "B-steps-neg"])
 def test_benchmark_refuses_out_of_domain_flag(cli, finished_run, data, tmp_path, key, flags,
                                               value):
@@ -44,7 +44,7 @@ def test_benchmark_refuses_out_of_domain_flag(cli, finished_run, data, tmp_path,
 
 
 def test_benchmark_missing_class(cli, tmp_path):
-    # B-class-x; passes on a0df06f
+    # B-class-x; passed before the fixes too
     assert_refused(cli("benchmark", "--checkpoint-dir", tmp_path, "--classes", "nope",
                        "--device", "cpu"), "nope")
 

@@ -21,7 +21,7 @@ from .common import (
 
 @pytest.mark.parametrize("value", ["1", "-0.1", "nan"])
 def test_calibrate_refuses_bad_target_fpr(cli, run_copy, data, value):
-    # C-fpr-*; pass on a0df06f
+    # C-fpr-*; passed before the fixes
     before = digest(run_copy / "last.pt")
     result = cli("calibrate", "--checkpoint", run_copy / "last.pt", "--normal-dir",
                  data / CLASS / "train/good", "--device", "cpu", "--quiet", "--target-fpr", value)
@@ -30,7 +30,7 @@ def test_calibrate_refuses_bad_target_fpr(cli, run_copy, data, value):
 
 
 def test_calibrate_warns_when_too_few_normals(cli, run_copy, data):
-    # C-few-normals; passes on a0df06f
+    # C-few-normals; passed before the fixes too
     result = cli("calibrate", "--checkpoint", run_copy / "last.pt", "--normal-dir",
                  data / CLASS / "train/good", "--device", "cpu", "--quiet")
     assert result.code == 0 and "100" in result.text, result
@@ -38,9 +38,9 @@ def test_calibrate_warns_when_too_few_normals(cli, run_copy, data):
 
 @pytest.mark.parametrize("case", ["missing-dir", "bomb", "imported-no-scores"])
 def test_calibrate_without_usable_normals(cli, imported, tmp_path, run_copy, case):
-    # C-normal-missing / C-normal-bomb. FAIL on a0df06f: "no readable normal image: nothing to
+    # C-normal-missing / C-normal-bomb. failed before: "no readable normal image: nothing to
     #   calibrate on" is raised before the skipped inputs and their reasons are listed.
-    # C-imported; passes on a0df06f
+    # C-imported; passed before the fixes too
     if case == "imported-no-scores":
         result = cli("calibrate", "--checkpoint", imported, "--device", "cpu", "--quiet")
         assert_refused(result, "normal")
@@ -56,7 +56,7 @@ def test_calibrate_without_usable_normals(cli, imported, tmp_path, run_copy, cas
 
 
 def test_calibrate_device_foo(cli, run_copy, data):
-    # C-device-foo. a0df06f: RuntimeError traceback.
+    # C-device-foo. Before the fixes: RuntimeError traceback.
     result = cli("calibrate", "--checkpoint", run_copy / "last.pt", "--normal-dir",
                  data / CLASS / "train/good", "--device", "foo", "--quiet")
     assert_refused(result, "foo")
@@ -64,7 +64,7 @@ def test_calibrate_device_foo(cli, run_copy, data):
 
 
 def test_calibrate_batch_size_zero_is_refused_before_scoring(cli, run_copy, data):
-    # C-bs-0. a0df06f: "batch_size must be at least 1" (value not named).
+    # C-bs-0. Before the fixes: "batch_size must be at least 1" (value not named).
     result = cli("calibrate", "--checkpoint", run_copy / "last.pt", "--normal-dir",
                  data / CLASS / "train/good", "--batch-size", "0", "--quiet")
     assert_refused(result, "--batch-size", "0")

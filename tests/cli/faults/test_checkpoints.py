@@ -20,7 +20,7 @@ from .common import (
 
 @pytest.mark.parametrize("kind", ["zero", "text", "png", "truncated", "missing", "original"])
 def test_broken_checkpoint_files(cli, tmp_path, finished_run, original, kind):
-    # X-ckpt-*; pass on a0df06f
+    # X-ckpt-*; passed before the fixes
     path = tmp_path / f"{kind}.pt"
     if kind == "zero":
         path.write_bytes(b"")
@@ -47,7 +47,7 @@ class _Evil:
 
 
 def test_checkpoint_with_code_is_refused_not_run(cli, tmp_path):
-    # X-ckpt-evil (security); passes on a0df06f
+    # X-ckpt-evil (security); passed before the fixes too
     marker = tmp_path / "PWNED"
     path = tmp_path / "evil.pt"
     torch.save({"model": _Evil(marker), "config": {}}, path)
@@ -58,7 +58,7 @@ def test_checkpoint_with_code_is_refused_not_run(cli, tmp_path):
 
 
 def test_checkpoint_that_is_a_folder_is_named_as_such(cli, run_copy):
-    # X-ckpt-dir. a0df06f: "checkpoint <folder> does not exist".
+    # X-ckpt-dir. Before the fixes: "checkpoint <folder> does not exist".
     result = cli("test", "--checkpoint", run_copy, "--quiet")
     assert_refused(result, "is a folder", "last.pt")
 

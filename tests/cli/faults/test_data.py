@@ -33,7 +33,7 @@ from .common import (
 
 @pytest.mark.parametrize("quick", [False, True], ids=["D-bomb-info", "D-bomb-info-quick"])
 def test_decompression_bomb_in_data_info(cli, tmp_path, quick):
-    # a0df06f: DecompressionBombError traceback (also with --quick).
+    # before the fixes: DecompressionBombError traceback (also with --quick).
     root = damaged_data(tmp_path, lambda c: bomb_png(c / "train/good/000.png"))
     result = cli("data", "info", "--dataset-dir", root, *(["--quick"] if quick else []))
     assert result.code == 1, result  # data info: 1 = problems found
@@ -41,7 +41,7 @@ def test_decompression_bomb_in_data_info(cli, tmp_path, quick):
 
 
 def test_decompression_bomb_in_data_foreground(cli, tmp_path):
-    # D-bomb-foreground. a0df06f: DecompressionBombError traceback.
+    # D-bomb-foreground. Before the fixes: DecompressionBombError traceback.
     def damage(cls: Path) -> None:
         shutil.rmtree(cls / "train/foreground_mask")
         bomb_png(cls / "train/good/000.png")
@@ -94,14 +94,14 @@ def download(cli, root: Path, archive: Path, dataset: str = "headct", *extra) ->
 
 
 def test_data_download_unknown_dataset(cli, tmp_path):
-    # DD-unknown. a0df06f: KeyError traceback.
+    # DD-unknown. Before the fixes: KeyError traceback.
     result = download(cli, tmp_path / "ds", _headct_archive(tmp_path / "a.tar.gz"), "nosuch")
     assert_refused(result, "nosuch")
 
 
 @pytest.mark.parametrize("kind", ["traversal", "symlink", "zip-traversal"])
 def test_data_download_unsafe_archive_is_refused(cli, tmp_path, kind):
-    # DD-tar-traversal / DD-tar-symlink / DD-zip-traversal (security); pass on a0df06f
+    # DD-tar-traversal / DD-tar-symlink / DD-zip-traversal (security); passed before the fixes
     root = tmp_path / "deep" / "ds"
     if kind == "traversal":
         archive = _tar(tmp_path / "a.tar.gz", [("../../evil.txt", b"x", "file")])
@@ -118,7 +118,7 @@ def test_data_download_unsafe_archive_is_refused(cli, tmp_path, kind):
 
 @pytest.mark.parametrize("kind", ["traversal", "zero", "text"])
 def test_data_download_refused_archive_leaves_no_unpacking_folder(cli, tmp_path, kind):
-    # DD-leftover-*. a0df06f: an empty .unpack-* folder stays in the root.
+    # DD-leftover-*. Before the fixes: an empty .unpack-* folder stays in the root.
     root = tmp_path / "ds"
     archive = tmp_path / "a.tar.gz"
     if kind == "traversal":
@@ -132,7 +132,7 @@ def test_data_download_refused_archive_leaves_no_unpacking_folder(cli, tmp_path,
 
 
 def test_data_download_truncated_archive(cli, tmp_path):
-    # DD-tar-truncated. a0df06f: EOFError traceback and a leftover .unpack-* folder.
+    # DD-tar-truncated. Before the fixes: EOFError traceback and a leftover .unpack-* folder.
     archive = _headct_archive(tmp_path / "a.tar.gz")
     truncate_file(archive)
     root = tmp_path / "ds"
@@ -143,7 +143,7 @@ def test_data_download_truncated_archive(cli, tmp_path):
 
 
 def test_data_download_keeps_the_users_files(cli, tmp_path):
-    # DD-merge-overwrite. a0df06f: a file of the same name is silently replaced.
+    # DD-merge-overwrite. Before the fixes: a file of the same name is silently replaced.
     root = tmp_path / "ds"
     mine = root / "headct/train/good/000.png"
     mine.parent.mkdir(parents=True)
@@ -155,7 +155,7 @@ def test_data_download_keeps_the_users_files(cli, tmp_path):
 
 
 def test_data_download_valid_archive_then_again(cli, tmp_path):
-    # DD-valid / DD-valid-again; pass on a0df06f
+    # DD-valid / DD-valid-again; passed before the fixes
     root = tmp_path / "ds"
     archive, fg = _headct_archive(tmp_path / "a.tar.gz"), _fg_archive(tmp_path / "fg.zip")
     assert download(cli, root, archive, "headct", "--foreground-archive", fg).code == 0
@@ -166,12 +166,12 @@ def test_data_download_valid_archive_then_again(cli, tmp_path):
 
 
 def test_data_info_missing_folder_is_bad_input(cli, tmp_path):
-    # DI-missing. a0df06f: "no class folders found" and exit code 1 (= problems found).
+    # DI-missing. Before the fixes: "no class folders found" and exit code 1 (= problems found).
     assert_refused(cli("data", "info", "--dataset-dir", tmp_path / "nope"), "does not exist")
 
 
 def test_data_foreground_keeps_existing_masks(cli, tmp_path):
-    # DF-keep; passes on a0df06f
+    # DF-keep; passed before the fixes too
     root = damaged_data(tmp_path, lambda c: None)
     before = digest(root / CLASS / "train/foreground_mask")
     result = cli("data", "foreground", "--dataset-dir", root, "--method", "threshold",
@@ -181,7 +181,7 @@ def test_data_foreground_keeps_existing_masks(cli, tmp_path):
 
 
 def test_data_foreground_device_foo(cli, tmp_path):
-    # DF-device-foo. a0df06f: silently accepted (the threshold method never uses it).
+    # DF-device-foo. Before the fixes: silently accepted (the threshold method never uses it).
     root = damaged_data(tmp_path, lambda c: shutil.rmtree(c / "train/foreground_mask"))
     result = cli("data", "foreground", "--dataset-dir", root, "--method", "threshold",
                  "--device", "foo")
@@ -191,7 +191,7 @@ def test_data_foreground_device_foo(cli, tmp_path):
 
 @pytest.mark.parametrize("case", ["root-file", "info-file", "foreground-missing"])
 def test_data_paths_of_the_wrong_kind(cli, tmp_path, case):
-    # DD-root-file / DI-file / DF-missing. a0df06f: errno texts, exit 1, "no class folders".
+    # DD-root-file / DI-file / DF-missing. Before: errno texts, exit 1, "no class folders".
     blocker = tmp_path / "file"
     blocker.write_text("x")
     if case == "root-file":
@@ -206,7 +206,7 @@ def test_data_paths_of_the_wrong_kind(cli, tmp_path, case):
 
 
 def test_data_download_incomplete_layout_moves_nothing(cli, tmp_path):
-    # DD-wrong-layout. a0df06f: refused, but the archive's readme.txt was left in the data set.
+    # DD-wrong-layout. Before: refused, but the archive's readme.txt was left in the data set.
     archive = _tar(tmp_path / "a.tar.gz", [("stuff/readme.txt", b"hello", "file")])
     root = tmp_path / "ds"
     result = download(cli, root, archive)

@@ -29,7 +29,7 @@ def import_argv(original: Path, output: Path, *extra: object) -> list[object]:
 
 
 def test_import_refuses_to_overwrite_a_trained_checkpoint(cli, original, run_copy):
-    # I-out-trained. a0df06f: the trained last.pt is silently replaced.
+    # I-out-trained. Before the fixes: the trained last.pt is silently replaced.
     before = digest(run_copy / "last.pt")
     result = cli(*import_argv(original, run_copy / "last.pt"))
     assert_refused(result, "last.pt")
@@ -37,7 +37,7 @@ def test_import_refuses_to_overwrite_a_trained_checkpoint(cli, original, run_cop
 
 
 def test_import_refuses_to_overwrite_its_input(cli, original, tmp_path):
-    # I-out-is-input. a0df06f: the original's file is replaced by the conversion.
+    # I-out-is-input. Before the fixes: the original's file is replaced by the conversion.
     path = Path(shutil.copy(original, tmp_path / "orig.pth"))
     before = digest(path)
     result = cli(*import_argv(path, path))
@@ -46,10 +46,10 @@ def test_import_refuses_to_overwrite_its_input(cli, original, tmp_path):
 
 
 @pytest.mark.parametrize("flags,needle", [
-    (["--dsc-heads", "0"], "0"),  # a0df06f: "error: integer modulo by zero"
-    (["--dsc-heads", "-4"], "-4"),  # a0df06f: torch's words, flag not named
-    (["--dsc-heads", "3"], "3"),  # passes on a0df06f
-    (["--feature-layers", "99"], "99"),  # a0df06f: "layer 99 out of range", no flag
+    (["--dsc-heads", "0"], "0"),  # before the fixes: "error: integer modulo by zero"
+    (["--dsc-heads", "-4"], "-4"),  # before the fixes: torch's words, flag not named
+    (["--dsc-heads", "3"], "3"),  # passed before the fixes too
+    (["--feature-layers", "99"], "99"),  # before the fixes: "layer 99 out of range", no flag
 ], ids=["I-heads-0", "I-heads-neg", "I-heads-3", "I-feat-99"])
 def test_import_bad_flag(cli, original, tmp_path, flags, needle):
     key = flags[0][2:]
@@ -61,7 +61,7 @@ def test_import_bad_flag(cli, original, tmp_path, flags, needle):
 
 @pytest.mark.parametrize("kind", ["missing", "zero", "ours"])
 def test_import_bad_original(cli, tmp_path, finished_run, kind):
-    # I-orig-*; pass on a0df06f
+    # I-orig-*; passed before the fixes
     path = {"missing": tmp_path / "nope.pth", "zero": tmp_path / "zero.pth",
             "ours": finished_run / "last.pt"}[kind]
     if kind == "zero":
@@ -70,7 +70,7 @@ def test_import_bad_original(cli, tmp_path, finished_run, kind):
 
 
 def test_export_refuses_to_overwrite_its_input(cli, run_copy):
-    # E-out-is-ckpt. a0df06f: the checkpoint is replaced by the ONNX file.
+    # E-out-is-ckpt. Before the fixes: the checkpoint is replaced by the ONNX file.
     pytest.importorskip("onnx")
     before = digest(run_copy / "last.pt")
     result = cli("export", "--checkpoint", run_copy / "last.pt", "--output",
@@ -81,7 +81,7 @@ def test_export_refuses_to_overwrite_its_input(cli, run_copy):
 
 @pytest.mark.parametrize("opset", ["0", "99"])
 def test_export_bad_opset(cli, finished_run, tmp_path, opset):
-    # E-opset-0 / E-opset-99. a0df06f: RuntimeError traceback (and a dump of the graph).
+    # E-opset-0 / E-opset-99. Before the fixes: RuntimeError traceback (and a dump of the graph).
     pytest.importorskip("onnx")
     result = cli("export", "--checkpoint", finished_run / "last.pt", "--output",
                  tmp_path / "m.onnx", "--opset", opset, "--no-verify")
@@ -90,7 +90,7 @@ def test_export_bad_opset(cli, finished_run, tmp_path, opset):
 
 
 def test_import_output_folder_and_export_over_another_checkpoint(cli, original, run_copy):
-    # I-out-dir / E-out-epoch. a0df06f: a temp file's name in the message / silently replaced.
+    # I-out-dir / E-out-epoch. Before: a temp file's name in the message / silently replaced.
     assert_refused(cli(*import_argv(original, run_copy)), "--output", "is a folder")
     before = digest(run_copy)
     result = cli("export", "--checkpoint", run_copy / "last.pt", "--output",

@@ -58,7 +58,7 @@ def _resume_argv(run: Path) -> list[object]:
 
 
 def test_ctrl_c_during_checkpoint_write_gives_the_resume_hint(cli, run_copy, monkeypatch):
-    # F-int-write. a0df06f: torch turns the KeyboardInterrupt into
+    # F-int-write. Before the fixes: torch turns the KeyboardInterrupt into
     # "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos ..." (traceback).
     before = digest(run_copy / "last.pt")
     monkeypatch.setattr(torch, "save", failing_torch_save(KeyboardInterrupt))
@@ -70,7 +70,7 @@ def test_ctrl_c_during_checkpoint_write_gives_the_resume_hint(cli, run_copy, mon
 
 
 def test_ctrl_c_during_an_epoch_gives_the_resume_hint(cli, run_copy, monkeypatch):
-    # F-int-epoch; passes on a0df06f
+    # F-int-epoch; passed before the fixes too
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -85,7 +85,7 @@ def test_ctrl_c_during_an_epoch_gives_the_resume_hint(cli, run_copy, monkeypatch
 
 @pytest.mark.parametrize("verb", ["train", "calibrate"])
 def test_disk_full_during_checkpoint_write(cli, run_copy, data, monkeypatch, verb):
-    # F-enospc-train / F-enospc-calibrate. a0df06f: RuntimeError traceback
+    # F-enospc-train / F-enospc-calibrate. Before the fixes: RuntimeError traceback
     # ("[enforce fail at inline_container.cc:672]"); the old checkpoint survives (atomic write).
     before = digest(run_copy / "last.pt")
     monkeypatch.setattr(torch, "save", failing_torch_save(
@@ -103,7 +103,7 @@ def test_disk_full_during_checkpoint_write(cli, run_copy, data, monkeypatch, ver
 
 
 def test_cpu_out_of_memory_is_a_message(cli, run_copy, monkeypatch):
-    # F-oom-cpu. a0df06f: "RuntimeError: [enforce fail at alloc_cpu.cpp:127] ...
+    # F-oom-cpu. Before the fixes: "RuntimeError: [enforce fail at alloc_cpu.cpp:127] ...
     # DefaultCPUAllocator: can't allocate memory" traceback (real with RLIMIT_AS, see catalogue).
     def oom(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
@@ -117,7 +117,7 @@ def test_cpu_out_of_memory_is_a_message(cli, run_copy, monkeypatch):
 
 
 def test_gpu_out_of_memory_is_a_message(cli, run_copy, monkeypatch):
-    # F-oom-gpu; passes on a0df06f (exit code 2, suggests --batch-size)
+    # F-oom-gpu; passed before the fixes too (exit code 2, suggests --batch-size)
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
@@ -128,7 +128,7 @@ def test_gpu_out_of_memory_is_a_message(cli, run_copy, monkeypatch):
 
 
 def test_temp_file_of_a_killed_write_is_cleaned_up(cli, run_copy):
-    # F-kill-leftover. a0df06f: a kill -9 during the write leaves .last.pt.*.tmp
+    # F-kill-leftover. Before the fixes: a kill -9 during the write leaves .last.pt.*.tmp
     # (the size of a checkpoint) forever; the next run neither removes nor reuses it.
     stale = run_copy / ".last.pt.k1ll3d00.tmp"
     stale.write_bytes((run_copy / "last.pt").read_bytes()[:50_000])
@@ -138,7 +138,7 @@ def test_temp_file_of_a_killed_write_is_cleaned_up(cli, run_copy):
 
 
 def test_debug_env_shows_the_traceback(data, tmp_path, monkeypatch, capsys):
-    # F-debug. failed on a0df06f (it has no debug switch: here a traceback escapes anyway, but
+    # F-debug. failed before the fixes (it had no debug switch: here a traceback escapes anyway, but
     # as a raise of TypeError, not exit code 2). PATCHGUARD_DEBUG=1 is the proposed name: the
     # message-only path stays the default and the switch adds the traceback for bug reports.
     monkeypatch.setenv("PATCHGUARD_DEBUG", "1")

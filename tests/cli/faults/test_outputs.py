@@ -17,7 +17,7 @@ from .common import (
 @pytest.mark.parametrize("verb", ["predict", "visualize", "benchmark"])
 def test_output_dir_that_is_a_file_is_refused_before_work(cli, finished_run, data, tmp_path,
                                                            verb):
-    # P-out-file / V-out-file / B-out-file. a0df06f: [Errno 17/20] after (or during) the work.
+    # P-out-file / V-out-file / B-out-file. Before: [Errno 17/20] after (or during) the work.
     blocker = tmp_path / "file"
     blocker.write_text("mine")
     argv = {

@@ -23,7 +23,7 @@ from .common import (
 
 
 def test_decompression_bomb_in_predict_is_reported(cli, tmp_path, finished_run):
-    # D-bomb-predict; passes on a0df06f (skipped input, exit code 1)
+    # D-bomb-predict; passed before the fixes too (skipped input, exit code 1)
     bomb = bomb_png(tmp_path / "bomb.png")
     result = cli("predict", "--checkpoint", finished_run / "last.pt", "--input", bomb,
                  "--output-dir", tmp_path / "pred", "--device", "cpu", "--quiet")
@@ -34,7 +34,7 @@ def test_decompression_bomb_in_predict_is_reported(cli, tmp_path, finished_run):
 
 
 def test_predict_threshold_nan_is_refused(cli, calibrated, data, tmp_path):
-    # P-thr-nan. a0df06f: every image is called normal.
+    # P-thr-nan. Before the fixes: every image is called normal.
     result = cli("predict", "--checkpoint", calibrated, "--input", data / CLASS / "test",
                  "--output-dir", tmp_path / "pred", "--device", "cpu", "--quiet",
                  "--threshold", "nan")
@@ -43,7 +43,7 @@ def test_predict_threshold_nan_is_refused(cli, calibrated, data, tmp_path):
 
 
 def test_predict_pixel_threshold_nan_is_refused(cli, calibrated, data, tmp_path):
-    # P-pix-nan. a0df06f: empty masks and a numpy cast warning.
+    # P-pix-nan. Before the fixes: empty masks and a numpy cast warning.
     result = cli("predict", "--checkpoint", calibrated, "--input", data / CLASS / "test",
                  "--output-dir", tmp_path / "pred", "--device", "cpu", "--quiet",
                  "--save-masks", "--pixel-threshold", "nan")
@@ -52,8 +52,8 @@ def test_predict_pixel_threshold_nan_is_refused(cli, calibrated, data, tmp_path)
 
 
 @pytest.mark.parametrize("key,flags,value,code", [
-    ("batch_size", ["--batch-size", "0"], "0", 2),  # a0df06f: "must be at least 1"
-    ("device", ["--device", "foo"], "foo", 2),  # a0df06f: RuntimeError traceback
+    ("batch_size", ["--batch-size", "0"], "0", 2),  # before the fixes: "must be at least 1"
+    ("device", ["--device", "foo"], "foo", 2),  # before the fixes: RuntimeError traceback
 ], ids=["P-bs-0", "P-device-foo"])
 def test_predict_bad_flag(cli, finished_run, data, tmp_path, key, flags, value, code):
     result = cli("predict", "--checkpoint", finished_run / "last.pt", "--input",
@@ -63,7 +63,7 @@ def test_predict_bad_flag(cli, finished_run, data, tmp_path, key, flags, value, 
 
 
 def test_predict_missing_input_is_reported(cli, finished_run, tmp_path):
-    # P-input-missing; passes on a0df06f
+    # P-input-missing; passed before the fixes too
     result = cli("predict", "--checkpoint", finished_run / "last.pt", "--input",
                  tmp_path / "nope.png", "--output-dir", tmp_path / "pred", "--device", "cpu",
                  "--quiet")
@@ -71,7 +71,7 @@ def test_predict_missing_input_is_reported(cli, finished_run, tmp_path):
 
 
 def test_predict_rerun_leaves_no_stale_heatmaps(cli, finished_run, data, tmp_path):
-    # P-rerun-stale. a0df06f: the second, smaller run leaves the first run's heatmaps.
+    # P-rerun-stale. Before the fixes: the second, smaller run leaves the first run's heatmaps.
     out = tmp_path / "pred"
     base = ["predict", "--checkpoint", finished_run / "last.pt", "--output-dir", out,
             "--device", "cpu", "--quiet"]

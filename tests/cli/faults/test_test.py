@@ -25,7 +25,7 @@ from .common import (
 
 @pytest.mark.parametrize("verb", ["test", "visualize"])
 def test_decompression_bomb_in_test_set(cli, tmp_path, finished_run, verb):
-    # D-bomb-test / D-bomb-visualize. a0df06f: DecompressionBombError traceback.
+    # D-bomb-test / D-bomb-visualize. Before the fixes: DecompressionBombError traceback.
     root = damaged_data(tmp_path, lambda c: bomb_png(c / "test/good/000.png"))
     extra = (["--no-record", "--json", tmp_path / "r.json", "--steps-test", "1"]
              if verb == "test" else ["--output-dir", tmp_path / "vis", "--steps", "1"])
@@ -39,11 +39,11 @@ def _bad_mask(cls: Path) -> None:
 
 
 @pytest.mark.parametrize("damage,needle", [
-    (lambda c: truncate_file(c / "test/spot/000.png"), "000.png"),  # passes on a0df06f
-    (lambda c: (c / "test/good/000.png").write_bytes(b""), "000.png"),  # passes on a0df06f
-    (_bad_mask, "000_mask.png"),  # passes on a0df06f
+    (lambda c: truncate_file(c / "test/spot/000.png"), "000.png"),  # passed before the fixes too
+    (lambda c: (c / "test/good/000.png").write_bytes(b""), "000.png"),  # passed before too
+    (_bad_mask, "000_mask.png"),  # passed before the fixes too
     (lambda c: (c / "ground_truth/spot/001_mask.png").write_text("no"), "001_mask.png"),  # pass
-    (lambda c: (c / "ground_truth/spot/001_mask.png").unlink(), "001"),  # passes on a0df06f
+    (lambda c: (c / "ground_truth/spot/001_mask.png").unlink(), "001"),  # passed before too
 ], ids=["D-trunc-img", "D-zero-img", "D-mask-size", "D-mask-corrupt", "D-mask-missing"])
 def test_broken_test_set_files(cli, tmp_path, finished_run, damage, needle):
     root = damaged_data(tmp_path, damage)
@@ -62,16 +62,16 @@ def _test_argv(ckpt: Path, tmp_path: Path, *extra: object) -> list[object]:
 
 
 TEST_BAD = [
-    ("X-steps-neg", "steps_test", ["--steps-test", "-3"], "-3"),  # a0df06f: PGD row == clean row
-    ("X-steps-0", "steps_test", ["--steps-test", "0"], "0"),  # a0df06f: accepted
-    ("X-eps-neg", "epsilon_test", ["--epsilon-test", "-8"], "-8"),  # a0df06f: silently dropped
-    ("X-eps-nan", "epsilon_test", ["--epsilon-test", "nan"], "nan"),  # a0df06f: silently dropped
-    ("X-eps-big", "epsilon_test", ["--epsilon-test", "1000"], "1000"),  # a0df06f: accepted
-    ("X-restarts-0", "restarts", ["--attack", "pgd-rs", "--restarts", "0"], "0"),  # a0df06f
-    ("X-restarts-neg", "restarts", ["--attack", "apgd", "--restarts", "-1"], "-1"),  # a0df06f
-    ("X-bs-0", "batch_size", ["--batch-size", "0"], "0"),  # passes on a0df06f (torch's words)
-    ("X-workers-neg", "workers", ["--workers", "-1"], "-1"),  # a0df06f: torch's words, no value
-    ("X-device-foo", "device", ["--device", "foo"], "foo"),  # a0df06f: RuntimeError
+    ("X-steps-neg", "steps_test", ["--steps-test", "-3"], "-3"),  # before: PGD row == clean row
+    ("X-steps-0", "steps_test", ["--steps-test", "0"], "0"),  # before the fixes: accepted
+    ("X-eps-neg", "epsilon_test", ["--epsilon-test", "-8"], "-8"),  # before: silently dropped
+    ("X-eps-nan", "epsilon_test", ["--epsilon-test", "nan"], "nan"),  # before: silently dropped
+    ("X-eps-big", "epsilon_test", ["--epsilon-test", "1000"], "1000"),  # before the fixes: accepted
+    ("X-restarts-0", "restarts", ["--attack", "pgd-rs", "--restarts", "0"], "0"),  # failed before
+    ("X-restarts-neg", "restarts", ["--attack", "apgd", "--restarts", "-1"], "-1"),  # failed before
+    ("X-bs-0", "batch_size", ["--batch-size", "0"], "0"),  # passed before too (torch's words)
+    ("X-workers-neg", "workers", ["--workers", "-1"], "-1"),  # before: torch's words, no value
+    ("X-device-foo", "device", ["--device", "foo"], "foo"),  # before the fixes: RuntimeError
 ]
 
 
@@ -87,7 +87,7 @@ def test_test_refuses_out_of_domain_flag(cli, run_copy, tmp_path, key, flags, va
 
 
 def test_test_yaml_value_checked_like_its_flag(cli, run_copy, tmp_path):
-    # X-yaml-steps-neg. a0df06f: accepted (the PGD row equals the clean row).
+    # X-yaml-steps-neg. Before the fixes: accepted (the PGD row equals the clean row).
     config = tmp_path / "t.yaml"
     config.write_text("steps_test: -3\n")
     result = cli(*_test_argv(run_copy / "last.pt", tmp_path, "--config", config))
@@ -96,7 +96,7 @@ def test_test_yaml_value_checked_like_its_flag(cli, run_copy, tmp_path):
 
 
 def test_test_leaves_the_checkpoint_alone_and_info_shows_the_results(cli, run_copy, tmp_path):
-    # X-record. a0df06f: test rewrites the checkpoint to store its results.
+    # X-record. Before the fixes: test rewrites the checkpoint to store its results.
     ckpt = run_copy / "last.pt"
     before = digest(ckpt)
     result = cli("test", "--checkpoint", ckpt, "--device", "cpu", "--quiet", "--steps-test", "1",
@@ -109,7 +109,7 @@ def test_test_leaves_the_checkpoint_alone_and_info_shows_the_results(cli, run_co
 
 @pytest.mark.parametrize("target", ["last.pt", "epoch_0003.pt"])
 def test_test_json_never_overwrites_a_checkpoint(cli, run_copy, target):
-    # X-json-is-ckpt / X-json-is-epoch. a0df06f: the checkpoint is replaced by JSON.
+    # X-json-is-ckpt / X-json-is-epoch. Before the fixes: the checkpoint is replaced by JSON.
     before = digest(run_copy)
     result = cli("test", "--checkpoint", run_copy / "last.pt", "--json", run_copy / target,
                  "--device", "cpu", "--quiet", "--steps-test", "1", "--no-record")
@@ -137,7 +137,7 @@ def test_decided_test_without_anomalous_images_warns(cli, finished_run, tmp_path
 
 
 def test_testing_an_imported_checkpoint_asks_for_the_data(cli, imported, data, tmp_path):
-    # An imported checkpoint records no data set folder. a0df06f: "class folder . does not exist".
+    # An imported checkpoint records no data set folder. Before: "class folder . does not exist".
     assert_refused(cli("test", "--checkpoint", imported, "--quiet"), "--dataset-dir",
                    "is not recorded")
     result = cli("test", "--checkpoint", imported, "--dataset-dir", data, "--steps-test", "1",

@@ -37,42 +37,42 @@ from helpers.models import tiny_config
 
 TRAIN_BAD_FLAGS = [
     # (id, key, flag values, value named in the message)
-    ("T-epochs-neg", "epochs", ["--epochs", "-1"], "-1"),  # a0df06f: generic message
-    # T-bs-0 / T-img-0 pass on a0df06f only weakly: its one generic message for three keys
+    ("T-epochs-neg", "epochs", ["--epochs", "-1"], "-1"),  # before the fixes: generic message
+    # T-bs-0 / T-img-0 passed before the fixes only weakly: its one generic message for three keys
     # ("image_size and batch_size must be positive and epochs >= 0") happens to hold a "0".
     ("T-bs-0", "batch_size", ["--batch-size", "0"], "0"),
-    ("T-bs-neg", "batch_size", ["--batch-size", "-4"], "-4"),  # a0df06f: generic
+    ("T-bs-neg", "batch_size", ["--batch-size", "-4"], "-4"),  # before the fixes: generic
     ("T-img-0", "image_size", ["--image-size", "0"], "0"),
-    ("T-img-neg", "image_size", ["--image-size", "-64"], "-64"),  # a0df06f: generic
-    ("T-lr-neg", "lr", ["--lr", "-1"], "-1"),  # a0df06f: trains (gradient ascent)
-    ("T-lr-nan", "lr", ["--lr", "nan"], "nan"),  # a0df06f: fails after training starts
-    ("T-lr-inf", "lr", ["--lr", "inf"], "inf"),  # a0df06f: fails after training starts
-    ("T-blr-neg", "backbone_lr", ["--backbone-lr", "-1"], "-1"),  # a0df06f: trains
-    ("T-blr-nan", "backbone_lr", ["--backbone-lr", "nan"], "nan"),  # a0df06f: late
-    ("T-warmup-neg", "warmup_epochs", ["--warmup-epochs", "-1"], "-1"),  # a0df06f failed
-    ("T-regc-neg", "reg_coefficients", ["--reg-coefficients", "-1", "0.05"], "-1"),  # a0df06f
-    ("T-regc-nan", "reg_coefficients", ["--reg-coefficients", "nan", "0.05"], "nan"),  # a0df06f
-    ("T-eps-neg", "epsilon_train", ["--epsilon-train", "-8"], "-8"),  # a0df06f: adv. training off
-    ("T-eps-nan", "epsilon_train", ["--epsilon-train", "nan"], "nan"),  # a0df06f: late
-    ("T-eps-big", "epsilon_train", ["--epsilon-train", "1000"], "1000"),  # a0df06f: accepted
-    ("T-steps-0", "steps_train", ["--steps-train", "0"], "0"),  # a0df06f: accepted
-    ("T-steps-neg", "steps_train", ["--steps-train", "-1"], "-1"),  # a0df06f: accepted
-    ("T-seed-neg", "seed", ["--seed", "-1"], "-1"),  # a0df06f: numpy's words, no value
-    ("T-workers-neg", "workers", ["--workers", "-1"], "-1"),  # a0df06f: torch's words, late
-    ("T-save-neg", "save_every", ["--save-every", "-1"], "-1"),  # a0df06f: accepted
-    ("T-fpr-noval", "target_fpr", ["--target-fpr", "5"], "5"),  # a0df06f: unused, so unchecked
-    ("T-val-1", "val_fraction", ["--val-fraction", "1"], "1"),  # passes on a0df06f
-    ("T-val-nan", "val_fraction", ["--val-fraction", "nan"], "nan"),  # passes on a0df06f
-    # a0df06f: checked only after training (last.pt written), named in words
+    ("T-img-neg", "image_size", ["--image-size", "-64"], "-64"),  # before the fixes: generic
+    ("T-lr-neg", "lr", ["--lr", "-1"], "-1"),  # before the fixes: trains (gradient ascent)
+    ("T-lr-nan", "lr", ["--lr", "nan"], "nan"),  # before the fixes: fails after training starts
+    ("T-lr-inf", "lr", ["--lr", "inf"], "inf"),  # before the fixes: fails after training starts
+    ("T-blr-neg", "backbone_lr", ["--backbone-lr", "-1"], "-1"),  # before the fixes: trains
+    ("T-blr-nan", "backbone_lr", ["--backbone-lr", "nan"], "nan"),  # before the fixes: late
+    ("T-warmup-neg", "warmup_epochs", ["--warmup-epochs", "-1"], "-1"),  # failed before the fixes
+    ("T-regc-neg", "reg_coefficients", ["--reg-coefficients", "-1", "0.05"], "-1"),  # failed before
+    ("T-regc-nan", "reg_coefficients", ["--reg-coefficients", "nan", "0.05"], "nan"),  # failed
+    ("T-eps-neg", "epsilon_train", ["--epsilon-train", "-8"], "-8"),  # before: adv. training off
+    ("T-eps-nan", "epsilon_train", ["--epsilon-train", "nan"], "nan"),  # before the fixes: late
+    ("T-eps-big", "epsilon_train", ["--epsilon-train", "1000"], "1000"),  # before: accepted
+    ("T-steps-0", "steps_train", ["--steps-train", "0"], "0"),  # before the fixes: accepted
+    ("T-steps-neg", "steps_train", ["--steps-train", "-1"], "-1"),  # before the fixes: accepted
+    ("T-seed-neg", "seed", ["--seed", "-1"], "-1"),  # before the fixes: numpy's words, no value
+    ("T-workers-neg", "workers", ["--workers", "-1"], "-1"),  # before: torch's words, late
+    ("T-save-neg", "save_every", ["--save-every", "-1"], "-1"),  # before the fixes: accepted
+    ("T-fpr-noval", "target_fpr", ["--target-fpr", "5"], "5"),  # before: unused, so unchecked
+    ("T-val-1", "val_fraction", ["--val-fraction", "1"], "1"),  # passed before the fixes too
+    ("T-val-nan", "val_fraction", ["--val-fraction", "nan"], "nan"),  # passed before the fixes too
+    # before the fixes: checked only after training (last.pt written), named in words
     ("T-fpr-1", "target_fpr", ["--val-fraction", "0.5", "--target-fpr", "1"], "1"),
-    ("T-feat-99", "feature_layers", ["--feature-layers", "99"], "99"),  # a0df06f: names "layer"
-    ("T-reg-0", "reg_layers", ["--reg-layers", "0", "3"], "0"),  # a0df06f: names "layer" only
+    ("T-feat-99", "feature_layers", ["--feature-layers", "99"], "99"),  # before: names "layer"
+    ("T-reg-0", "reg_layers", ["--reg-layers", "0", "3"], "0"),  # before: names "layer" only
     ("T-regc-count", "reg_coefficients", ["--reg-coefficients", "0.05"], "0.05"),  # passes
-    ("T-img-70", "image_size", ["--image-size", "70"], "70"),  # passes on a0df06f
+    ("T-img-70", "image_size", ["--image-size", "70"], "70"),  # passed before the fixes too
     ("T-backbone-x", "backbone", ["--backbone", "no_such_vit"], "no_such_vit"),  # passes
-    ("T-dataset-x", "dataset", ["--dataset", "nosuch"], "nosuch"),  # passes on a0df06f
-    ("T-device-foo", "device", ["--device", "foo"], "foo"),  # a0df06f: RuntimeError
-    ("T-device-mps", "device", ["--device", "mps"], "mps"),  # a0df06f: RuntimeError
+    ("T-dataset-x", "dataset", ["--dataset", "nosuch"], "nosuch"),  # passed before the fixes too
+    ("T-device-foo", "device", ["--device", "foo"], "foo"),  # before the fixes: RuntimeError
+    ("T-device-mps", "device", ["--device", "mps"], "mps"),  # before the fixes: RuntimeError
 ]
 
 
@@ -87,12 +87,12 @@ def test_train_refuses_out_of_domain_flag(cli, data, tmp_path, key, flags, value
 
 
 def test_train_epochs_float_flag_is_a_usage_error(cli, data, tmp_path):
-    # T-epochs-float; passes on a0df06f (argparse)
+    # T-epochs-float; passed before the fixes too (argparse)
     assert_refused(cli(*train_argv(data, tmp_path / "run", "--epochs", "1.5")), "--epochs", "1.5")
 
 
 def test_train_image_size_below_patch_suggests_a_positive_size(cli, data, tmp_path):
-    # T-img-8. a0df06f: "image size 8 is not a multiple of ... 16; use e.g. 0"
+    # T-img-8. Before the fixes: "image size 8 is not a multiple of ... 16; use e.g. 0"
     result = cli(*train_argv(data, tmp_path / "run", "--image-size", "8"))
     assert_refused(result, "8")
     suggested = [int(s) for s in re.findall(r"e\.g\.\s*(-?\d+)", result.text)]
@@ -100,14 +100,14 @@ def test_train_image_size_below_patch_suggests_a_positive_size(cli, data, tmp_pa
 
 
 def test_train_device_cuda_without_gpu_is_refused(cli, data, tmp_path):
-    # T-device-cuda; passes on a0df06f
+    # T-device-cuda; passed before the fixes too
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     assert_refused(cli(*train_argv(data, tmp_path / "run", "--device", "cuda:7")), "cuda:7")
 
 
 def test_train_backbone_weights_with_no_pretrained_is_not_silently_ignored(cli, data, tmp_path):
-    # T-bweights-ignored. a0df06f: the file (even a missing one) is silently ignored.
+    # T-bweights-ignored. Before the fixes: the file (even a missing one) is silently ignored.
     result = cli(*train_argv(data, tmp_path / "run", "--backbone-weights", tmp_path / "nope.pth"))
     assert "Traceback" not in result.text
     # (the log line "backbone weights: random initialisation" does not count)
@@ -115,7 +115,7 @@ def test_train_backbone_weights_with_no_pretrained_is_not_silently_ignored(cli, 
 
 
 def test_train_val_fraction_warns_when_too_few_normals_for_target_fpr(cli, data, tmp_path):
-    # T-val-few. a0df06f: 2 held-out images at FPR 0.01 (needs ~100), no warning.
+    # T-val-few. Before the fixes: 2 held-out images at FPR 0.01 (needs ~100), no warning.
     result = cli(*train_argv(data, tmp_path / "run", "--val-fraction", "0.5"))
     assert result.code == 0, result
     assert "0.01" in result.text and "100" in result.text, result
@@ -126,32 +126,32 @@ def test_train_val_fraction_warns_when_too_few_normals_for_target_fpr(cli, data,
 
 YAML_BAD = [
     # (id, key, YAML value, text the message names)
-    ("Y-reg-layers-int", "reg_layers", 6, "6"),  # a0df06f: TypeError traceback
-    ("Y-feature-layers-int", "feature_layers", 6, "6"),  # a0df06f: TypeError traceback
-    ("Y-regc-str", "reg_coefficients", ["abc", "def"], "abc"),  # a0df06f: TypeError
-    ("Y-workers-float", "workers", 0.5, "0.5"),  # a0df06f: TypeError traceback
-    ("Y-seed-float", "seed", 1.5, "1.5"),  # a0df06f: TypeError traceback
-    ("Y-dataset-dir-int", "dataset_dir", 98765, "98765"),  # a0df06f: TypeError traceback
-    ("Y-class-list", "class_name", [CLASS], CLASS),  # a0df06f: TypeError traceback
-    ("Y-dsc-heads-3", "dsc_heads", 3, "3"),  # a0df06f: AssertionError traceback
-    ("Y-radius-neg", "map_radius", -3, "-3"),  # a0df06f: RuntimeError traceback
-    ("Y-adv-str", "adv_train", "false", "false"),  # a0df06f: a string is truthy: ON
-    ("Y-bf16-str", "bf16", "yes please", "yes please"),  # a0df06f: truthy string
-    ("Y-pretrained-str", "pretrained", "maybe", "maybe"),  # a0df06f: tries to fetch weights
-    ("Y-img-null", "image_size", None, ("null", "none")),  # a0df06f: silently 224 px
-    ("Y-topk-0", "top_k", 0, "0"),  # a0df06f: accepted, scores are NaN
-    ("Y-dsc-hidden-0", "dsc_hidden", 0, "0"),  # a0df06f: accepted
-    ("Y-sigma-neg", "map_sigma", -1.0, "-1"),  # a0df06f: accepted
-    ("Y-minlr-2", "min_lr_ratio", 2.0, "2"),  # a0df06f: accepted (lr rises)
-    ("Y-save-float", "save_every", 0.5, "0.5"),  # a0df06f: accepted
-    ("Y-steps-neg", "steps_train", -2, "-2"),  # a0df06f: accepted
-    ("Y-lr-neg", "lr", -0.001, "-0.001"),  # a0df06f: accepted
-    ("Y-eps-nan", "epsilon_train", float("nan"), "nan"),  # a0df06f: late loss error
-    ("Y-batch-float", "batch_size", 4.0, "4.0"),  # passes on a0df06f (torch's words, late)
-    ("Y-dropout-2", "dsc_dropout", 2.0, "2"),  # a0df06f: torch's words, no key named
-    ("Y-wd-neg", "weight_decay", -1.0, "-1"),  # passes on a0df06f (torch's words)
-    ("Y-pseudo-0", "pseudo_size_scale", 0.0, "0"),  # a0df06f: names size_scale only
-    ("Y-preset-x", "preset", "turbo", "turbo"),  # passes on a0df06f
+    ("Y-reg-layers-int", "reg_layers", 6, "6"),  # before the fixes: TypeError traceback
+    ("Y-feature-layers-int", "feature_layers", 6, "6"),  # before the fixes: TypeError traceback
+    ("Y-regc-str", "reg_coefficients", ["abc", "def"], "abc"),  # before the fixes: TypeError
+    ("Y-workers-float", "workers", 0.5, "0.5"),  # before the fixes: TypeError traceback
+    ("Y-seed-float", "seed", 1.5, "1.5"),  # before the fixes: TypeError traceback
+    ("Y-dataset-dir-int", "dataset_dir", 98765, "98765"),  # before the fixes: TypeError traceback
+    ("Y-class-list", "class_name", [CLASS], CLASS),  # before the fixes: TypeError traceback
+    ("Y-dsc-heads-3", "dsc_heads", 3, "3"),  # before the fixes: AssertionError traceback
+    ("Y-radius-neg", "map_radius", -3, "-3"),  # before the fixes: RuntimeError traceback
+    ("Y-adv-str", "adv_train", "false", "false"),  # before the fixes: a string is truthy: ON
+    ("Y-bf16-str", "bf16", "yes please", "yes please"),  # before the fixes: truthy string
+    ("Y-pretrained-str", "pretrained", "maybe", "maybe"),  # before: tries to fetch weights
+    ("Y-img-null", "image_size", None, ("null", "none")),  # before the fixes: silently 224 px
+    ("Y-topk-0", "top_k", 0, "0"),  # before the fixes: accepted, scores are NaN
+    ("Y-dsc-hidden-0", "dsc_hidden", 0, "0"),  # before the fixes: accepted
+    ("Y-sigma-neg", "map_sigma", -1.0, "-1"),  # before the fixes: accepted
+    ("Y-minlr-2", "min_lr_ratio", 2.0, "2"),  # before the fixes: accepted (lr rises)
+    ("Y-save-float", "save_every", 0.5, "0.5"),  # before the fixes: accepted
+    ("Y-steps-neg", "steps_train", -2, "-2"),  # before the fixes: accepted
+    ("Y-lr-neg", "lr", -0.001, "-0.001"),  # before the fixes: accepted
+    ("Y-eps-nan", "epsilon_train", float("nan"), "nan"),  # before the fixes: late loss error
+    ("Y-batch-float", "batch_size", 4.0, "4.0"),  # passed before too (torch's words, late)
+    ("Y-dropout-2", "dsc_dropout", 2.0, "2"),  # before the fixes: torch's words, no key named
+    ("Y-wd-neg", "weight_decay", -1.0, "-1"),  # passed before the fixes too (torch's words)
+    ("Y-pseudo-0", "pseudo_size_scale", 0.0, "0"),  # before the fixes: names size_scale only
+    ("Y-preset-x", "preset", "turbo", "turbo"),  # passed before the fixes too
 ]
 
 
@@ -170,7 +170,7 @@ def test_train_yaml_value_checked_like_its_flag(cli, data, tmp_path, key, value,
 
 
 def test_train_yaml_string_numbers_are_converted_like_flags(cli, data, tmp_path):
-    # Y-lr-str: PyYAML reads `lr: 1e-3` as the string "1e-3"; passes on a0df06f (argparse).
+    # Y-lr-str: PyYAML reads `lr: 1e-3` as the string "1e-3"; passed before too (argparse).
     out = tmp_path / "run"
     config = write_yaml(tmp_path / "c.yaml", data, out)
     config.write_text(config.read_text() + "lr: 1e-3\n")
@@ -178,10 +178,10 @@ def test_train_yaml_string_numbers_are_converted_like_flags(cli, data, tmp_path)
 
 
 @pytest.mark.parametrize("case,text,needle", [
-    ("Y-unknown-key", "foo: 1\n", "foo"),  # passes on a0df06f
-    ("Y-list", "- a\n- b\n", "mapping"),  # passes on a0df06f
-    ("Y-invalid", "epochs: [1,\n", "c.yaml"),  # passes on a0df06f
-    ("Y-binary", None, "c.yaml"),  # a0df06f: "'utf-8' codec can't decode ..." no path
+    ("Y-unknown-key", "foo: 1\n", "foo"),  # passed before the fixes too
+    ("Y-list", "- a\n- b\n", "mapping"),  # passed before the fixes too
+    ("Y-invalid", "epochs: [1,\n", "c.yaml"),  # passed before the fixes too
+    ("Y-binary", None, "c.yaml"),  # before the fixes: "'utf-8' codec can't decode ..." no path
 ])
 def test_train_broken_yaml_file(cli, tmp_path, case, text, needle):
     config = tmp_path / "c.yaml"
@@ -195,7 +195,7 @@ def test_train_broken_yaml_file(cli, tmp_path, case, text, needle):
 
 
 def test_train_missing_yaml_file(cli, tmp_path):
-    # Y-missing; passes on a0df06f
+    # Y-missing; passed before the fixes too
     assert_refused(cli("train", "--config", tmp_path / "nope.yaml"), "nope.yaml")
 
 
@@ -203,7 +203,7 @@ def test_train_missing_yaml_file(cli, tmp_path):
 
 
 def test_train_rerun_in_finished_run_folder_refuses_without_resume(cli, data, run_copy):
-    # L-rerun. a0df06f: last.pt (3 epochs) silently replaced by a 1-epoch model,
+    # L-rerun. Before the fixes: last.pt (3 epochs) silently replaced by a 1-epoch model,
     # train_log.jsonl truncated, the old epoch_*.pt left beside the new run.
     before = digest(run_copy)
     result = cli(*train_argv(data, run_copy))
@@ -212,7 +212,7 @@ def test_train_rerun_in_finished_run_folder_refuses_without_resume(cli, data, ru
 
 
 def test_train_overwrite_flag_starts_afresh_without_stale_files(cli, data, run_copy):
-    # L-overwrite. a0df06f: there is no --overwrite flag (usage error).
+    # L-overwrite. Before the fixes: there is no --overwrite flag (usage error).
     result = cli(*train_argv(data, run_copy, "--overwrite"))
     assert result.code == 0, result
     assert not list(run_copy.glob("epoch_*.pt")), "epoch files of the replaced run remain"
@@ -220,7 +220,7 @@ def test_train_overwrite_flag_starts_afresh_without_stale_files(cli, data, run_c
 
 
 def test_train_yaml_float_epochs_in_existing_run_keeps_its_log(cli, data, run_copy, tmp_path):
-    # Y-epochs-float-existing. a0df06f: TypeError after train_log.jsonl was emptied.
+    # Y-epochs-float-existing. Before the fixes: TypeError after train_log.jsonl was emptied.
     config = write_yaml(tmp_path / "c.yaml", data, run_copy, epochs=1.5)
     before = digest(run_copy)
     result = cli("train", "--config", config, "--quiet")
@@ -230,7 +230,7 @@ def test_train_yaml_float_epochs_in_existing_run_keeps_its_log(cli, data, run_co
 
 
 def test_train_resume_on_imported_checkpoint_is_a_clear_message(cli, data, imported, tmp_path):
-    # L-resume-imported. a0df06f: logging error, then KeyError: 'optimizer'.
+    # L-resume-imported. Before the fixes: logging error, then KeyError: 'optimizer'.
     ckpt = Path(shutil.copy(imported, tmp_path / "last.pt"))
     before = digest(ckpt)
     result = cli("train", "--resume", ckpt, "--dataset-dir", data, "--epochs", "1",
@@ -241,9 +241,9 @@ def test_train_resume_on_imported_checkpoint_is_a_clear_message(cli, data, impor
 
 
 @pytest.mark.parametrize("key,flags", [
-    ("image_size", ["--image-size", "32"]),  # a0df06f: size-mismatch RuntimeError
-    ("feature_layers", ["--feature-layers", "2", "3"]),  # a0df06f: RuntimeError
-    ("backbone", ["--backbone", "vit_tiny_patch16_224"]),  # a0df06f: RuntimeError
+    ("image_size", ["--image-size", "32"]),  # before the fixes: size-mismatch RuntimeError
+    ("feature_layers", ["--feature-layers", "2", "3"]),  # before the fixes: RuntimeError
+    ("backbone", ["--backbone", "vit_tiny_patch16_224"]),  # before the fixes: RuntimeError
 ], ids=["L-resume-imgsize", "L-resume-featlayers", "L-resume-backbone"])
 def test_train_resume_refuses_architecture_changes(cli, run_copy, key, flags):
     before = digest(run_copy)
@@ -255,7 +255,7 @@ def test_train_resume_refuses_architecture_changes(cli, run_copy, key, flags):
 
 
 def test_train_resume_on_a_directory_says_what_is_wrong(cli, run_copy):
-    # L-resume-dir. a0df06f: "checkpoint <dir> does not exist" for an existing folder.
+    # L-resume-dir. Before the fixes: "checkpoint <dir> does not exist" for an existing folder.
     result = cli("train", "--resume", run_copy, "--epochs", "4", "--quiet")
     assert "Traceback" not in result.text
     assert "does not exist" not in result.text, result
@@ -263,7 +263,7 @@ def test_train_resume_on_a_directory_says_what_is_wrong(cli, run_copy):
 
 @pytest.mark.parametrize("target", ["zero", "missing", "auto-empty"])
 def test_train_resume_bad_target(cli, tmp_path, target):
-    # L-resume-zero / L-resume-missing / L-resume-auto-none; pass on a0df06f
+    # L-resume-zero / L-resume-missing / L-resume-auto-none; passed before the fixes
     if target == "zero":
         path = tmp_path / "zero.pt"
         path.write_bytes(b"")
@@ -278,7 +278,7 @@ def test_train_resume_bad_target(cli, tmp_path, target):
 
 
 def test_train_resume_finished_run_changes_nothing(cli, run_copy):
-    # L-resume-done; passes on a0df06f
+    # L-resume-done; passed before the fixes too
     before = digest(run_copy / "last.pt"), digest(run_copy / "train_log.jsonl")
     result = cli("train", "--output-dir", run_copy, "--resume", "--quiet")
     assert result.code == 0, result
@@ -286,7 +286,7 @@ def test_train_resume_finished_run_changes_nothing(cli, run_copy):
 
 
 def test_train_single_class_dataset_dir_is_the_class_folder(cli, tmp_path):
-    # S-headct. a0df06f: "train needs --dataset-dir and --class-name".
+    # S-headct. Before the fixes: "train needs --dataset-dir and --class-name".
     root = tmp_path / "data"
     make_mvtec_class(root, name="headct", n_train=4, n_good=2, n_bad=2, size=64)
     out = tmp_path / "run"
@@ -300,7 +300,7 @@ def test_train_single_class_dataset_dir_is_the_class_folder(cli, tmp_path):
 
 
 def test_decompression_bomb_in_train_set(cli, tmp_path):
-    # D-bomb-train. a0df06f: PIL's DecompressionBombError traceback.
+    # D-bomb-train. Before the fixes: PIL's DecompressionBombError traceback.
     root = damaged_data(tmp_path, lambda c: bomb_png(c / "train/good/000.png"))
     assert_refused(cli(*train_argv(root, tmp_path / "run")), "000.png")
 
@@ -349,7 +349,7 @@ def test_yaml_error_names_the_file(cli, data, tmp_path):
 
 
 def test_resume_with_fewer_epochs_says_so(cli, run_copy):
-    # L-resume-fewer. a0df06f: nothing trained and nothing said.
+    # L-resume-fewer. Before the fixes: nothing trained and nothing said.
     before = digest(run_copy / "last.pt")
     result = cli("train", "--output-dir", run_copy, "--resume", "--epochs", "2", "--quiet")
     assert result.code == 0, result

@@ -17,11 +17,11 @@ from .common import (
 # ============================================================================ visualize
 
 VIS_BAD = [
-    ("V-max-0", "max_images", ["--max-images", "0"], "0"),  # a0df06f: "error: division by zero"
-    ("V-max-neg", "max_images", ["--max-images", "-2"], "-2"),  # a0df06f: numpy concatenate error
-    ("V-eps-neg", "epsilon", ["--epsilon", "-8"], "-8"),  # a0df06f: silently clean-only panels
-    ("V-eps-nan", "epsilon", ["--epsilon", "nan"], "nan"),  # a0df06f: silently clean-only
-    ("V-steps-neg", "steps", ["--steps", "-1"], "-1"),  # a0df06f: accepted
+    ("V-max-0", "max_images", ["--max-images", "0"], "0"),  # before: "error: division by zero"
+    ("V-max-neg", "max_images", ["--max-images", "-2"], "-2"),  # before: numpy concatenate error
+    ("V-eps-neg", "epsilon", ["--epsilon", "-8"], "-8"),  # before: silently clean-only panels
+    ("V-eps-nan", "epsilon", ["--epsilon", "nan"], "nan"),  # before the fixes: silently clean-only
+    ("V-steps-neg", "steps", ["--steps", "-1"], "-1"),  # before the fixes: accepted
 ]
 
 
