@@ -14,7 +14,7 @@ import timm
 import torch
 from torch import nn
 
-from ..utils.checks import integer_list
+from ..utils.checks import InputError, integer_list
 
 # Input normalisation of every ImageNet-pretrained backbone (docs/method.md, section 1).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -80,6 +80,16 @@ class FeatureExtractor(nn.Module):
     def embed_dim(self) -> int:
         """Width of one feature layer."""
         return int(self.pretrained_model.embed_dim)
+
+    def check_image_size(self, image_size: int) -> None:
+        """InputError unless ``image_size`` is a positive multiple of the patch size that gives
+        the backbone's patch grid."""
+        grid, patch = self.grid_size, self.patch_size
+        if grid * patch != image_size or image_size < patch:
+            raise InputError(
+                "image_size (--image-size)", image_size,
+                f"must be a positive multiple of the backbone's patch size {patch}",
+                f"use e.g. {max(patch, round(image_size / patch) * patch)}")
 
     def _make_hook(self, layer: int):
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:

@@ -95,12 +95,7 @@ class PatchKNN(nn.Module):
         self.top_k = top_k
         # No regularised layers: nothing is trained, so no attention is captured.
         self.feature_extractor = FeatureExtractor(vit, feature_layers, [])
-        grid, patch = self.feature_extractor.grid_size, self.feature_extractor.patch_size
-        if grid * patch != image_size or image_size < patch:
-            raise InputError(
-                "image_size (--image-size)", image_size,
-                f"must be a positive multiple of the backbone's patch size {patch}",
-                f"use e.g. {max(patch, round(image_size / patch) * patch)}")
+        self.feature_extractor.check_image_size(image_size)
         dim = self.feature_extractor.embed_dim * len(feature_layers)
         self.register_buffer("bank", torch.zeros(0, dim))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),

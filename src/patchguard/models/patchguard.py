@@ -157,13 +157,8 @@ class PatchGuard(nn.Module):
         self.image_size = image_size
         self.top_k = top_k
         self.feature_extractor = FeatureExtractor(vit, feature_layers, reg_layers)
+        self.feature_extractor.check_image_size(image_size)
         grid = self.feature_extractor.grid_size
-        patch = self.feature_extractor.patch_size
-        if grid * patch != image_size or image_size < patch:
-            raise InputError(
-                "image_size (--image-size)", image_size,
-                f"must be a positive multiple of the backbone's patch size {patch}",
-                f"use e.g. {max(patch, round(image_size / patch) * patch)}")
         dim = self.feature_extractor.embed_dim * len(feature_layers)
         if dsc_heads < 1 or dim % dsc_heads:
             raise InputError("dsc_heads", dsc_heads,
