@@ -14,15 +14,31 @@ set is given without its pixel masks; ``--with-masks`` shows the masked case (no
     ... --image-size 112 --backbone "" --epochs 0 --adv-preset robust --members demo \\
         --epsilons 2 8 --classes grass
 
-Speed figures are ratios from one run (alternating on/off, medians); absolute times depend on
-the machine and its load.
+With ``--reference-src DIR`` (another checkout's ``src``, e.g. main's) it times instead this
+tree against that one, both with early stopping as each does by default, each evaluation in a
+fresh process with its own ``patchguard`` (alternating, CPU seconds of the evaluation alone,
+medians), and says whether the rows are identical: the savings that do not depend on early
+stopping, e.g. with ``--with-masks``.
+
+    git archive main src | tar -x -C /tmp/main_tree
+    OMP_NUM_THREADS=1 taskset -c 0 env PYTHONPATH=src python benchmarks/bench_standard.py \\
+        --out /tmp/bench_standard --image-size 112 --backbone "" --members demo --with-masks \\
+        --checkpoints RUN/undefended/last.pt RUN/adversarial/last.pt --classes grass \\
+        --reference-src /tmp/main_tree/src
+
+Speed figures are ratios from one run (alternating, medians); absolute times depend on the
+machine and its load.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -76,8 +92,59 @@ def _metrics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in DIAGNOSTIC} for r in rows]
 
 
+def _settings(args: argparse.Namespace, members: Any, eps: float) -> AttackSettings:
+    return AttackSettings(attacks=("standard",), epsilons=(0, eps), standard_members=members,
+                          batch_size=args.batch_size, seed=args.seed)
+
+
+def _worker(job: dict[str, Any]) -> None:
+    """One evaluation in this process's patchguard: its CPU seconds and rows, as JSON."""
+    from patchguard.demo.run import DEMO_STANDARD
+    from patchguard.models.factory import load_model
+
+    logging.getLogger("patchguard").setLevel(logging.ERROR)
+    args = argparse.Namespace(**job["args"])
+    members = DEMO_STANDARD["members"] if args.members == "demo" else STANDARD_MEMBERS
+    model, _ = load_model(Path(job["checkpoint"]), torch.device("cpu"))
+    data = _test_set(Path(args.out) / "data", job["class_name"], args.image_size, args.images,
+                     args.with_masks)
+    started = time.process_time()
+    rows = evaluate(model, data, _settings(args, members, job["eps"]), progress=False)
+    print(json.dumps({"cpu_seconds": time.process_time() - started, "rows": rows}))
+
+
+def _against(args: argparse.Namespace, targets: list[tuple[str, Path, str]]) -> None:
+    """This tree against ``--reference-src``, alternating fresh processes; CPU-second medians."""
+    trees = {"reference": Path(args.reference_src).resolve(),
+             "this tree": Path(__file__).resolve().parents[1] / "src"}
+    print(f"{'checkpoint':<28} {'eps':>4} {'ref CPU s':>9} {'this':>7} {'speed-up':>8} "
+          f"{'per round':>9} identical")
+    for label, path, name in targets:
+        for eps in args.epsilons:
+            job = {"args": vars(args), "checkpoint": str(path), "class_name": name, "eps": eps}
+            seconds: dict[str, list[float]] = {t: [] for t in trees}
+            rows: dict[str, Any] = {}
+            for round_ in range(args.rounds):
+                order = list(trees) if round_ % 2 == 0 else list(trees)[::-1]
+                for tree in order:
+                    env = {**os.environ, "PYTHONPATH": str(trees[tree])}
+                    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)],
+                                         env=env, check=True, capture_output=True, text=True)
+                    reply = json.loads(out.stdout.strip().splitlines()[-1])
+                    seconds[tree].append(reply["cpu_seconds"])
+                    rows[tree] = reply["rows"]
+            ref, this = (statistics.median(seconds[t]) for t in trees)
+            paired = statistics.median(a / b for a, b in zip(*seconds.values()))
+            same = _metrics(rows["reference"]) == _metrics(rows["this tree"])
+            print(f"{name + '/' + label:<28} {eps:>4g} {ref:>9.1f} {this:>7.1f} "
+                  f"{ref / this:>7.3f}x {paired:>8.3f}x {same}", flush=True)
+
+
 def main() -> None:
     """Train or take checkpoints; time standard with and without early stopping."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        _worker(json.loads(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for the demo data and runs")
     parser.add_argument("--classes", nargs="+", default=["gravel"])
@@ -96,6 +163,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--with-masks", action="store_true")
+    parser.add_argument("--reference-src", default=None,
+                        help="time this tree against that src folder instead (see above)")
     args = parser.parse_args()
     # The no-pixel-masks warning is this benchmark's own choice (early stopping needs it).
     logging.getLogger("patchguard").setLevel(logging.ERROR)
@@ -122,6 +191,9 @@ def main() -> None:
                 targets.append(("adversarial" if adversarial else "undefended", path, name))
     from patchguard.models.factory import load_model
 
+    if args.reference_src:
+        _against(args, targets)
+        return
     print(f"standard members: {', '.join(m.describe() for m in members)}; "
           f"{torch.get_num_threads()} thread(s); pixel masks "
           f"{'kept' if args.with_masks else 'left out'}")
@@ -131,9 +203,7 @@ def main() -> None:
         model, _ = load_model(path, torch.device("cpu"))
         data = _test_set(root, name, args.image_size, args.images, args.with_masks)
         for eps in args.epsilons:
-            settings = AttackSettings(attacks=("standard",), epsilons=(0, eps),
-                                      standard_members=members, batch_size=args.batch_size,
-                                      seed=args.seed)
+            settings = _settings(args, members, eps)
             evaluate(model, data, settings, progress=False, epsilons=(0,))  # warm-up
             speed: dict[bool, list[float]] = {True: [], False: []}
             rows: dict[bool, list[dict[str, Any]]] = {}

@@ -164,11 +164,19 @@ class AttackProblem:
     def values(self, x: torch.Tensor, objectives: Sequence[str | PerImageObjective]
                ) -> list[torch.Tensor]:
         """Per-image values (B,) of each objective at ``x``, in eval mode, from one pass."""
+        return self.values_and_maps(x, objectives)[0]
+
+    @torch.no_grad()
+    def values_and_maps(self, x: torch.Tensor, objectives: Sequence[str | PerImageObjective]
+                        ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """:meth:`values` and the anomaly maps (B, H, W) of the same eval-mode pass (the maps
+        are computed on demand: free when an objective read them already)."""
         self.passes[0] += x.shape[0]
         with eval_mode(self.detector):
             output = self.detector(x)
-            return [resolve_objective(o)(output, self.targets, self.labels, self.masks)
-                    for o in objectives]
+            values = [resolve_objective(o)(output, self.targets, self.labels, self.masks)
+                      for o in objectives]
+            return values, output.maps
 
     def unchanged(self) -> AttackResult:
         """The clean images and their eval-mode loss: the result of a zero budget."""

@@ -102,9 +102,11 @@ class MetricAdversarials:
     pixel_loss: torch.Tensor
     image_member: torch.Tensor | None = None
     pixel_member: torch.Tensor | None = None
-    # standard: the image scores at ``image`` (read off ``image_loss``, the score objective),
-    # so that the evaluation need not score those images again.
+    # standard: the image scores at ``image`` (read off ``image_loss``, the score objective)
+    # and the anomaly maps (B, H, W) at ``pixel`` (kept from the pass that chose them; None
+    # where a member skipped images), so that the evaluation need not score them again.
     image_scores: torch.Tensor | None = None
+    pixel_maps: torch.Tensor | None = None
 
 
 def member_generators(members: Sequence[Member] | None, seed: int
@@ -148,18 +150,19 @@ def _worst(candidates: Sequence[torch.Tensor], values: torch.Tensor
 
 
 def _values(problem: AttackProblem, x: torch.Tensor, ran: torch.Tensor | None
-            ) -> list[torch.Tensor]:
+            ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """The image and pixel objectives at ``x`` of the images a member ran on (``ran``, a
-    (B,) mask; None: all); minus infinity for the others, which it left alone."""
+    (B,) mask; None: all), minus infinity for the others, which it left alone; and the
+    anomaly maps at ``x`` of the same pass when it covered every image (else None)."""
     objectives = (IMAGE_OBJECTIVE, PIXEL_OBJECTIVE)
     if ran is None or bool(ran.all()):
-        return problem.values(x, objectives)
+        return problem.values_and_maps(x, objectives)
     filled = [torch.full_like(problem.labels, -math.inf) for _ in objectives]
     index = ran.nonzero().squeeze(1)
     if len(index):
         for full, part in zip(filled, problem.rows(index).values(x[index], objectives)):
             full[index] = part
-    return filled
+    return filled, None
 
 
 def attack_standard_per_metric(problem: AttackProblem, budget: AttackBudget,
@@ -179,22 +182,29 @@ def attack_standard_per_metric(problem: AttackProblem, budget: AttackBudget,
         clean_value = (1.0 - 2.0 * problem.labels) * problem.clean_scores
     else:
         clean_value = problem.values(problem.original, (IMAGE_OBJECTIVE,))[0]
-    candidates, image_values, pixel_values = [], [], []
+    candidates, image_values, pixel_values, maps = [], [], [], []
     for member in run:
         ran = None if stop is None else stop.active.clone()
         x = _run_member(problem, budget, member)
-        image_value, pixel_value = _values(problem, x, ran)
+        (image_value, pixel_value), member_maps = _values(problem, x, ran)
         candidates.append(x)
         image_values.append(image_value)
         pixel_values.append(pixel_value)
+        maps.append(member_maps)
         if stop is not None:
             stop.reached(scores_from_score_objective(image_value, problem.labels), ran)
     image_x, image_loss, image_member = _worst(
         [*candidates, problem.original], torch.stack([*image_values, clean_value]))
     pixel_x, pixel_loss, pixel_member = _worst(candidates, torch.stack(pixel_values))
+    pixel_maps = None
+    if maps and all(m is not None for m in maps):
+        stacked = torch.stack(maps)  # (M, B, H, W)
+        pixel_maps = stacked.gather(
+            0, pixel_member.view(1, -1, 1, 1).expand(1, *stacked.shape[1:]))[0]
     return MetricAdversarials(image_x, pixel_x, image_loss, pixel_loss, image_member,
                               pixel_member,
-                              scores_from_score_objective(image_loss, problem.labels))
+                              scores_from_score_objective(image_loss, problem.labels),
+                              pixel_maps)
 
 
 def attack_standard(problem: AttackProblem, budget: AttackBudget) -> AttackResult:

@@ -298,9 +298,11 @@ def _predict(detector: AttackableDetector, dataset: Dataset, epsilon: float, att
                 image_members.append(result.image_member.cpu().numpy())
                 pixel_members.append(result.pixel_member.cpu().numpy())
         if epsilon > 0 and result.image_scores is not None:
-            # standard scored its image worst cases already (the same eval-mode pass)
+            # standard scored its image worst cases already (the same eval-mode pass), and
+            # kept the maps of its pixel worst cases from the pass that chose them
             score = result.image_scores
-            _, pixel_map = detector.predict(x_pixel)
+            pixel_map = (result.pixel_maps if result.pixel_maps is not None
+                         else detector.predict(x_pixel)[1])
         else:
             score, pixel_map = detector.predict(x)
             if x_pixel is not x:  # image and pixel metrics have separate worst cases
