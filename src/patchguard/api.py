@@ -11,7 +11,7 @@ from typing import Any
 from .adversarial.settings import AttackSettings
 from .config import TrainConfig, build_config
 from .evaluation.evaluator import evaluate, load_for_evaluation
-from .evaluation.reports import format_table, write_results
+from .evaluation.report.tables import format_table, write_results
 from .training.robustify import RobustifyResult, RobustifySettings, robustify
 from .training.trainer import train as _train
 from .utils import checks
@@ -85,7 +85,7 @@ def evaluate_checkpoint(
     training's.
 
     Every argument is checked before the checkpoint is loaded. Any other detector:
-    :func:`patchguard.robustness.evaluate_detector`.
+    :func:`patchguard.evaluation.any_detector.evaluate_detector`.
 
     Args:
         checkpoint: a ``.pt`` written by :func:`train` (or an imported one).

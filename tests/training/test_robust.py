@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from patchguard.adversarial.pgd import fgsm_rs_attack, nfgsm_attack, pgd_attack
+from patchguard.adversarial.training_attacks import fgsm_rs_attack, nfgsm_attack, pgd_attack
 from patchguard.config import TrainConfig
 from patchguard.data.datasets import TrainDataset
 from patchguard.data.layouts import load_records

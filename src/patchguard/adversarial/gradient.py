@@ -9,8 +9,8 @@ import math
 
 import torch
 
-from .pgd import signed_gradient_ascent
 from .problem import AttackBudget, AttackProblem, AttackResult, update_best
+from .training_attacks import signed_gradient_ascent
 
 
 def attack_pgd(problem: AttackProblem, budget: AttackBudget) -> AttackResult:

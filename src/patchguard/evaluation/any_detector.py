@@ -9,7 +9,7 @@ metric of the evaluation rows and the gradient-masking sanity checks run on it t
 code that evaluates PatchGuard (``patchguard test`` wraps its model the same way), so numbers of
 different detectors compare. Example::
 
-    from patchguard.robustness import evaluate_detector
+    from patchguard.evaluation.any_detector import evaluate_detector
 
     def detector(images):                      # e.g. an adapter around another library
         scores, maps = my_model(normalise(images))
@@ -30,14 +30,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .adversarial.attackable import DetectorOutput, as_detector
-from .adversarial.names import QUERY_ATTACKS
-from .adversarial.settings import AttackSettings
-from .adversarial.standard import STANDARD_MEMBERS, Member
-from .data.datasets import TensorTestSet, TestDataset
-from .evaluation.evaluator import evaluate
-from .evaluation.reports import format_table
-from .evaluation.sanity import SanityReport, sanity_check
+from ..adversarial.attackable import DetectorOutput, as_detector
+from ..adversarial.names import QUERY_ATTACKS
+from ..adversarial.settings import AttackSettings
+from ..adversarial.standard import STANDARD_MEMBERS, Member
+from ..data.datasets import TensorTestSet, TestDataset
+from .evaluator import evaluate
+from .report.tables import format_table
+from .sanity import SanityReport, sanity_check
 
 __all__ = ["AttackSettings", "DetectorEvaluation", "DetectorOutput", "Member",
            "STANDARD_MEMBERS", "TensorTestSet", "evaluate_detector"]
@@ -113,7 +113,7 @@ def evaluate_detector(
 
     Example:
         ```python
-        from patchguard.robustness import TensorTestSet, evaluate_detector
+        from patchguard.evaluation.any_detector import TensorTestSet, evaluate_detector
 
         test_set = TensorTestSet(images, labels, masks)   # images (n, 3, H, W) in [0, 1]
         result = evaluate_detector(lambda x: my_model(x), test_set, epsilons=(0, 2, 8),

@@ -1,4 +1,4 @@
-"""patchguard.robustness.evaluate_detector: any differentiable detector under the same attacks.
+"""evaluate_detector: any differentiable detector under the same attacks.
 
 The references are independent: sklearn's AUROCs of the clean images and of PGD images made by
 a plain loop written here (signed gradient steps of 2.5 eps / steps from the clean image,
@@ -16,8 +16,8 @@ from patchguard.adversarial import standard
 from patchguard.adversarial.settings import AttackSettings
 from patchguard.adversarial.standard import Member
 from patchguard.data.datasets import TensorTestSet
+from patchguard.evaluation.any_detector import evaluate_detector
 from patchguard.evaluation.evaluator import load_for_evaluation
-from patchguard.robustness import evaluate_detector
 from patchguard.training.trainer import train
 
 from helpers.models import TINY_SIZE, tiny_config
