@@ -7,6 +7,9 @@ trained checkpoint's model. A tiny conv net that is not PatchGuard shows the int
 general.
 """
 
+import importlib
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,8 +18,8 @@ from sklearn.metrics import roc_auc_score
 from patchguard.adversarial import standard
 from patchguard.adversarial.settings import AttackSettings
 from patchguard.adversarial.standard import Member
+from patchguard.api import evaluate_detector
 from patchguard.data.datasets import TensorTestSet
-from patchguard.evaluation.any_detector import evaluate_detector
 from patchguard.evaluation.evaluator import load_for_evaluation
 from patchguard.training.trainer import train
 
@@ -190,3 +193,14 @@ def test_tensor_test_set_refuses_malformed_inputs():
     with pytest.raises(ValueError, match="labels"):
         TensorTestSet(torch.rand(2, 3, 8, 8), [0, 2])
     assert not TensorTestSet(torch.rand(2, 3, 8, 8), [0, 1]).has_pixel_masks
+
+
+def test_the_old_entry_module_still_imports_and_says_where_the_new_one_is(monkeypatch):
+    """``patchguard.robustness`` stays importable for one release: the same function, and a
+    DeprecationWarning that names ``patchguard.api``."""
+    monkeypatch.delitem(sys.modules, "patchguard.robustness", raising=False)
+    with pytest.warns(DeprecationWarning, match=r"patchguard\.api"):
+        old = importlib.import_module("patchguard.robustness")
+    import patchguard
+
+    assert old.evaluate_detector is evaluate_detector is patchguard.evaluate_detector

@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
+from patchguard.api import TensorTestSet, evaluate_detector
 from patchguard.cli import main
-from patchguard.evaluation.any_detector import TensorTestSet, evaluate_detector
 from patchguard.models.factory import load_model
 from patchguard.models.knn import PatchKNN, nearest_distances, select_coreset
 from patchguard.training.trainer import train

@@ -39,7 +39,8 @@ def location_flags(parser: argparse.ArgumentParser) -> None:
 
 def register(verbs: argparse._SubParsersAction) -> None:
     """Add ``weights download | list`` to the ``patchguard`` parser."""
-    weights = verbs.add_parser("weights", help="the authors' published per-class checkpoints")
+    weights = verbs.add_parser(
+        "weights", help="the authors' published per-class checkpoints (not backbone weights)")
     subs = weights.add_subparsers(dest="weights_verb", required=True, metavar="SUBVERB")
 
     download = subs.add_parser(

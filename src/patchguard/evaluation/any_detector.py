@@ -7,9 +7,10 @@ objective needs; without them the attacks use the ``score`` and ``map`` objectiv
 attack (``pgd``, ``pgd-rs``, ``fgsm``, ``apgd``, ``worst``, ``square``, ``standard``), every
 metric of the evaluation rows and the gradient-masking sanity checks run on it through the very
 code that evaluates PatchGuard (``patchguard test`` wraps its model the same way), so numbers of
-different detectors compare. Example::
+different detectors compare. The public import is ``patchguard.api`` (or ``patchguard``).
+Example::
 
-    from patchguard.evaluation.any_detector import evaluate_detector
+    from patchguard.api import evaluate_detector
 
     def detector(images):                      # e.g. an adapter around another library
         scores, maps = my_model(normalise(images))
@@ -113,7 +114,7 @@ def evaluate_detector(
 
     Example:
         ```python
-        from patchguard.evaluation.any_detector import TensorTestSet, evaluate_detector
+        from patchguard.api import TensorTestSet, evaluate_detector
 
         test_set = TensorTestSet(images, labels, masks)   # images (n, 3, H, W) in [0, 1]
         result = evaluate_detector(lambda x: my_model(x), test_set, epsilons=(0, 2, 8),
