@@ -1,5 +1,6 @@
-"""The training options of issue 12: each training attack against its definition (on a linear
-toy model whose input gradient is known in closed form), free adversarial training's replays
+"""The training options for robustness at small budgets: each training attack against its
+definition (on a linear toy model whose input gradient is known in closed form), free
+adversarial training's replays
 and shared backward, the epsilon ramp, carried perturbations, config checks, and the
 catastrophic-overfitting probe on an induced collapse."""
 
