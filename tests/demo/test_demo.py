@@ -21,7 +21,7 @@ def test_demo_end_to_end_with_a_tiny_model(tmp_path, capsys, caplog):
     )
     assert {(r["adv_train"], r["epsilon"]) for r in rows} == {
         (adv, eps) for adv in (True, False) for eps in (0.0, 2.0, 8.0)}
-    # the robust preset (issue 12) beside the same recipe without adversarial training
+    # the robust preset beside the same recipe without adversarial training
     assert {r["preset"] for r in rows} == {"robust"}
     # standard beside PGD, bounded: both recipes, 8/255, a fixed subset, labelled
     std_rows = [r for r in rows if r["attack"] == "standard"]
