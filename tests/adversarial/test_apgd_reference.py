@@ -10,8 +10,7 @@ skipped where it is not importable.
 import pytest
 import torch
 
-from patchguard.adversarial.attacks import run_attack
-
+from helpers.attacks import run_attack
 from helpers.models import TINY_SIZE, tiny_model
 
 torchattacks = pytest.importorskip("torchattacks")

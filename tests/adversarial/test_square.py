@@ -3,12 +3,11 @@
 import pytest
 import torch
 
-from patchguard.adversarial.attacks import run_attack
 from patchguard.adversarial.objectives import OBJECTIVES
 from patchguard.adversarial.square import DEFAULT_P_INIT, square_fraction, square_side
 from patchguard.evaluation.metrics import auroc
 
-from helpers.attacks import attack_batch, objective_value
+from helpers.attacks import attack_batch, objective_value, run_attack
 from helpers.models import TINY_SIZE, QuantisedInput, tiny_model
 
 EPS = 8 / 255

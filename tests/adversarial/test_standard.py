@@ -6,7 +6,6 @@ from sklearn.metrics import roc_auc_score
 
 from patchguard.adversarial import standard
 from patchguard.adversarial.apgd import APGD_MIN_STEPS
-from patchguard.adversarial.attacks import run_attack
 from patchguard.adversarial.problem import AttackBudget, AttackProblem
 from patchguard.adversarial.standard import (
     STANDARD_MEMBERS,
@@ -14,7 +13,7 @@ from patchguard.adversarial.standard import (
     attack_standard_per_metric,
 )
 
-from helpers.attacks import attack_batch, objective_value
+from helpers.attacks import attack_batch, objective_value, run_attack
 from helpers.models import tiny_model
 
 EPS = 8 / 255
