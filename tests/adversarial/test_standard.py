@@ -1,6 +1,7 @@
 """The ``standard`` evaluation: fixed members, per-image worst case per metric family."""
 
 import numpy as np
+import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
@@ -81,6 +82,7 @@ def _by_hand(model, objective, x, labels, masks):
                 - (maps * anomalous).sum(1) / anomalous.sum(1).clamp(min=1e-8))
 
 
+@pytest.mark.slow
 def test_plain_standard_ignores_steps_and_keeps_per_image_the_members_best(monkeypatch):
     monkeypatch.setattr(standard, "STANDARD_MEMBERS", CHEAP)
     model = tiny_model().eval()
