@@ -16,7 +16,9 @@ alternating, the order reversed every round; medians of wall and CPU seconds per
 - ``authors-train``: the same step with the pseudo anomalies made once beforehand (their
   generator replaced by one returning them), i.e. the training computation alone;
 - ``ours``: patchguard's ``training_step`` (its loader makes pseudo anomalies in worker
-  processes, so the step is the training computation alone, as ``authors-train``).
+  processes, so the step is the training computation alone, as ``authors-train``);
+- ``ours-mkl``: the same with ``PATCHGUARD_ONEDNN_LINEAR=0`` (PyTorch's own ``F.linear``,
+  MKL's sgemm on CPUs, as the authors' code uses).
 
 ``--profile`` also prints, per implementation, the top operators of one step by self CPU time
 (torch.profiler), and whether oneDNN (mkldnn) is available and which linear kernels ran.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -123,8 +126,10 @@ _IMPL: dict[str, object] = {}
 def _setup(cmd: dict) -> dict:
     _IMPL.clear()
     kind = cmd["kind"]
+    if kind == "ours-mkl":  # read when patchguard's kernels are imported, below
+        os.environ["PATCHGUARD_ONEDNN_LINEAR"] = "0"
     started = time.perf_counter()
-    impl = (Ours(cmd["setting"], cmd["batch_size"]) if kind == "ours" else
+    impl = (Ours(cmd["setting"], cmd["batch_size"]) if kind.startswith("ours") else
             Authors(cmd["setting"], cmd["batch_size"], kind == "authors-train"))
     _IMPL["impl"] = impl
     impl.step()  # warm-up
@@ -168,7 +173,7 @@ def main() -> None:
     parser.add_argument("--authors-deps", default="", help="extra site folder (e.g. noise)")
     parser.add_argument("--settings", nargs="+", default=["paper112"], choices=sorted(SETTINGS))
     parser.add_argument("--kinds", nargs="+", default=["authors", "authors-train", "ours"],
-                        choices=["authors", "authors-train", "ours"])
+                        choices=["authors", "authors-train", "ours", "ours-mkl"])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0)
@@ -185,6 +190,7 @@ def main() -> None:
     authors_path = ":".join(p for p in (args.authors, args.authors_deps, str(here)) if p)
     paths = {"authors": authors_path, "authors-train": authors_path,
              "ours": f"{sidebyside.CURRENT_SRC}:{here}"}
+    paths["ours-mkl"] = paths["ours"]
     print(f"batch {args.batch_size}, fp32, threads {args.threads or 'default'}, load "
           f"{sidebyside.load_average()}", flush=True)
     for setting in args.settings:
