@@ -11,7 +11,20 @@ from patchguard.models.patchguard import DiscriminatorBlock, self_attention
 
 from helpers.models import TINY_SIZE, tiny_model
 
-needs_onednn = pytest.mark.skipif(not kernels.ENABLED, reason="no oneDNN in this build")
+needs_onednn = pytest.mark.skipif(not kernels.AVAILABLE, reason="no oneDNN in this build")
+
+
+@pytest.fixture(autouse=True)
+def _onednn_route_on(monkeypatch):
+    """These tests check the route itself, also on a CPU where it is off by default."""
+    monkeypatch.setattr(kernels, "ENABLED", kernels.AVAILABLE)
+
+
+@pytest.mark.parametrize(("capability", "setting", "expected"), [
+    ("AVX512", None, True), ("AVX2", None, False), ("DEFAULT", None, False),
+    ("AVX2", "1", True), ("AVX512", "0", False), ("AVX512", "", True)])
+def test_the_route_is_on_by_default_only_with_avx512(capability, setting, expected):
+    assert kernels.onednn_by_default(capability, setting) is expected
 
 
 def _float64_reference(x, weight, bias, grad):

@@ -7,8 +7,13 @@ ships inside PyTorch (``torch.ops.mkldnn._linear_pointwise``, the op inductor us
 fp32 CPU linears through it needs only an autograd function. Results differ from MKL's by float
 rounding (about 1e-7 relative).
 
+On a CPU without AVX-512 the route is off by default: there oneDNN has only AVX2 kernels too,
+and it measured slower than MKL's sgemm (our training step at 112 px with PGD-3: 5.31 against
+4.25 CPU s on an AVX2-only AMD EPYC core, benchmarks/bench_authors.py, docs/benchmarks.md).
+
 Everywhere else (CUDA, autocast, tracing, ONNX export, torch.compile, other dtypes) the layers
-are plain ``F.linear``. ``PATCHGUARD_ONEDNN_LINEAR=0`` in the environment turns the route off.
+are plain ``F.linear``. ``PATCHGUARD_ONEDNN_LINEAR=0`` in the environment turns the route off,
+``=1`` on whatever the CPU.
 """
 
 from __future__ import annotations
@@ -21,7 +26,19 @@ from torch import nn
 
 _OP = (getattr(torch.ops.mkldnn, "_linear_pointwise", None)
        if torch.backends.mkldnn.is_available() else None)
-ENABLED = _OP is not None and os.environ.get("PATCHGUARD_ONEDNN_LINEAR", "1") != "0"
+AVAILABLE = _OP is not None  # this PyTorch build has oneDNN's linear
+
+
+def onednn_by_default(capability: str, setting: str | None) -> bool:
+    """Whether the oneDNN route is on: ``setting`` (the environment variable: "0" off, "1"
+    on), else only where the CPU has AVX-512 (``capability``, torch's CPU capability)."""
+    if setting in ("0", "1"):
+        return setting == "1"
+    return "AVX512" in capability.upper()
+
+
+ENABLED = AVAILABLE and onednn_by_default(torch.backends.cpu.get_cpu_capability(),
+                                          os.environ.get("PATCHGUARD_ONEDNN_LINEAR"))
 
 
 def _mm(a: torch.Tensor, b_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
