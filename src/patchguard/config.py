@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -439,13 +439,18 @@ def flatten_sections(values: Mapping[str, Any], source: str | None = None) -> di
     return flat
 
 
-def flag_of(key: str) -> str | None:
-    """The flag that sets option ``key`` (None: YAML and API only)."""
-    declared = OPTIONS[key].metadata["flag"]
+def field_flag(spec: dataclasses.Field) -> str | None:
+    """The flag of a field declared with :func:`option` (None: YAML and API only)."""
+    declared = spec.metadata["flag"]
     if declared != "":
         return declared
-    name = key.replace("_", "-")
-    return f"--no-{name}" if OPTIONS[key].default is True else f"--{name}"
+    name = spec.name.replace("_", "-")
+    return f"--no-{name}" if spec.default is True else f"--{name}"
+
+
+def flag_of(key: str) -> str | None:
+    """The flag that sets option ``key`` (None: YAML and API only)."""
+    return field_flag(OPTIONS[key])
 
 
 def _key_label(key: str) -> str:
@@ -660,16 +665,26 @@ def options_markdown() -> str:
         lines += [f"## {section}", "", (cls.__doc__ or "").strip(), "",
                   "| Option | Flag | Default | Domain | Description |",
                   "|---|---|---|---|---|"]
-        for spec in dataclasses.fields(cls):
-            default = (spec.default_factory() if spec.default is dataclasses.MISSING
-                       else spec.default)
-            domain = spec.metadata["domain"].text
-            if spec.metadata["choices"] is not None:
-                domain = ", ".join(f"`{n}`" for n in spec.metadata["choices"]())
-            flag = flag_of(spec.name)
-            cells = [f"`{spec.name}`", f"`{flag}`" if flag else "(YAML / API)",
-                     f"`{_cell(default)}`" if default != "" else "(empty)", domain,
-                     spec.metadata["help"]]
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-        lines.append("")
+        lines += options_rows(dataclasses.fields(cls)) + [""]
     return "\n".join(lines)
+
+
+def options_rows(specs: Iterable[dataclasses.Field], no_flag: str = "(YAML / API)",
+                 ) -> list[str]:
+    """The Markdown table rows (Option, Flag, Default, Domain, Description) of fields declared
+    with :func:`option`; ``no_flag`` fills the Flag cell of a field without one."""
+    lines = []
+    for spec in specs:
+        if "domain" not in spec.metadata:
+            continue  # not an option (e.g. a value that only the API sets)
+        default = (spec.default_factory() if spec.default is dataclasses.MISSING
+                   else spec.default)
+        domain = spec.metadata["domain"].text
+        if spec.metadata["choices"] is not None:
+            domain = ", ".join(f"`{n}`" for n in spec.metadata["choices"]())
+        flag = field_flag(spec)
+        cells = [f"`{spec.name}`", f"`{flag}`" if flag else no_flag,
+                 f"`{_cell(default)}`" if default != "" else "(empty)", domain,
+                 spec.metadata["help"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines
