@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..config import BOOLEAN, Domain, field_flag, ints, one_of, option
+from ..config import BOOLEAN, Domain, field_flag, ints, one_of, option, options_rows
 from ..config import optional as optional_domain
 from ..utils import checks
 from .names import ATTACKS, DEFAULT_QUERIES, OBJECTIVES
@@ -140,7 +140,26 @@ def is_list(spec: dataclasses.Field) -> bool:
     return str(spec.type).startswith("tuple[")
 
 
+def help_of(spec: dataclasses.Field, default: Any) -> str:
+    """A field's help, its ``{default}`` replaced by ``default`` as a command line writes it."""
+    shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+    return spec.metadata["help"].replace("{default}", str(shown))
+
+
 def label(name: str) -> str:
     """``steps (--steps-test)``: a field's name with the flag that sets it, for messages."""
     spec = next(f for f in dataclasses.fields(AttackSettings) if f.name == name)
     return checks.label(name, field_flag(spec) if "domain" in spec.metadata else None)
+
+
+def options_markdown() -> str:
+    """The evaluation section of docs/options.md, from the declarations."""
+    return "\n".join([
+        "## evaluation", "",
+        "How `test`, `benchmark` and `visualize` attack (`visualize`: one `--attack`, "
+        "`--steps`; `benchmark`: default `--attack pgd standard`, and its `--workers` is "
+        "training's). In the Python API each is an `AttackSettings` field, also accepted as a "
+        "keyword of `evaluate_checkpoint` and `evaluate_detector`.", "",
+        "| Option | Flag | Default | Domain | Description |", "|---|---|---|---|---|",
+        *options_rows(dataclasses.fields(AttackSettings), no_flag="(API)",
+                      describe=lambda spec: help_of(spec, spec.default)), ""])

@@ -28,7 +28,7 @@ def attack_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (),
     verb's defaults by field; ``flags``: this verb's flag names by field; ``one_attack``:
     ``--attack`` takes one name instead of several.
     """
-    from ..adversarial.settings import declared, is_list
+    from ..adversarial.settings import declared, help_of, is_list
     from ..config import field_flag
 
     dests = {}
@@ -54,8 +54,7 @@ def attack_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (),
                 kwargs.update(nargs="+", default=list(default))
             else:
                 kwargs["default"] = default[0] if is_list(spec) else default
-        shown = " ".join(map(str, default)) if is_list(spec) else default
-        kwargs["help"] = spec.metadata["help"].replace("{default}", str(shown))
+        kwargs["help"] = help_of(spec, default)
         flag(parser, name, **kwargs)
         dests[spec.name] = name[2:].replace("-", "_")
     parser.set_defaults(**{_DESTS: dests})
