@@ -22,7 +22,9 @@ from .standard import Member
 class AttackSettings:
     """How an evaluation attacks: which attacks at which epsilons, their budgets, the seed of
     their random numbers, the batching, and whether ``standard`` stops early where that cannot
-    change a reported metric (see docs/evaluation-speed.md).
+    change a reported metric (see docs/evaluation-speed.md); ``pixel_metrics`` False reports
+    the image metrics only (the masks still steer the attacks), which lets it stop early on a
+    test set with masks.
 
     ``epsilons`` are in 1/255 units (0 is the clean row); ``queries`` None is the Square
     Attack's default; ``standard_members`` None is the fixed citable ensemble. Every field is
@@ -40,6 +42,7 @@ class AttackSettings:
     batch_size: int = 16
     workers: int = 0
     early_stop: bool = True
+    pixel_metrics: bool = True
 
     def __post_init__(self) -> None:
         attacks = self.attacks
@@ -60,6 +63,7 @@ class AttackSettings:
             "batch_size": checks.integer("batch_size (--batch-size)", self.batch_size, 1),
             "workers": checks.workers("workers (--workers)", self.workers),
             "early_stop": checks.boolean("early_stop (--no-early-stop)", self.early_stop),
+            "pixel_metrics": checks.boolean("pixel_metrics", self.pixel_metrics),
         }
         members = self.standard_members
         if members is not None:
