@@ -226,7 +226,8 @@ def _what_it_trains(config: Any) -> str:
     if config.adv_train and config.robustify_epsilon > 0:
         epochs = config.robustify_epochs
         return (f"fine-tune the backbone without labels ({epochs} epoch{'s' * (epochs != 1)}, "
-                f"PGD-{config.robustify_steps} at {config.robustify_epsilon:g}/255; cached), "
+                f"PGD-{config.robustify_steps} at {config.robustify_epsilon:g}/255; cached for "
+                "later runs), "
                 f"then a {config.head} head on it")
     if config.adv_train:
         return f"training {config.epochs} epochs"
