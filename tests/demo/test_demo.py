@@ -5,7 +5,7 @@ import pytest
 
 from patchguard.demo.run import _each_line_once, run_demo, summary_table
 from patchguard.evaluation.evaluator import TARGETS_MASKS
-from patchguard.evaluation.headline import headline_epsilon
+from patchguard.evaluation.report.headline import headline_epsilon
 
 from helpers.models import TINY_BACKBONE
 
@@ -32,8 +32,8 @@ def test_demo_end_to_end_with_a_tiny_model(tmp_path, capsys, caplog, monkeypatch
     assert len(cached) == 1
     assert {r["robustify_epochs"] for r in rows if r["adv_train"]} == {1}
     assert {r["robustify_epochs"] for r in rows if not r["adv_train"]} == {0}
-    # the paper's PGD on every test image, standard (the citable members) at 2/255 and 8/255
-    # on a fixed subset, image metrics only, for both models
+    # clean on every test image; the paper's PGD and standard (the citable members) at 2/255
+    # and 8/255 on the same fixed subset (standard for the image metrics only), both models
     pgd = {(r["recipe"], r["epsilon"]) for r in rows if r["attack"] != "standard"}
     assert pgd == {(rec, e) for rec in ("robust-features", "twin") for e in (0.0, 2.0, 8.0)}
     std_rows = [r for r in rows if r["attack"] == "standard"]
