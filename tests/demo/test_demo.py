@@ -61,6 +61,15 @@ def test_demo_end_to_end_with_a_tiny_model(tmp_path, capsys, caplog, monkeypatch
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == []
 
 
+def test_a_bad_standard_image_count_is_refused_before_any_work(tmp_path, capsys):
+    from patchguard.cli import main
+
+    assert main(["demo", "--output-dir", str(tmp_path / "demo"), "--standard-images", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--standard-images" in err and "0" in err and "1 or more" in err
+    assert not (tmp_path / "demo").exists()
+
+
 def test_headline_epsilon_follows_the_image_size():
     assert [headline_epsilon(s) for s in (64, 112, 223, 224, 256)] == [8, 8, 8, 2, 2]
 

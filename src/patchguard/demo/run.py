@@ -21,6 +21,7 @@ from ..evaluation.report.plots import plot_robustness
 from ..evaluation.report.tables import render_table, write_results
 from ..models.factory import load_model
 from ..training.trainer import train
+from ..utils import checks
 from ..utils.device import resolve_device
 from ..utils.files import atomic_write_text
 from .dataset import DEMO_CLASSES, build_demo_dataset
@@ -113,10 +114,13 @@ def run_demo(
     attacks. ``train_overrides`` / ``data_overrides`` change the recipe or data set size
     (tests use them to run the demo with a tiny random ViT).
     """
+    per_label = checks.integer(
+        "standard images (--standard-images)",
+        DEMO_STANDARD["per_label"] if standard_per_label is None else standard_per_label, 1,
+        fix="give 1 or more normal and anomalous test images each")
     with _notes_off(), _each_line_once():
         return _run_demo(output_dir, classes, epochs, image_size, compare, device, progress,
-                         train_overrides, data_overrides,
-                         standard_per_label or DEMO_STANDARD["per_label"])
+                         train_overrides, data_overrides, per_label)
 
 
 def _run_demo(
