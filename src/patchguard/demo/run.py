@@ -229,10 +229,9 @@ def _what_it_trains(config: Any) -> str:
     """One line on what a recipe builds (the robust one's fine-tuning may come from the cache)."""
     if config.adv_train and config.robustify_epsilon > 0:
         epochs = config.robustify_epochs
-        return (f"fine-tune the backbone without labels ({epochs} epoch{'s' * (epochs != 1)}, "
-                f"PGD-{config.robustify_steps} at {config.robustify_epsilon:g}/255; cached for "
-                "later runs), "
-                f"then a {config.head} head on it")
+        return (f"the backbone fine-tuned without labels ({epochs} epoch{'s' * (epochs != 1)}, "
+                f"PGD-{config.robustify_steps} at {config.robustify_epsilon:g}/255; from the "
+                f"cache if an earlier run made it), then a {config.head} head on it")
     if config.adv_train:
         return f"training {config.epochs} epochs"
     return f"a {config.head} head on the original backbone, nothing made robust"
