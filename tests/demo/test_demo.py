@@ -12,6 +12,7 @@ from helpers.models import TINY_BACKBONE
 pytestmark = pytest.mark.integration  # runs the command line or a whole path end to end
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_with_a_tiny_model(tmp_path, capsys, caplog, monkeypatch):
     monkeypatch.setenv("PATCHGUARD_CACHE", str(tmp_path / "cache"))
     caplog.set_level(logging.INFO, logger="patchguard")

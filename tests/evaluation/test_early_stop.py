@@ -49,6 +49,7 @@ def trained(tiny_data, tmp_path_factory):
     return load_model(last, torch.device("cpu"))[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("model_seed", "data_seed", "eps"), [(0, 1, 8), (1, 2, 32), (2, 3, 64)])
 def test_untrained_models_give_the_same_rows_with_fewer_passes(model_seed, data_seed, eps):
     torch.manual_seed(model_seed)
@@ -75,6 +76,7 @@ def test_a_trained_model_gives_the_same_rows(trained):
         assert _metrics(evaluate(trained, data, **kwargs)) == _metrics(full)
 
 
+@pytest.mark.slow
 def test_the_reported_image_metrics_match_sklearn_on_the_attacked_scores():
     torch.manual_seed(4)
     model = tiny_model().eval()
@@ -94,6 +96,7 @@ def test_the_reported_image_metrics_match_sklearn_on_the_attacked_scores():
     assert (attacked.scores[~anomalous] >= clean[~anomalous]).all()
 
 
+@pytest.mark.slow
 def test_pixel_metrics_or_kept_images_keep_every_image_attacked():
     torch.manual_seed(0)
     model = tiny_model().eval()

@@ -241,11 +241,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         adv = predict_dataset(model, test_set, args.epsilon, settings=attack_settings(args),
                               device=device, keep_images=True, progress=progress,
                               desc=f"{args.attack} eps {args.epsilon:g}/255")
-    written = save_panels(
-        clean.images, clean.maps, clean.masks, clean.paths, out_dir,
-        adv.images if adv else None, adv.maps if adv else None,
-        clean.scores, adv.scores if adv else None,
-    )
+    written = save_panels(clean, out_dir, adv)
     record_outputs(written)
     # A rerun with fewer images must not leave its previous panels beside the new ones.
     remove_own_outputs(out_dir, panels.pattern, keep=written)

@@ -200,9 +200,7 @@ def _run_demo(
                   flush=True)
             if keep:
                 clean, attacked = predictions[0.0], predictions[float(DEMO_EVAL["epsilons"][-1])]
-                save_panels(clean.images, clean.maps, clean.masks, clean.paths,
-                            run_dir / "visualization", attacked.images, attacked.maps,
-                            clean.scores, attacked.scores)
+                save_panels(clean, run_dir / "visualization", attacked)
     results_path = out / "results.json"
     atomic_write_text(results_path, json.dumps(all_rows, indent=2) + "\n")
     plot_path = plot_robustness(all_rows, out / "robustness.png")
