@@ -147,6 +147,7 @@ def test_the_command_line_switch_gives_identical_rows(tmp_path, monkeypatch):
     assert len(results["early"]) == 2 and results["early"][1]["attack"] == "standard"
 
 
+@pytest.mark.slow
 def test_image_metrics_only_stop_early_on_a_masked_set_with_the_masks_as_targets():
     torch.manual_seed(0)
     model = tiny_model().eval()
