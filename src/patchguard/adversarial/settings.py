@@ -34,7 +34,9 @@ WORKERS = Domain(checks.workers, "integer in [0, 256]")
 class AttackSettings:
     """How an evaluation attacks: which attacks at which epsilons, their budgets, the seed of
     their random numbers, the batching, and whether ``standard`` stops early where that cannot
-    change a reported metric (see docs/evaluation-speed.md).
+    change a reported metric (see docs/evaluation-speed.md); ``pixel_metrics`` False reports
+    the image metrics only (the masks still steer the attacks), which lets it stop early on a
+    test set with masks.
 
     ``epsilons`` are in 1/255 units (0 is the clean row); ``queries`` None is the Square
     Attack's default; ``standard_members`` None is the fixed citable ensemble. Every field is
@@ -66,6 +68,9 @@ class AttackSettings:
     batch_size: int = option(16, ints(1), "images per forward and backward pass")
     workers: int = option(0, WORKERS, "data loader worker processes (0: the main process)")
     seed: int = option(0, ints(0), "seed of the attacks' random numbers", flag=None)
+    pixel_metrics: bool = option(
+        True, BOOLEAN, "report the pixel metrics too (false: the image metrics only, which "
+        "lets standard stop early on a test set with masks)", flag=None)
     # Not an option with a flag: a custom ensemble is the API's (see standard.py).
     standard_members: tuple[Member, ...] | None = field(default=None)
 
