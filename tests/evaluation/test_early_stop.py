@@ -145,3 +145,25 @@ def test_the_command_line_switch_gives_identical_rows(tmp_path, monkeypatch):
         results[name] = json.loads(json_path.read_text())
     assert _metrics(results["early"]) == _metrics(results["full"])
     assert len(results["early"]) == 2 and results["early"][1]["attack"] == "standard"
+
+
+@pytest.mark.slow
+def test_image_metrics_only_stop_early_on_a_masked_set_with_the_masks_as_targets():
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    plain = _unmasked_set(1)
+    masked = TensorTestSet(plain.images, plain.labels,
+                           torch.zeros(len(plain.labels), TINY_SIZE, TINY_SIZE))
+    masked.masks[1::2, 16:40, 16:40] = 1
+    kwargs = dict(epsilons=(0, 64), attacks=("standard",), standard_members=MEMBERS,
+                  batch_size=4, progress=False)
+    full = evaluate(model, masked, early_stop=False, **kwargs)
+    images_only = evaluate(model, masked, pixel_metrics=False, **kwargs)
+    assert [r["pixel_auroc"] for r in images_only] == [None, None]
+    assert images_only[1]["passes_per_image"] < full[1]["passes_per_image"]
+    # the same image metrics as the full run on the same targets (the masks, not all-ones)
+    assert images_only[1]["targets"] == full[1]["targets"] == "ground-truth masks"
+    for key in ("image_auroc", "image_ap", "image_f1_max"):
+        assert images_only[1][key] == full[1][key]
+    unmasked = evaluate(model, plain, early_stop=False, **kwargs)
+    assert unmasked[1]["targets"] != images_only[1]["targets"]

@@ -17,15 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from .args import (
-    EPSILON_ARG,
     NAME_ARG,
     NON_NEGATIVE,
     POSITIVE,
-    attack_flags,
     common_flags,
     flag,
 )
-from .attack_settings import attack_settings, early_stop_flag
+from .attack_settings import attack_flags, attack_settings
 
 OFFLINE_BACKBONE = "resnet18"  # random-init default of PatchCore and PaDiM: downloads nothing
 
@@ -43,14 +41,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(bench, "--checkpoint-dir", required=True,
          help="holds <class>/last.pt (or <class>.pt) per class")
     common_flags(bench)
-    flag(bench, "--epsilon-test", type=EPSILON_ARG, nargs="+", default=[0, 8],
-         help="epsilons in 1/255 units, 0..255; 0 is the clean row (always included)")
-    flag(bench, "--steps-test", type=POSITIVE, default=10)
     # The paper's PGD and, beside it, the fixed standard evaluation (docs/evaluation.md);
-    # --attack pgd skips standard, which costs about 1650 clean passes per image.
-    attack_flags(bench, default=("pgd", "standard"))
-    early_stop_flag(bench)
-    flag(bench, "--batch-size", type=POSITIVE, default=16)
+    # --attack pgd skips standard, which costs about 1650 clean passes per image. --workers
+    # is training's here (with --train): the evaluation loads in the main process.
+    attack_flags(bench, skip=("workers",), defaults={"attacks": ("pgd", "standard")})
     flag(bench, "--output-dir", default=None,
          help="where benchmark.md/.json/.csv/.html and benchmark_vs_epsilon.png go (default: "
               "CHECKPOINT_DIR)")
