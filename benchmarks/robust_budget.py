@@ -126,8 +126,9 @@ def evaluate_checkpoint(path: Path, data: TestDataset, attack: tuple[str, str, i
                            "strong_steps": attack[2], "eval_seconds": {}}
     for key, eps, name, objective, steps in settings:
         started = time.perf_counter()
-        preds = predict_dataset(model, data, eps, steps, batch_size=len(data), progress=False,
-                                attack=name, objective=objective, seed=0)
+        # steps None on the clean pass: the attack settings refuse 0 steps
+        preds = predict_dataset(model, data, eps, steps or None, batch_size=len(data),
+                                progress=False, attack=name, objective=objective, seed=0)
         metrics = compute_all(preds.labels, preds.scores, preds.masks, preds.maps)
         row[f"{key}_img"] = round(float(metrics["image_auroc"]), 4)
         row[f"{key}_pix"] = round(float(metrics["pixel_auroc"]), 4)
@@ -194,6 +195,32 @@ def train_recipe(name: str, args: argparse.Namespace, run_dir: Path) -> tuple[li
         (run_dir / "last.pt").symlink_to("epoch_0001.pt")
         return [1], config.image_size
     return wanted, config.image_size
+
+
+def budget_rows(name: str, label: str, args: argparse.Namespace, run_dir: Path,
+                wanted: list[int], wall_min: float | None, attack: tuple[str, str, int]
+                ) -> list[dict[str, Any]]:
+    """One row per kept epoch of a trained run: its training cost and its evaluation."""
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").open()]
+    rows = []
+    for epoch in wanted:
+        checkpoint = run_dir / f"epoch_{epoch:04d}.pt"
+        model, _ = load_model(checkpoint, torch.device("cpu"))
+        data = eval_subset(args.dataset_dir, args.class_name, model.image_size, args.n_eval)
+        cpu = sum(r["cpu_seconds"] for r in log if r["epoch"] <= epoch)
+        secs = sum(r["seconds"] for r in log if r["epoch"] <= epoch)
+        probes = {k: v for r in log if r["epoch"] <= epoch
+                  for k, v in r.items() if k.startswith("probe") or k.startswith("cata")}
+        robust_min = robustify_minutes(checkpoint)
+        rows.append({"recipe": label, "class": args.class_name, "epoch": epoch,
+                     "epochs": args.epochs, "train_cpu_min": round(cpu / 60 + robust_min, 2),
+                     "robustify_cpu_min": robust_min, "train_wall_min": round(secs / 60, 2),
+                     "run_wall_min": wall_min, "threads": args.threads,
+                     "set": {**RECIPES[name][1], **json.loads(args.set)},
+                     "loss": (round(log[epoch - 1]["loss"], 4) if "loss" in log[epoch - 1]
+                              else None), **probes,
+                     **evaluate_checkpoint(checkpoint, data, attack, args.epsilons)})
+    return rows
 
 
 def robustify_minutes(checkpoint: Path) -> float:
@@ -292,6 +319,9 @@ def main() -> None:
     parser.add_argument("--final", action="store_true",
                         help="also run the full standard, Square-1000 and --sanity's checks on "
                         "each recipe's last checkpoint (final.jsonl; tens of minutes per model)")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="evaluate the runs already trained under --out (their --eval-at "
+                        "checkpoints) and append their rows, without training")
     parser.add_argument("--final-only", action="store_true",
                         help="only those checks, on the runs already trained under --out")
     args = parser.parse_args()
@@ -314,27 +344,18 @@ def main() -> None:
         for name in args.recipe:
             label = name + (f"@{args.tag}" if args.tag else "")
             run_dir = out / "runs" / args.class_name / label
-            started = time.perf_counter()
-            wanted, image_size = train_recipe(name, args, run_dir)
-            wall = time.perf_counter() - started
-            log = [json.loads(line) for line in (run_dir / "train_log.jsonl").open()]
-            data = eval_subset(args.dataset_dir, args.class_name, image_size, args.n_eval)
-            for epoch in wanted:
-                cpu = sum(r["cpu_seconds"] for r in log if r["epoch"] <= epoch)
-                secs = sum(r["seconds"] for r in log if r["epoch"] <= epoch)
-                probes = {k: v for r in log if r["epoch"] <= epoch
-                          for k, v in r.items() if k.startswith("probe") or k.startswith("cata")}
-                robust_min = robustify_minutes(run_dir / f"epoch_{epoch:04d}.pt")
-                row = {"recipe": label, "class": args.class_name, "epoch": epoch,
-                       "epochs": args.epochs, "train_cpu_min": round(cpu / 60 + robust_min, 2),
-                       "robustify_cpu_min": robust_min,
-                       "train_wall_min": round(secs / 60, 2), "run_wall_min": round(wall / 60, 2),
-                       "threads": args.threads, "set": {**RECIPES[name][1],
-                                                        **json.loads(args.set)},
-                       "loss": (round(log[epoch - 1]["loss"], 4) if "loss" in log[epoch - 1]
-                                else None), **probes,
-                       **evaluate_checkpoint(run_dir / f"epoch_{epoch:04d}.pt", data, attack,
-                                             args.epsilons)}
+            if args.eval_only:  # a run trained earlier (say, whose evaluation failed)
+                wanted = sorted({max(1, round(f * args.epochs)) for f in args.eval_at})
+                missing = [e for e in wanted if not (run_dir / f"epoch_{e:04d}.pt").exists()]
+                if missing:
+                    raise SystemExit(f"{run_dir}: no epoch_*.pt for epoch(s) {missing}; train "
+                                     f"{label} first (without --eval-only)")
+                wall = None
+            else:
+                started = time.perf_counter()
+                wanted, _ = train_recipe(name, args, run_dir)
+                wall = round((time.perf_counter() - started) / 60, 2)
+            for row in budget_rows(name, label, args, run_dir, wanted, wall, attack):
                 print(json.dumps(row), flush=True)
                 with rows_path.open("a") as handle:
                     handle.write(json.dumps(row) + "\n")
