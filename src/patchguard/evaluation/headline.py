@@ -1,0 +1,52 @@
+"""Which attack budget is the headline of a result, by image size, as the field reports it.
+
+The robust anomaly-detection papers (COBRA, RODEO, PrincipaLS, ZARND) quote L-infinity
+epsilon 2/255 for high-resolution images (MVTec AD at 224 px) and 8/255 for low-resolution
+ones (CIFAR-size): a perturbation of 8/255 spread over 50k pixels is a far larger attack than
+over 3k. patchguard always evaluates and shows both; this module says which one leads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+HIGH_RESOLUTION = 224  # px: from this side length up, images count as high resolution
+HIGH_RESOLUTION_EPSILON = 2.0  # 1/255 units
+LOW_RESOLUTION_EPSILON = 8.0
+REPORTED_EPSILONS = (HIGH_RESOLUTION_EPSILON, LOW_RESOLUTION_EPSILON)  # always both
+
+
+def headline_epsilon(image_size: int) -> float:
+    """The headline epsilon (1/255 units) for images of side ``image_size`` px."""
+    return HIGH_RESOLUTION_EPSILON if image_size >= HIGH_RESOLUTION else LOW_RESOLUTION_EPSILON
+
+
+def headline_of(image_sizes: Iterable[int | None]) -> float | None:
+    """The one headline epsilon of results at these image sizes (unknown sizes ignored), or
+    None when none is known or the sizes disagree (some high, some low resolution)."""
+    found = {headline_epsilon(int(size)) for size in image_sizes if size}
+    return found.pop() if len(found) == 1 else None
+
+
+def headline_note(image_sizes: Iterable[int | None], evaluated: Iterable[float]) -> str:
+    """One sentence under a results table: which epsilon is the headline and why, and which of
+    the two reported epsilons the run left out."""
+    sizes = sorted({int(size) for size in image_sizes if size})
+    evaluated = {float(e) for e in evaluated if e > 0}
+    rule = (f"{HIGH_RESOLUTION_EPSILON:g}/255 for images of {HIGH_RESOLUTION} px and up, "
+            f"{LOW_RESOLUTION_EPSILON:g}/255 below")
+    headline = headline_of(sizes)
+    if not sizes:
+        text = f"Headline epsilon: {rule} (the image size of these rows is not recorded)."
+    elif headline is None:
+        text = (f"Headline epsilon: {rule}; these classes were tested at "
+                f"{', '.join(map(str, sizes))} px, on both sides of that line, so no column "
+                "is marked.")
+    else:
+        size = "/".join(map(str, sizes))
+        text = f"Headline epsilon: {headline:g}/255 ({size}-px test images; {rule})."
+    missing = [e for e in REPORTED_EPSILONS if e not in evaluated]
+    if missing and evaluated:
+        text += (" Not evaluated: " + ", ".join(f"{e:g}/255" for e in missing)
+                 + " (add it to --epsilon-test: results are reported at both).")
+    return text
