@@ -8,6 +8,8 @@ Example (one core, one thread; docs/robustness-study.md lists the runs made):
         --dataset-dir /tmp/demo112 --class-name gravel --recipe fast --epochs 16 \\
         --eval-at 0.5 1 --n-eval 12 --out /tmp/budget
     python benchmarks/robust_budget.py --out /tmp/budget --plot-only
+    python benchmarks/robust_budget.py --plot-only --rows benchmarks/results/robust_features.jsonl \
+        --plot benchmarks/results/robust_features.png     # one row of panels per class
 
 Budgets: ``--epochs`` sets the run's length (its cosine schedule spans it); checkpoints are kept
 at the ``--eval-at`` fractions of it, so an intermediate point is part of a longer schedule
@@ -237,7 +239,8 @@ def robustify_minutes(checkpoint: Path) -> float:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """AUROC against training CPU minutes: clean, and under attack at 2/255 and 8/255."""
+    """AUROC against training CPU minutes: clean, and under attack at 2/255 and 8/255; one row
+    of panels per class when the rows hold several, each recipe one colour throughout."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,37 +248,49 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     panels = [("clean_img", "clean image AUROC"), ("2", "image AUROC at 2/255"),
               ("8", "image AUROC at 8/255")]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), sharey=True)
+    classes = list(dict.fromkeys(r.get("class", "?") for r in rows))
+    fig, grid = plt.subplots(len(classes), 3, figsize=(14, 3.8 * len(classes)), sharey=True,
+                             squeeze=False)
     recipes = sorted(dict.fromkeys(r["recipe"] for r in rows))
     # tab20: one distinct colour per recipe; past 20 recipes the colours repeat with another
     # marker, so every recipe stays distinct
     colors = [plt.get_cmap("tab20")(i % 20) for i in range(len(recipes))]
     markers = ["os^D"[(i // 20) % 4] for i in range(len(recipes))]
-    for ax, (key, title) in zip(axes, panels):
-        for i, recipe in enumerate(recipes):
-            points = sorted((r for r in rows if r["recipe"] == recipe),
-                            key=lambda r: r["train_cpu_min"])
-            x = [r["train_cpu_min"] for r in points]
-            color = colors[i % len(colors)]
-            if points[0]["strong_attack"] != rows[0]["strong_attack"]:
-                recipe = f"{recipe} [{points[0]['strong_attack']}]"
-            if key == "clean_img":
-                ax.plot(x, [r[key] for r in points], f"{markers[i]}-", color=color,
-                        label=recipe)
-            else:
-                ax.plot(x, [r[f"strong_{key}_img"] for r in points], f"{markers[i]}-",
-                        color=color, label=recipe)
-                ax.plot(x, [r[f"pgd10_mask_{key}_img"] for r in points], "x:", color=color)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("training CPU minutes (1 thread)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
+    for axes, name in zip(grid, classes):
+        for ax, (key, title) in zip(axes, panels):
+            for i, recipe in enumerate(recipes):
+                points = sorted((r for r in rows if r["recipe"] == recipe
+                                 and r.get("class", "?") == name),
+                                key=lambda r: r["train_cpu_min"])
+                if not points:
+                    continue
+                x = [r["train_cpu_min"] for r in points]
+                label = recipe
+                if points[0]["strong_attack"] != rows[0]["strong_attack"]:
+                    label = f"{recipe} [{points[0]['strong_attack']}]"
+                if key == "clean_img":
+                    ax.plot(x, [r[key] for r in points], f"{markers[i]}-", color=colors[i],
+                            label=label)
+                else:
+                    ax.plot(x, [r[f"strong_{key}_img"] for r in points], f"{markers[i]}-",
+                            color=colors[i], label=label)
+                    ax.plot(x, [r[f"pgd10_mask_{key}_img"] for r in points], "x:",
+                            color=colors[i])
+            ax.set_title(f"{name}: {title}" if len(classes) > 1 else title, fontsize=10)
+            ax.set_xlabel("training CPU minutes (1 thread)")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("image AUROC")
     strong = rows[0]["strong_attack"] if rows else "?"
-    axes[1].text(0.02, 0.98, f"solid: {strong} score-{rows[0]['strong_steps'] if rows else ''}"
-                 "\ndotted: faithful PGD-10 mask", transform=axes[1].transAxes, va="top",
-                 fontsize=8)
-    axes[0].set_ylabel("image AUROC")
-    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="center left",
+    grid[0][1].text(0.02, 0.98, f"solid: {strong} score-{rows[0]['strong_steps'] if rows else ''}"
+                    "\ndotted: faithful PGD-10 mask", transform=grid[0][1].transAxes, va="top",
+                    fontsize=8)
+    handles: dict[str, Any] = {}
+    for ax in grid[:, 0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    labels = sorted(handles)
+    fig.legend([handles[k] for k in labels], labels, fontsize=7, loc="center left",
                bbox_to_anchor=(0.995, 0.5), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=80, bbox_inches="tight")
@@ -284,12 +299,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The rows as a markdown table (image AUROC; pixel AUROC under the strong attack at 8)."""
-    lines = ["| recipe | epoch | train CPU min | clean img / pix | PGD-10 mask 2 / 8 | "
+    lines = ["| class | recipe | epoch | train CPU min | clean img / pix | PGD-10 mask 2 / 8 | "
              "strong 2 / 8 img | strong 8 pix | strong attack | n eval |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in sorted(rows, key=lambda r: (r["recipe"], r["train_cpu_min"])):
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(rows, key=lambda r: (r.get("class", "?"), r["recipe"], r["train_cpu_min"])):
         lines.append(
-            f"| {r['recipe']} | {r['epoch']}/{r['epochs']} | {r['train_cpu_min']:.1f} | "
+            f"| {r.get('class', '?')} | {r['recipe']} | {r['epoch']}/{r['epochs']} | "
+            f"{r['train_cpu_min']:.1f} | "
             f"{r['clean_img']:.3f} / {r['clean_pix']:.3f} | {r['pgd10_mask_2_img']:.3f} / "
             f"{r['pgd10_mask_8_img']:.3f} | {r['strong_2_img']:.3f} / {r['strong_8_img']:.3f} | "
             f"{r['strong_8_pix']:.3f} | {r['strong_attack']}-{r['strong_steps']} "
@@ -316,6 +332,10 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/robust_budget")
     parser.add_argument("--tag", default="", help="suffix of the run folder and row name")
     parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--rows", nargs="+", default=None,
+                        help="JSON-lines files the plot and table read (default OUT/rows.jsonl)")
+    parser.add_argument("--plot", default=None, help="the plot's file (default "
+                        "OUT/robust_budget.png)")
     parser.add_argument("--final", action="store_true",
                         help="also run the full standard, Square-1000 and --sanity's checks on "
                         "each recipe's last checkpoint (final.jsonl; tens of minutes per model)")
@@ -361,9 +381,11 @@ def main() -> None:
                     handle.write(json.dumps(row) + "\n")
             if args.final:
                 run_final(args, out, label, run_dir / "last.pt")
-    rows = [json.loads(line) for line in rows_path.open()] if rows_path.exists() else []
+    sources = [Path(p) for p in args.rows] if args.rows else [rows_path]
+    rows = [json.loads(line) for source in sources if source.exists()
+            for line in source.open() if line.strip()]
     if rows:
-        plot(rows, out / "robust_budget.png")
+        plot(rows, Path(args.plot) if args.plot else out / "robust_budget.png")
         if args.plot_only:
             print(table(rows))
 
