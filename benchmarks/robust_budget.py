@@ -64,10 +64,11 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "free4": ("fast", {"image_size": 112, "train_attack": "free", "free_replays": 4,
                        "backbone_lr": 1e-4, "frozen_blocks": 2, "eps_ramp": 0.3,
                        "carry_perturbations": True}),
-    # the robust preset itself (= score-fz2-ramp, 16 epochs unless --epochs) and its twin
-    # without adversarial training, for the issue's "the attack is real" check
-    "robust": ("robust", {}),
-    "robust-noadv": ("robust", {"adv_train": False}),
+    # the robust-advtrain preset (= score-fz2-ramp, 16 epochs unless --epochs; the "robust"
+    # preset until issue 21, whence the rows' names) and its twin without adversarial training,
+    # for the issue's "the attack is real" check
+    "robust": ("robust-advtrain", {}),
+    "robust-noadv": ("robust-advtrain", {"adv_train": False}),
     "score-trades": ("fast", {"image_size": 112, "train_objective": "score",
                               "backbone_lr": 1e-4, "frozen_blocks": 2, "eps_ramp": 0.3,
                               "trades_weight": 1.0}),
@@ -81,13 +82,14 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     # the class's training images and scikit-image's photographs); "dsc-rb4" is PatchGuard's
     # discriminator on that backbone, frozen, with the robust preset's score-objective training
     # attack (the --epochs of the run); --no-adv-train twins drop both robust parts.
-    "knn": ("robust", {"head": "knn", "adv_train": False}),
-    "knn-rb4": ("robust", {"head": "knn", **ROBUSTIFY_4}),
-    "knn-rb8": ("robust", {"head": "knn", **ROBUSTIFY_4, "robustify_epsilon": 8.0}),
-    "dsc-rb4": ("robust", {**ROBUSTIFY_4, "backbone_lr": 0.0}),
-    # the preset that packages knn-rb4, and its twin (= knn: the bank on the original backbone)
-    "robust-features": ("robust-features", {}),
-    "robust-features-noadv": ("robust-features", {"adv_train": False}),
+    "knn": ("robust-advtrain", {"head": "knn", "adv_train": False}),
+    "knn-rb4": ("robust-advtrain", {"head": "knn", **ROBUSTIFY_4}),
+    "knn-rb8": ("robust-advtrain", {"head": "knn", **ROBUSTIFY_4, "robustify_epsilon": 8.0}),
+    "dsc-rb4": ("robust-advtrain", {**ROBUSTIFY_4, "backbone_lr": 0.0}),
+    # the preset that packages knn-rb4 ("robust" since issue 21, first "robust-features"), and
+    # its twin (= knn: the bank on the original backbone)
+    "robust-features": ("robust", {}),
+    "robust-features-noadv": ("robust", {"adv_train": False}),
 }
 STRONG_STEPS = 50
 

@@ -21,8 +21,8 @@ def test_demo_end_to_end_with_a_tiny_model(tmp_path, capsys, caplog):
     )
     assert {(r["adv_train"], r["epsilon"]) for r in rows} == {
         (adv, eps) for adv in (True, False) for eps in (0.0, 2.0, 8.0)}
-    # the robust preset (issue 12) beside the same recipe without adversarial training
-    assert {r["preset"] for r in rows} == {"robust"}
+    # the robust-advtrain preset (issue 12) beside the same recipe without adversarial training
+    assert {r["preset"] for r in rows} == {"robust-advtrain"}
     # standard beside PGD, bounded: both recipes, 8/255, a fixed subset, labelled
     std_rows = [r for r in rows if r["attack"] == "standard"]
     assert sorted(r["adv_train"] for r in std_rows) == [False, True]
@@ -40,7 +40,7 @@ def test_demo_end_to_end_with_a_tiny_model(tmp_path, capsys, caplog):
     out = capsys.readouterr().out
     assert "img clean" in out and "results JSON" in out
     assert "std* img 8" in out and "not the citable standard" in out
-    assert "the robust preset, 1 epoch:" in out
+    assert "the robust-advtrain preset, 1 epoch:" in out
     # It speaks only when something is wrong: nothing about its own classes or thresholds.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert "thresholds from" not in caplog.text and "mvtec" not in caplog.text
