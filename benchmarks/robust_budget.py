@@ -8,8 +8,10 @@ Example (one core, one thread; docs/robustness-study.md lists the runs made):
         --dataset-dir /tmp/demo112 --class-name gravel --recipe fast --epochs 16 \\
         --eval-at 0.5 1 --n-eval 12 --out /tmp/budget
     python benchmarks/robust_budget.py --out /tmp/budget --plot-only
-    python benchmarks/robust_budget.py --plot-only --rows benchmarks/results/robust_features.jsonl \
-        --plot benchmarks/results/robust_features.png     # one row of panels per class
+    python benchmarks/robust_budget.py --plot-only --plot benchmarks/results/robust_features.png \\
+        --rows benchmarks/results/robust_features.jsonl benchmarks/results/robust_classes.jsonl \\
+        benchmarks/results/robust_budget.jsonl --recipe knn knn-rb4 knn-rb8 dsc-rb4 robust \\
+        robust-noadv      # one row of panels per class; --recipe keeps those recipes' rows
 
 Budgets: ``--epochs`` sets the run's length (its cosine schedule spans it); checkpoints are kept
 at the ``--eval-at`` fractions of it, so an intermediate point is part of a longer schedule
@@ -80,8 +82,8 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     # training) on the pretrained backbone; "-rb4" / "-rb8" first fine-tune the backbone's
     # layer-6 features without labels (robustify, FARE-style, PGD-3 at 4 or 8/255, 8 epochs over
     # the class's training images and scikit-image's photographs); "dsc-rb4" is PatchGuard's
-    # discriminator on that backbone, frozen, with the robust preset's score-objective training
-    # attack (the --epochs of the run); --no-adv-train twins drop both robust parts.
+    # discriminator on that backbone, frozen, with the robust-advtrain preset's score-objective
+    # training attack (the --epochs of the run); --no-adv-train twins drop both robust parts.
     "knn": ("robust-advtrain", {"head": "knn", "adv_train": False}),
     "knn-rb4": ("robust-advtrain", {"head": "knn", **ROBUSTIFY_4}),
     "knn-rb8": ("robust-advtrain", {"head": "knn", **ROBUSTIFY_4, "robustify_epsilon": 8.0}),
@@ -386,6 +388,8 @@ def main() -> None:
     sources = [Path(p) for p in args.rows] if args.rows else [rows_path]
     rows = [json.loads(line) for source in sources if source.exists()
             for line in source.open() if line.strip()]
+    if args.plot_only and args.recipe:  # the named recipes of those files only
+        rows = [r for r in rows if r["recipe"] in args.recipe]
     if rows:
         plot(rows, Path(args.plot) if args.plot else out / "robust_budget.png")
         if args.plot_only:
