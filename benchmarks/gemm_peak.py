@@ -112,7 +112,7 @@ def main() -> None:
     print(f"fp32 peak {peak:.1f} GFLOP/s; best bf16 / fp32: {best_bf16 / peak:.2f}x "
           f"(CPU capability {torch.backends.cpu.get_cpu_capability()})")
 
-    from patchguard.adversarial.pgd import input_gradients_only
+    from patchguard.adversarial.ascent import input_gradients_only
     from patchguard.models.patchguard import PatchGuard
 
     model = PatchGuard(args.backbone, image_size=args.image_size, feature_layers=[6],

@@ -258,7 +258,7 @@ def export_weights(path: Path) -> None:
     from safetensors.torch import save_file
 
     from patchguard.models.backbone import create_backbone
-    from patchguard.models.weights import load_backbone_weights
+    from patchguard.models.backbone_weights import load_backbone_weights
 
     vit = create_backbone("vit_small_patch14_dinov2.lvd142m", 224)
     source = load_backbone_weights(vit, "vit_small_patch14_dinov2.lvd142m")

@@ -132,9 +132,10 @@ def evaluate_checkpoint(path: Path, data: TestDataset, attack: tuple[str, str, i
                            "strong_steps": attack[2], "eval_seconds": {}}
     for key, eps, name, objective, steps in settings:
         started = time.perf_counter()
-        # steps None on the clean pass: the attack settings refuse 0 steps
+        # steps None for the clean pass: the attack settings refuse 0 steps.
         preds = predict_dataset(model, data, eps, steps or None, batch_size=len(data),
-                                progress=False, attack=name, objective=objective, seed=0)
+                                progress=False,
+                                attack=name, objective=objective, seed=0)
         metrics = compute_all(preds.labels, preds.scores, preds.masks, preds.maps)
         row[f"{key}_img"] = round(float(metrics["image_auroc"]), 4)
         row[f"{key}_pix"] = round(float(metrics["pixel_auroc"]), 4)

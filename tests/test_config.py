@@ -73,7 +73,7 @@ def test_stored_config_of_the_reference_checkpoint_loads():
     """The config stored by importing the authors' reference model (tests/fixtures)."""
     import torch
 
-    from patchguard.models.original import convert_original_state_dict
+    from patchguard.authors.convert import convert_original_state_dict
 
     from helpers.data import REFERENCE_DIR
 

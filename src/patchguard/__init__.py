@@ -19,7 +19,7 @@ _EXPORTS = {
     "evaluate_checkpoint": "patchguard.api",
     "robustify": "patchguard.api",
     "evaluate": "patchguard.evaluation.evaluator",
-    "evaluate_detector": "patchguard.robustness",
+    "evaluate_detector": "patchguard.api",
     "load_model": "patchguard.models.factory",
     "load": "patchguard.inference.detector",
 }

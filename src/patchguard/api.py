@@ -1,4 +1,5 @@
-"""High-level Python API: train a class, evaluate a checkpoint, fine-tune a robust backbone."""
+"""The public Python API: train a class, evaluate a checkpoint, evaluate any detector under the
+attacks, fine-tune a robust backbone."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ from typing import Any
 
 from .adversarial.settings import AttackSettings
 from .config import TrainConfig, build_config
+from .data.datasets import TensorTestSet
+from .evaluation.any_detector import DetectorEvaluation, evaluate_detector
 from .evaluation.evaluator import evaluate, load_for_evaluation
-from .evaluation.reports import format_table, write_results
+from .evaluation.report.tables import format_table, write_results
 from .training.robustify import RobustifyResult, RobustifySettings, robustify
 from .training.trainer import train as _train
 from .utils import checks
 from .utils.device import resolve_device
 
-__all__ = ["RobustifyResult", "RobustifySettings", "evaluate_checkpoint", "robustify", "train"]
+__all__ = ["AttackSettings", "DetectorEvaluation", "RobustifyResult", "RobustifySettings",
+           "TensorTestSet", "evaluate_checkpoint", "evaluate_detector", "robustify", "train"]
 
 
 def train(
@@ -85,7 +89,7 @@ def evaluate_checkpoint(
     training's.
 
     Every argument is checked before the checkpoint is loaded. Any other detector:
-    :func:`patchguard.robustness.evaluate_detector`.
+    :func:`evaluate_detector`.
 
     Args:
         checkpoint: a ``.pt`` written by :func:`train` (or an imported one).

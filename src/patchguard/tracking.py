@@ -81,7 +81,7 @@ class Tracker:
 
     def results(self, rows: Sequence[dict[str, Any]], step: int) -> None:
         """Log result rows (scalars plus the table)."""
-        from .evaluation.reports import markdown_table
+        from .evaluation.report.tables import markdown_table
 
         self.scalars(result_metrics(rows), step)
         self.text("test/results", markdown_table(list(rows)), step)
@@ -127,7 +127,7 @@ class CsvTracker(Tracker):
 
     def results(self, rows: Sequence[dict[str, Any]], step: int) -> None:
         """The scalars, and the rows as ``results.csv``."""
-        from .evaluation.reports import write_csv
+        from .evaluation.report.tables import write_csv
 
         self.scalars(result_metrics(rows), step)
         write_csv(rows, self.folder / "results.csv")

@@ -13,7 +13,7 @@ from patchguard.adversarial.objectives import (
     mask_objective,
     score_loss,
 )
-from patchguard.adversarial.pgd import pgd_attack
+from patchguard.adversarial.training_attacks import pgd_attack
 from patchguard.evaluation.metrics import auroc
 
 from helpers.attacks import attack_batch, objective_value

@@ -258,9 +258,9 @@ def test_efficient_ad_one_step_equals_anomalib_and_has_an_input_gradient(tmp_pat
 
 
 def test_evaluate_detector_attacks_a_baseline_with_the_suite(patchcore, faint):
-    """The baseline through patchguard.robustness.evaluate_detector: patchguard's own PGD and
-    Square (not the stand-ins above) lower an undefended PatchCore's AUROC."""
-    from patchguard.robustness import evaluate_detector
+    """The baseline through evaluate_detector: patchguard's own PGD and Square (not the stand-ins
+    above) lower an undefended PatchCore's AUROC."""
+    from patchguard.api import evaluate_detector
 
     test_set = load_test_set("mvtec", faint.parent, faint.name, SIZE)
     rows = evaluate_detector(patchcore, test_set, (0, 8), ("pgd", "square"), queries=300,

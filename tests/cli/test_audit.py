@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from patchguard.authors.index import INDEX_ENV
 from patchguard.cli import main
-from patchguard.inference.authors_index import INDEX_ENV
 from patchguard.models.factory import load_model
 
 from helpers.data import REFERENCE_DIR, make_mvtec_class

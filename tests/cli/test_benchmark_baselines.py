@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from patchguard.cli import main
-from patchguard.evaluation.reports import class_table
+from patchguard.evaluation.report.tables import class_table
 
 from helpers.data import make_mvtec_class
 from helpers.models import TINY_BACKBONE

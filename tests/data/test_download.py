@@ -280,7 +280,7 @@ def test_download_dataset_end_to_end(server, tmp_path, monkeypatch):
 
 def test_download_dataset_layout_check_and_manual(tmp_path, monkeypatch):
     # An archive of some complete classes (one per class, as mirrors ship MVTec AD) prepares
-    # those classes; the data set is not marked complete (issue 24).
+    # those classes; the data set is not marked complete.
     archive = tmp_path / "partial.zip"
     archive.write_bytes(_mvtec_like_zip(("bottle",)))
     root = dl.download_dataset("mvtec", tmp_path / "d", progress=False, archive=archive)

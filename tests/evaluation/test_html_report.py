@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from patchguard.cli import main
-from patchguard.evaluation.html_report import _pick
+from patchguard.evaluation.report.html import _pick
 
 from helpers.data import make_mvtec_class
 from helpers.models import TINY_BACKBONE

@@ -5,7 +5,7 @@ import inspect
 import pytest
 
 import patchguard.evaluation.evaluator as evaluator
-import patchguard.evaluation.html_report as html_report
+import patchguard.evaluation.report.html as html_report
 import patchguard.evaluation.sanity as sanity
 from patchguard.adversarial.settings import AttackSettings
 from patchguard.adversarial.standard import Member

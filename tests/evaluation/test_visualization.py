@@ -3,8 +3,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from patchguard.evaluation.plots import plot_robustness, plot_training_log
-from patchguard.evaluation.visualization import heatmap_overlay, save_panels
+from patchguard.evaluation.report.panels import heatmap_overlay, save_panels
+from patchguard.evaluation.report.plots import plot_robustness, plot_training_log
 
 
 def test_overlay_colours_hot_regions_and_outlines_the_mask():

@@ -2,8 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from patchguard.adversarial.pgd import input_gradients_only, pgd_attack
+from patchguard.adversarial.ascent import input_gradients_only
 from patchguard.adversarial.problem import AttackProblem
+from patchguard.adversarial.training_attacks import pgd_attack
 from patchguard.models import kernels
 from patchguard.models.kernels import CpuLinear, use_cpu_linear
 from patchguard.models.patchguard import DiscriminatorBlock, self_attention

@@ -8,10 +8,10 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
+from patchguard.api import TensorTestSet, evaluate_detector
 from patchguard.cli import main
 from patchguard.models.factory import load_model
 from patchguard.models.knn import PatchKNN, nearest_distances, select_coreset
-from patchguard.robustness import TensorTestSet, evaluate_detector
 from patchguard.training.trainer import train
 from patchguard.utils.checks import InputError
 

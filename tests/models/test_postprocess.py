@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from scipy.special import expit
 
-from patchguard.models.original import convert_original_state_dict
+from patchguard.authors.convert import convert_original_state_dict
 from patchguard.models.postprocess import PostProcessor, value_range
 from patchguard.utils.checkpoint import save_checkpoint
 

@@ -17,11 +17,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from patchguard.adversarial.attacks import run_attack
-from patchguard.adversarial.pgd import pgd_attack
+from patchguard.adversarial.training_attacks import pgd_attack
+from patchguard.authors.convert import convert_original_state_dict, map_original_key
 from patchguard.cli import main
 from patchguard.config import TrainConfig
 from patchguard.evaluation.evaluator import evaluate, predict_dataset
-from patchguard.models.original import convert_original_state_dict, map_original_key
 from patchguard.models.patchguard import PatchGuard, patch_targets
 from patchguard.training.losses import attention_kl_regularizer, patch_bce_loss
 from patchguard.utils.checkpoint import load_checkpoint

@@ -1,5 +1,6 @@
-"""The training options of issue 12: each training attack against its definition (on a linear
-toy model whose input gradient is known in closed form), free adversarial training's replays
+"""The training options for robustness at small budgets: each training attack against its
+definition (on a linear toy model whose input gradient is known in closed form), free
+adversarial training's replays
 and shared backward, the epsilon ramp, carried perturbations, config checks, and the
 catastrophic-overfitting probe on an induced collapse."""
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from patchguard.adversarial.pgd import fgsm_rs_attack, nfgsm_attack, pgd_attack
+from patchguard.adversarial.training_attacks import fgsm_rs_attack, nfgsm_attack, pgd_attack
 from patchguard.config import TrainConfig
 from patchguard.data.datasets import TrainDataset
 from patchguard.data.layouts import load_records

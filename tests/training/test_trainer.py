@@ -150,7 +150,7 @@ def test_auto_foreground_generates_masks_and_training_uses_them(tmp_path, monkey
 
 def test_merged_attack_equals_separate_attacks_without_dropout():
     """One PGD run over two stacked batches gives each batch its own run's result."""
-    from patchguard.adversarial.pgd import pgd_attack
+    from patchguard.adversarial.training_attacks import pgd_attack
 
     from helpers.models import TINY_SIZE, tiny_model
 

@@ -9,15 +9,15 @@ import math
 
 import torch
 
-from .pgd import signed_gradient_ascent
+from .ascent import signed_gradient_ascent
 from .problem import AttackBudget, AttackProblem, AttackResult, update_best
 
 
 def attack_pgd(problem: AttackProblem, budget: AttackBudget) -> AttackResult:
     """The paper's PGD (docs/method.md, section 4: step 2.5 eps / steps, no random start, last
     iterate) on any detector and per-image objective: the loop of the training-time
-    :func:`.pgd.pgd_attack` (:func:`.pgd.signed_gradient_ascent`) on the problem's eval-mode
-    loss."""
+    :func:`.training_attacks.pgd_attack` (:func:`.ascent.signed_gradient_ascent`) on the
+    problem's eval-mode loss."""
     if budget.steps <= 0:
         return problem.unchanged()
     alpha = 2.5 * problem.epsilon / budget.steps

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
+from .ascent import input_gradients_only, project_linf
 from .attackable import AttackableDetector, as_detector, eval_mode
 from .names import DEFAULT_QUERIES
 from .objectives import PerImageObjective, needs_patch_logits, resolve_objective
-from .pgd import input_gradients_only, project_linf
 
 # An attack's result: adversarial images (B, C, H, W) and the per-image objective (B,) at them.
 AttackResult = tuple[torch.Tensor, torch.Tensor]

@@ -205,7 +205,7 @@ def _is_vit(backbone: str | None) -> bool:
 @contextlib.contextmanager
 def _hub_access() -> Iterator[None]:
     """timm's hub downloads as patchguard does them: cache only, at once, when offline."""
-    from ..models.weights.hub import _hub_offline_mode, _hub_offline_reason
+    from ..models.backbone_weights.hub import _hub_offline_mode, _hub_offline_reason
 
     with _hub_offline_mode() if _hub_offline_reason() else contextlib.nullcontext():
         yield
@@ -277,7 +277,7 @@ def build_module(settings: BaselineSettings, work_dir: Path | None = None,
     if _is_vit(backbone):
         module = cls(pre_trained=False, **kwargs)
         if pretrained:
-            from ..models.weights import load_backbone_weights
+            from ..models.backbone_weights import load_backbone_weights
 
             vit = module.model.feature_extractor.feature_extractor
             logger.info("%s backbone %s: %s", baseline.label, backbone,
@@ -288,7 +288,7 @@ def build_module(settings: BaselineSettings, work_dir: Path | None = None,
             with _hub_access():
                 return cls(pre_trained=True, **kwargs)
         except Exception as error:
-            from ..models.weights import BackboneWeightsError
+            from ..models.backbone_weights import BackboneWeightsError
 
             raise BackboneWeightsError(
                 f"no pretrained weights for the {baseline.label} backbone {backbone!r} "

@@ -75,7 +75,7 @@ def _classes(args: argparse.Namespace) -> list[str]:
 
     names = [args.class_name] if args.class_name else list(args.classes or [])
     if args.checkpoint and Path(args.checkpoint).is_file():
-        from ..inference.authors import checkpoint_kind
+        from ..authors.checkpoints import checkpoint_kind
 
         if checkpoint_kind(args.checkpoint) == "patchguard":  # its data set and class
             from .weights import stored_config
@@ -98,7 +98,7 @@ def _check_classes(args: argparse.Namespace, names: list[str]) -> None:
     from ..utils.checks import InputError
 
     if args.download:
-        from ..inference.authors_index import resolve_weights
+        from ..authors.index import resolve_weights
 
         for name in names:
             resolve_weights(args.dataset, name)  # unpublished or unknown: says so, no request
@@ -144,8 +144,8 @@ def _local_checkpoint(args: argparse.Namespace, name: str, several: bool) -> Pat
 
 def _import_local(args: argparse.Namespace, original: Path, target: Path) -> Path:
     """An authors' .pth imported to ``target`` (reused when it holds this very file)."""
+    from ..authors.checkpoints import ORIGINAL_SHA256, import_original_checkpoint, imported_source
     from ..data.download.transfer import file_digest
-    from ..inference.authors import ORIGINAL_SHA256, import_original_checkpoint, imported_source
     from ..utils.checkpoint import load_checkpoint
     from ..utils.files import check_output_file
     from .weights import import_kwargs
@@ -171,12 +171,12 @@ def _import_local(args: argparse.Namespace, original: Path, target: Path) -> Pat
 def _checkpoint(args: argparse.Namespace, name: str, out: Path, several: bool) -> Path:
     """The patchguard checkpoint to audit for one class: downloaded, imported or given."""
     if args.download:
-        from ..inference.authors import download_original_checkpoint
+        from ..authors.checkpoints import download_original_checkpoint
         from .weights import import_kwargs
 
         return download_original_checkpoint(args.dataset, name, out / name / "last.pt",
                                             progress=not args.quiet, **import_kwargs(args))
-    from ..inference.authors import checkpoint_kind
+    from ..authors.checkpoints import checkpoint_kind
 
     path = _local_checkpoint(args, name, several)
     if checkpoint_kind(path) == "original":
@@ -271,7 +271,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def _write_html(path: Path, results: dict[str, dict[str, Any]], text: str,
                 dataset: str) -> Path:
     from ..evaluation.audit import class_table, sanity_text
-    from ..evaluation.html_report import ClassSection, write_html_report
+    from ..evaluation.report.html import ClassSection, write_html_report
 
     # No AUROC-vs-epsilon plot: the two sides attack differently, one line per attack would
     # mix them; the tables say it better.

@@ -181,7 +181,13 @@ def _resolve_classes(args: argparse.Namespace, root: Path) -> list[str]:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """Evaluate (and with --train first train) one checkpoint per class, and with --baselines
     anomalib's detectors beside it; paper-style table, JSON, CSV, plot and HTML page."""
-    from ..evaluation.reports import PATCHGUARD, class_means, class_table, write_csv, write_results
+    from ..evaluation.report.tables import (
+        PATCHGUARD,
+        class_means,
+        class_table,
+        write_csv,
+        write_results,
+    )
     from ..utils.files import atomic_write_text
 
     root = Path(args.checkpoint_dir)
@@ -228,7 +234,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     write_csv(all_rows, out / "benchmark.csv")
     written = ["benchmark.json", "benchmark.csv"]
     if any(r["attack"] != "clean" for r in all_rows):
-        from ..evaluation.plots import plot_auroc_vs_epsilon
+        from ..evaluation.report.plots import plot_auroc_vs_epsilon
 
         title = (f"mean over {len(results)} classes" if len(results) > 1
                  else f"class {next(iter(results))}")
@@ -246,7 +252,7 @@ def _patchguard_rows(args: argparse.Namespace, name: str, root: Path, out: Path,
                      epsilons: list[float], done: Path) -> list[dict[str, Any]]:
     """One class's PatchGuard rows: train it first with --train, evaluate, keep the gallery."""
     from ..evaluation.evaluator import evaluate, load_for_evaluation
-    from ..evaluation.reports import PATCHGUARD, format_table, write_results
+    from ..evaluation.report.tables import PATCHGUARD, format_table, write_results
 
     if args.train:
         _train_class(args, name, root)
@@ -294,8 +300,8 @@ def _baseline_rows(args: argparse.Namespace, name: str, baseline: str,
     image size, read from PatchGuard's row) with the same attacks, epsilons and budgets.
     """
     from ..baselines import prepare_baseline
-    from ..evaluation.reports import format_table, write_results
-    from ..robustness import evaluate_detector
+    from ..evaluation.any_detector import evaluate_detector
+    from ..evaluation.report.tables import format_table, write_results
     from ..utils.device import resolve_device
 
     device = resolve_device(args.device or "auto")

@@ -132,7 +132,7 @@ def check_report_paths(json_path: Path, checkpoint: Path, overwrite: bool = Fals
 def cmd_test(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint; print the table and write the JSON rows and reports."""
     from ..evaluation.evaluator import evaluate, load_for_evaluation
-    from ..evaluation.reports import format_table, write_reports
+    from ..evaluation.report.tables import format_table, write_reports
     from ..inference.card import write_results_sidecar
     from ..tracking import check_loggers
     from ..utils.device import resolve_device
@@ -209,7 +209,7 @@ def _log_test(args: argparse.Namespace, loggers: list[str], json_path: Path, tar
 def cmd_visualize(args: argparse.Namespace) -> int:
     """Write heatmap panels and a contact sheet for the test images."""
     from ..evaluation.evaluator import load_for_evaluation, predict_dataset
-    from ..evaluation.visualization import save_panels
+    from ..evaluation.report.panels import save_panels
     from ..utils.device import resolve_device
     from ..utils.files import record_outputs, refuse_foreign, refuse_inside, remove_own_outputs
 

@@ -1,5 +1,5 @@
 """The ``report`` verb, and the HTML pages that ``test`` and ``benchmark`` write: one
-self-contained page per run (:mod:`patchguard.evaluation.html_report`)."""
+self-contained page per run (:mod:`patchguard.evaluation.report.html`)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def write_test_report(json_path: Path, rows: list[dict[str, Any]], checkpoint: P
                       state: dict | None = None, gallery=None, notes: str = "",
                       output: Path | None = None) -> Path:
     """The page of one ``test`` run, beside its results file (``results.html``)."""
-    from ..evaluation.html_report import (
+    from ..evaluation.report.html import (
         ClassSection,
         load_gallery,
         training_curves_png,
@@ -77,7 +77,7 @@ def write_test_report(json_path: Path, rows: list[dict[str, Any]], checkpoint: P
 
 def test_gallery(args: argparse.Namespace, target, json_path: Path):
     """``test --gallery N``: clean and attacked heatmaps of N test images, saved for reports."""
-    from ..evaluation.html_report import make_gallery, save_gallery
+    from ..evaluation.report.html import make_gallery, save_gallery
     from .attack_settings import attack_settings
 
     if not args.gallery:
@@ -93,7 +93,7 @@ def test_gallery(args: argparse.Namespace, target, json_path: Path):
 def benchmark_gallery(args: argparse.Namespace, target, folder: Path,
                       epsilons: list[float]) -> None:
     """``benchmark --gallery N``: one class's gallery, kept for benchmark.html."""
-    from ..evaluation.html_report import make_gallery, save_gallery
+    from ..evaluation.report.html import make_gallery, save_gallery
     from .attack_settings import attack_settings
 
     save_gallery(make_gallery(target.model, target.test_set, args.gallery, max(epsilons),
@@ -104,7 +104,7 @@ def benchmark_gallery(args: argparse.Namespace, target, folder: Path,
 def write_benchmark_report(out: Path, rows: list[dict[str, Any]], summary: str,
                            output: Path | None = None) -> Path:
     """The page of a ``benchmark`` run (``benchmark.html``): every class in one page."""
-    from ..evaluation.html_report import (
+    from ..evaluation.report.html import (
         ClassSection,
         load_gallery,
         training_curves_png,
@@ -138,7 +138,7 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Rebuild the HTML page(s) of a run folder from its files."""
-    from ..evaluation.reports import class_table
+    from ..evaluation.report.tables import class_table
     from ..utils.files import check_output_file
 
     target = Path(args.run_dir)

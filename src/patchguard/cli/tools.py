@@ -341,8 +341,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     """Convert an original PatchGuard checkpoint into ours."""
+    from ..authors.checkpoints import import_original_checkpoint
     from ..config import DEFAULT_BACKBONE
-    from ..inference.authors import import_original_checkpoint
     from ..utils.files import check_output_file
 
     # Never over the file being converted; over any other existing file only with --overwrite.

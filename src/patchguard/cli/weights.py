@@ -39,13 +39,14 @@ def location_flags(parser: argparse.ArgumentParser) -> None:
 
 def register(verbs: argparse._SubParsersAction) -> None:
     """Add ``weights download | list`` to the ``patchguard`` parser."""
-    weights = verbs.add_parser("weights", help="the authors' published per-class checkpoints")
+    weights = verbs.add_parser(
+        "weights", help="the authors' published per-class checkpoints (not backbone weights)")
     subs = weights.add_subparsers(dest="weights_verb", required=True, metavar="SUBVERB")
 
     download = subs.add_parser(
         "download", help="download a class's checkpoint and import it (OUTPUT_DIR/CLASS/last.pt)")
     # No argparse choices: a data set of the paper without published weights gets a message
-    # that says so (authors_index.check_dataset_class), not "invalid choice".
+    # that says so (authors.index.check_dataset_class), not "invalid choice".
     flag(download, "--dataset", required=True, help="mvtec or visa (the authors publish no "
          "weights for the other data sets)")
     flag(download, "--class-name", type=NAME_ARG, required=True)
@@ -76,8 +77,8 @@ def import_kwargs(args: argparse.Namespace) -> dict:
 
 def cmd_download(args: argparse.Namespace) -> int:
     """Download and import one class's published checkpoint."""
-    from ..inference.authors import default_checkpoint, download_original_checkpoint
-    from ..inference.authors_index import check_dataset_class
+    from ..authors.checkpoints import default_checkpoint, download_original_checkpoint
+    from ..authors.index import check_dataset_class
 
     dataset, class_name = check_dataset_class(args.dataset, args.class_name)
     target = default_checkpoint(dataset, class_name, args.output_dir)
@@ -95,7 +96,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     """Print per class the file id (the authors', or one from an index) or that none exists."""
     import os
 
-    from ..inference.authors_index import (
+    from ..authors.index import (
         DRIVE_FOLDERS,
         INDEX_ENV,
         KNOWN_FILES,
@@ -135,8 +136,8 @@ def ensure_data(dataset: str | None, dataset_dir: str | None, class_name: str | 
 
 def ensure_checkpoint(args: argparse.Namespace) -> None:
     """``test --download``: fetch and import the authors' weights when --checkpoint is missing."""
-    from ..inference.authors import download_original_checkpoint
-    from ..inference.authors_index import check_dataset_class
+    from ..authors.checkpoints import download_original_checkpoint
+    from ..authors.index import check_dataset_class
 
     checkpoint = Path(args.checkpoint)
     if checkpoint.exists():

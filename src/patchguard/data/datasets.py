@@ -160,7 +160,7 @@ class TensorTestSet(Dataset):
     1 anomalous, and optional masks (n, [1,] H, W), non-zero = anomalous pixel.
 
     For evaluating a detector on images that are not in a data set folder
-    (:func:`patchguard.robustness.evaluate_detector`); without masks pixel metrics are n/a.
+    (:func:`patchguard.api.evaluate_detector`); without masks pixel metrics are n/a.
     """
 
     __test__ = False  # not a pytest test class

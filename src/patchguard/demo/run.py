@@ -16,9 +16,9 @@ from ..adversarial.standard import Member
 from ..config import build_config
 from ..data.datasets import TestDataset, load_test_set
 from ..evaluation.evaluator import evaluate_with_predictions
-from ..evaluation.plots import plot_robustness
-from ..evaluation.reports import render_table, write_results
-from ..evaluation.visualization import save_panels
+from ..evaluation.report.panels import save_panels
+from ..evaluation.report.plots import plot_robustness
+from ..evaluation.report.tables import render_table, write_results
 from ..models.factory import load_model
 from ..training.trainer import train
 from ..utils.device import resolve_device

@@ -1,6 +1,6 @@
-"""Evaluation: metrics, clean and attacked evaluation, sanity checks against gradient masking,
-reports (tables, JSON, CSV, Markdown), plots and heatmap panels.
+"""Evaluation: metrics, clean and attacked evaluation (of PatchGuard, and of any detector in
+``any_detector``), sanity checks against gradient masking, the paper-audit, and reports.
 
-``metrics`` < ``evaluator`` < ``sanity``; ``reports``, ``plots`` and ``visualization`` only
-format results.
+``metrics`` < ``evaluator`` < ``sanity``, ``any_detector``, ``audit``; ``report/`` (tables,
+plots, heatmap panels, the HTML page) only formats results.
 """

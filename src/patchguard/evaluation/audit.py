@@ -30,7 +30,7 @@ from ..adversarial.standard import (
     Member,
 )
 from .evaluator import evaluate
-from .reports import render_table
+from .report.tables import render_table
 
 #: The paper's evaluation: its attack, objective, steps and the epsilons its notebook uses.
 PAPER_ATTACK, PAPER_OBJECTIVE, PAPER_STEPS = "pgd", "mask", STANDARD_PGD_STEPS

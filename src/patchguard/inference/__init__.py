@@ -1,3 +1,3 @@
-"""Using a trained model on new images: decision thresholds, the detector, the model card,
-export to other runtimes, and the import of the authors' checkpoints.
+"""Using a trained model on new images: decision thresholds, the detector, the model card and
+export to other runtimes.
 """

@@ -1,7 +1,7 @@
-"""The network: the ViT backbone, the PatchGuard detector, pretrained weights, and the import of
-the original authors' checkpoints.
+"""The network: the ViT backbone, the PatchGuard detector, its pretrained backbone weights.
 
 ``backbone`` (feature extractor and attention capture) < ``patchguard`` (discriminator, scores,
-maps) < ``factory`` (build from a config or a checkpoint); ``weights`` resolves pretrained
-backbone weights; ``original`` converts the authors' state dicts.
+maps) < ``factory`` (build from a config or a checkpoint); ``backbone_weights`` resolves the
+pretrained weights of the backbone (timm / Hugging Face Hub, a local file, the offline DINOv2
+fallback). The original authors' trained checkpoints are another thing: :mod:`patchguard.authors`.
 """

@@ -24,7 +24,7 @@ def build_model(config: TrainConfig, load_weights: bool = True) -> tuple[PatchGu
     model = model_class(config).from_config(config)
     source = "random initialisation (--no-pretrained)"
     if config.pretrained and load_weights:
-        from .weights import load_backbone_weights
+        from .backbone_weights import load_backbone_weights
 
         source = load_backbone_weights(
             model.feature_extractor.pretrained_model, config.backbone, config.backbone_weights

@@ -7,7 +7,7 @@ object with ``.logits`` (B, N), plus ``image_score`` and ``anomaly_map``): its "
 patch's Euclidean distance to the nearest bank entry, the image score is the mean of the top-k of
 them (k = 1: PatchCore's max) and the map is the same upsampling and Gaussian smoothing as
 PatchGuard's. So ``patchguard test``, ``predict`` and
-:func:`patchguard.robustness.evaluate_detector` take it as they take PatchGuard.
+:func:`patchguard.api.evaluate_detector` take it as they take PatchGuard.
 """
 
 from __future__ import annotations

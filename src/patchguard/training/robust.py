@@ -1,8 +1,8 @@
 """Training options beyond the paper's PGD (issue 12): the attack budget of each step (epsilon
 ramp, more steps late in training), perturbations carried over between epochs, frozen blocks.
 
-The training attacks themselves live in :mod:`patchguard.adversarial.pgd` and are chosen in
-:mod:`patchguard.training.task` (free adversarial training is an entry of its own there).
+The training attacks themselves live in :mod:`patchguard.adversarial.training_attacks` and are
+chosen in :mod:`patchguard.training.task` (free adversarial training is an entry of its own there).
 """
 
 from __future__ import annotations

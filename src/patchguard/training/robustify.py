@@ -112,7 +112,7 @@ def feature_model(settings: RobustifySettings) -> tuple[FeatureModel, str]:
     vit = create_backbone(settings.backbone, settings.image_size)
     source = "random initialisation (--no-pretrained)"
     if settings.pretrained or settings.backbone_weights:
-        from ..models.weights import load_backbone_weights
+        from ..models.backbone_weights import load_backbone_weights
 
         source = load_backbone_weights(vit, settings.backbone, settings.backbone_weights)
     return FeatureModel(vit, settings.feature_layers), source
@@ -467,7 +467,7 @@ def settings_from_config(config: TrainConfig) -> RobustifySettings:
 def cache_folder() -> Path:
     """Where preset runs keep their fine-tuned backbones ($PATCHGUARD_CACHE or
     ~/.cache/patchguard, then robust_backbones)."""
-    from ..models.weights import default_cache_dir
+    from ..models.backbone_weights import default_cache_dir
 
     return default_cache_dir() / "robust_backbones"
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..adversarial.objectives import anomalous_views
-from ..adversarial.pgd import fgsm_rs_attack, nfgsm_attack, pgd_attack
+from ..adversarial.training_attacks import fgsm_rs_attack, nfgsm_attack, pgd_attack
 from ..config import TRAINING_ATTACKS, TRAINING_OBJECTIVES, TrainConfig
 from ..models.patchguard import PatchGuard, patch_targets
 from .distributed import DistContext, average_gradients

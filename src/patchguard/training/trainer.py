@@ -23,7 +23,7 @@ from ..config import TrainConfig
 from ..data.datasets import TrainDataset
 from ..data.layouts import load_records
 from ..data.pseudo_anomaly import PseudoAnomalyGenerator, min_patch_size
-from ..evaluation.plots import plot_training_log
+from ..evaluation.report.plots import plot_training_log
 from ..models.factory import build_model
 from ..utils.checkpoint import check_weights, load_checkpoint, save_checkpoint
 from ..utils.device import cuda_speed_settings, resolve_device

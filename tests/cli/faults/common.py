@@ -1,4 +1,4 @@
-"""Helpers of the fault tests (issue #13, #24): running ``patchguard.cli.main`` and checking
+"""Helpers of the fault tests: running ``patchguard.cli.main`` and checking
 what it printed, wrote and refused; tiny data, runs and foreign checkpoints.
 
 Case ids are those of the reliability audit's catalogue; comments ``before: ...`` record what the

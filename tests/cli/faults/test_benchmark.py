@@ -1,6 +1,6 @@
 """``benchmark``: flags, classes, the files it writes.
 
-Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
+Split by verb from the former tests/cli/test_faults.py; helpers and fixtures in
 common.py and conftest.py beside this file.
 """
 
@@ -54,12 +54,12 @@ def test_decided_benchmark_jobs_zero_is_refused(cli, tmp_path):
                        "0"), "--jobs", "0")
 
 
-# ============================================================================ issue 24
+# ============================================================================ past failures
 
 
 @pytest.mark.parametrize("name", ["../escape_cls", "/tmp/abs_cls", ".."])
 def test_benchmark_class_names_cannot_escape_the_checkpoint_dir(cli, data, tmp_path, name):
-    # Issue 24 (security): benchmark --train --classes ../escape_cls --checkpoint-dir runs/bench
+    # Formerly (security): benchmark --train --classes ../escape_cls --checkpoint-dir runs/bench
     # trained into runs/escape_cls/ with overwrite on.
     bench = tmp_path / "runs" / "bench"
     victim = tmp_path / "runs" / "escape_cls"
@@ -73,7 +73,7 @@ def test_benchmark_class_names_cannot_escape_the_checkpoint_dir(cli, data, tmp_p
 
 
 def test_benchmark_output_dir_keeps_files_it_did_not_write(cli, finished_run, data, tmp_path):
-    # Found with issue 24: benchmark --output-dir replaced any benchmark.md / .json / .csv.
+    # Formerly: benchmark --output-dir replaced any benchmark.md / .json / .csv.
     root = tmp_path / "ck"
     (root / CLASS).mkdir(parents=True)
     shutil.copy(finished_run / "last.pt", root / CLASS / "last.pt")

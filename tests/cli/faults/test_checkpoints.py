@@ -1,6 +1,6 @@
 """Checkpoints every verb reads: damaged, foreign, unsafe files.
 
-Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
+Split by verb from the former tests/cli/test_faults.py; helpers and fixtures in
 common.py and conftest.py beside this file.
 """
 
@@ -74,7 +74,7 @@ def test_an_unexpected_error_is_a_message_with_exit_code_1(cli, run_copy, monkey
     assert_refused(result, "TypeError: something nobody expected", "--debug", code=1)
 
 
-# ============================================================================ issue 24: damaged
+# ============================================================================ damaged
 # A patchguard checkpoint whose contents are broken is a damaged file (exit code 2, the file and
 # what is wrong with it named), never "AttributeError ... this looks like a bug" (exit code 1).
 
@@ -101,7 +101,7 @@ DAMAGE = {"config-str": "config is a str", "weight-missing": "missing",
 
 @pytest.mark.parametrize("kind", sorted(DAMAGE))
 def test_damaged_checkpoint_is_named_by_every_verb(cli, tmp_path, finished_run, data, kind):
-    # Issue 24: AttributeError / RuntimeError "this looks like a bug", exit code 1; NaN weights
+    # Formerly: AttributeError / RuntimeError "this looks like a bug", exit code 1; NaN weights
     # predicted NaN scores with exit code 0.
     path = _damage_checkpoint(finished_run / "last.pt", tmp_path / "damaged.pt", kind)
     image = data / CLASS / "test" / "good" / "000.png"
@@ -121,7 +121,7 @@ def test_damaged_checkpoint_is_named_by_every_verb(cli, tmp_path, finished_run, 
 
 
 def test_damaged_checkpoint_through_the_api(tmp_path, finished_run):
-    # Issue 24: load_model(...).predict returned NaN scores for NaN weights.
+    # Formerly: load_model(...).predict returned NaN scores for NaN weights.
     import patchguard
     from patchguard.utils.checkpoint import CheckpointError
 
@@ -134,7 +134,7 @@ def test_damaged_checkpoint_through_the_api(tmp_path, finished_run):
 
 
 def test_a_pickled_object_never_gets_weights_only_false_advice(cli, tmp_path):
-    # Issue 24: torch's message ("... set weights_only=False ...") was passed on to the user.
+    # Formerly: torch's message ("... set weights_only=False ...") was passed on to the user.
     path = tmp_path / "evil.pt"
     torch.save({"model": _Evil(tmp_path / "PWNED"), "config": {}}, path)
     result = cli("info", "--checkpoint", path)

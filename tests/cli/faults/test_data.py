@@ -1,6 +1,6 @@
 """``data download / info / foreground``: archives, layouts, damaged data sets.
 
-Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
+Split by verb from the former tests/cli/test_faults.py; helpers and fixtures in
 common.py and conftest.py beside this file.
 """
 
@@ -214,7 +214,7 @@ def test_data_download_incomplete_layout_moves_nothing(cli, tmp_path):
     assert not list(root.rglob("readme.txt")) and temp_leftovers(root) == []
 
 
-# ============================================================================ issue 24
+# ============================================================================ past failures
 
 
 def _masks(cls: Path) -> None:
@@ -228,7 +228,7 @@ def _masks(cls: Path) -> None:
 
 
 def test_data_info_names_empty_faint_and_noise_masks(cli, tmp_path):
-    # Issue 24 (silent): such masks were used as they are and data info said "problems none".
+    # Formerly (silent): such masks were used as they are and data info said "problems none".
     root = damaged_data(tmp_path, _masks)
     noise = (np.random.default_rng(1).random((64, 64)) > 0.7).astype(np.uint8) * 255
     extra = root / CLASS / "test" / "spot" / "002.png"
@@ -244,7 +244,7 @@ def test_data_info_names_empty_faint_and_noise_masks(cli, tmp_path):
 @pytest.mark.parametrize("where", ["train/good/000.png", "test/spot/000.png"])
 def test_data_info_train_and_test_never_decode_an_eps_named_png(cli, tmp_path, monkeypatch,
                                                                finished_run, where):
-    # Issue 24 (security): an EPS file named .png was handed to PIL's EPS plugin (Ghostscript)
+    # Formerly (security): an EPS file named .png was handed to PIL's EPS plugin (Ghostscript)
     # by train, test and data info.
     calls = watch_eps_decoder(monkeypatch)
     root = damaged_data(tmp_path, lambda c: (c / where).write_bytes(EPS))
@@ -274,7 +274,7 @@ def _class_archive(path: Path, cls: str) -> Path:
 
 
 def test_data_download_per_class_archives(cli, tmp_path):
-    # Issue 24: one archive per class with the class folder at the top (as many mirrors ship
+    # Formerly: one archive per class with the class folder at the top (as many mirrors ship
     # MVTec AD) had the class folder stripped as a wrapper, then "bottle/train/good" missing.
     archives = [_class_archive(tmp_path / f"{c}.tar.gz", c) for c in ("bottle", "cable")]
     root = tmp_path / "ds"

@@ -1,6 +1,6 @@
 """``import-checkpoint`` and ``export``: the files they read and write.
 
-Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
+Split by verb from the former tests/cli/test_faults.py; helpers and fixtures in
 common.py and conftest.py beside this file.
 """
 
@@ -108,18 +108,18 @@ def test_import_overwrite_flag_replaces_on_purpose(cli, original, tmp_path):
     assert out.read_bytes() != b"old"
 
 
-# ============================================================================ issue 24
+# ============================================================================ past failures
 
 
 def test_import_of_a_patchguard_checkpoint_says_so(cli, finished_run, tmp_path):
-    # Issue 24: importing one of our own checkpoints reported a "discriminator layout" error.
+    # Formerly: importing one of our own checkpoints reported a "discriminator layout" error.
     result = cli(*import_argv(finished_run / "last.pt", tmp_path / "x.pt"))
     assert_refused(result, "last.pt", "already a patchguard checkpoint", "patchguard info")
     assert not (tmp_path / "x.pt").exists()
 
 
 def test_export_replaces_only_its_own_exports(cli, finished_run, tmp_path):
-    # Issue 24 (loss): export replaced any .onnx (it checked only the suffix).
+    # Formerly (loss): export replaced any .onnx (it checked only the suffix).
     pytest.importorskip("onnx")
     mine = tmp_path / "model.onnx"
     mine.write_bytes(b"someone's model")
@@ -134,7 +134,7 @@ def test_export_replaces_only_its_own_exports(cli, finished_run, tmp_path):
 
 
 def test_export_of_nan_weights_is_a_damaged_file_and_leaves_nothing(cli, finished_run, tmp_path):
-    # Issue 24: "differs by nan" and a broken .onnx left behind.
+    # Formerly: "differs by nan" and a broken .onnx left behind.
     pytest.importorskip("onnx")
     state = torch.load(finished_run / "last.pt", map_location="cpu", weights_only=True)
     name = next(k for k in state["model"] if k.startswith("discriminator"))

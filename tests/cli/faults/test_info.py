@@ -1,6 +1,6 @@
 """``info``: what the model card says about a checkpoint.
 
-Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
+Split by verb from the former tests/cli/test_faults.py; helpers and fixtures in
 common.py and conftest.py beside this file.
 """
 
@@ -18,7 +18,7 @@ def test_info_says_when_recorded_results_belong_to_another_version(cli, run_copy
 
 
 def test_info_says_no_results_when_there_are_none(cli, finished_run):
-    # Issue 24: info said "evaluation results stored in the checkpoint" when there were none.
+    # Formerly: info said "evaluation results stored in the checkpoint" when there were none.
     info = cli("info", "--checkpoint", finished_run / "last.pt")
     assert info.code == 0, info
     assert "stored in the checkpoint" not in info.text, info

@@ -1,6 +1,6 @@
 """Faults during work: Ctrl-C, a full disk, out of memory, killed writes, --debug.
 
-Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
+Split by verb from the former tests/cli/test_faults.py; helpers and fixtures in
 common.py and conftest.py beside this file.
 """
 
@@ -162,13 +162,13 @@ def test_ctrl_c_exits_130_and_debug_flag_shows_the_traceback(data, tmp_path, mon
     assert "Traceback" in err and "reg_layers" in err
 
 
-# ============================================================================ issue 24
+# ============================================================================ past failures
 
 
 @pytest.mark.parametrize("again", ["same command", "--resume"])
 def test_full_disk_on_the_first_checkpoint_then_the_advice_works(cli, data, tmp_path,
                                                                   monkeypatch, again):
-    # Issue 24: after a full disk on the first checkpoint write, "run the command again" was
+    # Formerly: after a full disk on the first checkpoint write, "run the command again" was
     # refused (the folder held a log) and --resume failed (no last.pt); only --overwrite worked.
     out = tmp_path / "run"
     argv = train_argv(data, out)

@@ -1,6 +1,6 @@
 """``predict``: thresholds, inputs, the files it writes.
 
-Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
+Split by verb from the former tests/cli/test_faults.py; helpers and fixtures in
 common.py and conftest.py beside this file.
 """
 
@@ -93,12 +93,12 @@ def test_decided_predict_threshold_must_be_finite(cli, calibrated, data, tmp_pat
     assert not (tmp_path / "pred").exists()
 
 
-# ============================================================================ issue 24
+# ============================================================================ past failures
 
 
 def test_predict_never_hands_an_eps_named_png_to_its_decoder(cli, tmp_path, finished_run,
                                                             monkeypatch):
-    # Issue 24 (security): an EPS file named .png reached PIL's EPS plugin, i.e. Ghostscript.
+    # Formerly (security): an EPS file named .png reached PIL's EPS plugin, i.e. Ghostscript.
     calls = watch_eps_decoder(monkeypatch)
     fake = tmp_path / "photo.png"
     fake.write_bytes(EPS)
@@ -109,7 +109,7 @@ def test_predict_never_hands_an_eps_named_png_to_its_decoder(cli, tmp_path, fini
 
 
 def test_predict_keeps_files_it_did_not_write(cli, tmp_path, finished_run, data):
-    # Issue 24 (loss): every heatmaps/NNNNN_*.png and masks/NNNNN_*.png in --output-dir was
+    # Formerly (loss): every heatmaps/NNNNN_*.png and masks/NNNNN_*.png in --output-dir was
     # deleted, even without --save-masks.
     out = tmp_path / "pred"
     mine = {out / "heatmaps" / "00000_holiday.png": b"my photo",
@@ -147,7 +147,7 @@ def test_predict_overwrite_replaces_on_purpose(cli, tmp_path, finished_run, data
 
 def test_predict_output_dir_inside_an_input_folder_is_refused(cli, tmp_path, finished_run,
                                                               data):
-    # Issue 24: the next run would predict on the heatmaps written into the input folder.
+    # Formerly: the next run would predict on the heatmaps written into the input folder.
     images = tmp_path / "images"
     shutil.copytree(data / CLASS / "test" / "good", images)
     result = cli("predict", "--checkpoint", finished_run / "last.pt", "--input", images,
@@ -158,7 +158,7 @@ def test_predict_output_dir_inside_an_input_folder_is_refused(cli, tmp_path, fin
 
 @pytest.mark.parametrize("size", [(1, 1), (4000, 50)], ids=["1x1", "4000x50"])
 def test_predict_warns_about_extreme_image_sizes(cli, tmp_path, finished_run, size):
-    # Issue 24 (silent): a 1x1 or 10000x50 image was resized to the model's size without a word.
+    # Formerly (silent): a 1x1 or 10000x50 image was resized to the model's size without a word.
     path = tmp_path / "odd.png"
     Image.new("RGB", size, (90, 90, 90)).save(path)
     result = cli("predict", "--checkpoint", finished_run / "last.pt", "--input", path,
@@ -169,7 +169,7 @@ def test_predict_warns_about_extreme_image_sizes(cli, tmp_path, finished_run, si
 
 @pytest.mark.parametrize("value", [float("nan"), "abc", float("inf")])
 def test_api_predict_checks_the_threshold_as_the_flag(finished_run, data, value):
-    # Issue 24: threshold=nan made every decision False; 'abc' was a bare ValueError.
+    # Formerly: threshold=nan made every decision False; 'abc' was a bare ValueError.
     import patchguard
     from patchguard.utils.checks import InputError
 
@@ -182,7 +182,7 @@ def test_api_predict_checks_the_threshold_as_the_flag(finished_run, data, value)
 
 
 def test_api_model_predict_refuses_0_255_tensors(finished_run):
-    # Issue 24: model.predict scored 0..255 tensors as if they were images in [0, 1].
+    # Formerly: model.predict scored 0..255 tensors as if they were images in [0, 1].
     import patchguard
 
     model, _ = patchguard.load_model(finished_run / "last.pt")

@@ -1,6 +1,6 @@
 """``test``: flags, broken test sets, the results files it writes.
 
-Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
+Split by verb from the former tests/cli/test_faults.py; helpers and fixtures in
 common.py and conftest.py beside this file.
 """
 
@@ -145,11 +145,11 @@ def test_testing_an_imported_checkpoint_asks_for_the_data(cli, imported, data, t
     assert result.code == 0, result
 
 
-# ============================================================================ issue 24
+# ============================================================================ past failures
 
 
 def test_test_json_never_replaces_report_files_it_did_not_write(cli, finished_run, tmp_path):
-    # Issue 24 (loss): test --json lab.json silently replaced lab.md, lab.csv and lab.html.
+    # Formerly (loss): test --json lab.json silently replaced lab.md, lab.csv and lab.html.
     lab = tmp_path / "lab"
     lab.mkdir()
     mine = {lab / "lab.md": "my notes", lab / "lab.csv": "my table", lab / "lab.html": "page"}
@@ -167,7 +167,7 @@ def test_test_json_never_replaces_report_files_it_did_not_write(cli, finished_ru
 
 
 def test_api_evaluate_checkpoint_warns_about_0_1_epsilons(finished_run, data):
-    # Issue 24: evaluate_checkpoint(epsilons=(0, 0.5)) gave no warning; the CLI gives one.
+    # Formerly: evaluate_checkpoint(epsilons=(0, 0.5)) gave no warning; the CLI gives one.
     import patchguard
 
     with pytest.warns(UserWarning, match=r"0\.5 is in 1/255 units"):
@@ -177,7 +177,7 @@ def test_api_evaluate_checkpoint_warns_about_0_1_epsilons(finished_run, data):
 
 
 def test_report_output_never_replaces_an_unrelated_file(cli, finished_run, tmp_path):
-    # Issue 24 (loss): report --output important.html overwrote an unrelated file.
+    # Formerly (loss): report --output important.html overwrote an unrelated file.
     json_path = tmp_path / "r.json"
     assert cli("test", "--checkpoint", finished_run / "last.pt", "--device", "cpu", "--quiet",
                "--no-record", "--epsilon-test", "0", "--json", json_path).code == 0
@@ -194,7 +194,7 @@ def test_report_output_never_replaces_an_unrelated_file(cli, finished_run, tmp_p
 
 @pytest.mark.parametrize("verb", ["test", "visualize"])
 def test_reports_inside_the_data_set_are_refused(cli, finished_run, tmp_path, verb):
-    # Found with issue 24: test --json data/bottle/test/good/r.json wrote r_vs_epsilon.png among
+    # Formerly: test --json data/bottle/test/good/r.json wrote r_vs_epsilon.png among
     # the test images (and visualize its panels), which the next test then read as test images.
     root = damaged_data(tmp_path, lambda c: None)
     before = digest(root)

@@ -1,6 +1,6 @@
 """``train``: flags and YAML values out of their domain, lost work, resuming, the run folder.
 
-Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
+Split by verb from the former tests/cli/test_faults.py; helpers and fixtures in
 common.py and conftest.py beside this file.
 """
 
@@ -433,11 +433,11 @@ def test_epsilons_that_look_like_0_1_units_get_a_warning(cli, data, tmp_path, ru
     assert result.code == 0 and "give 7.65" in result.text, result
 
 
-# ============================================================================ issue 24
+# ============================================================================ past failures
 
 
 def test_yaml_alias_bomb_is_refused_before_it_expands(cli, data, tmp_path):
-    # Issue 24 (security): a 328-byte config expanded into a 351 MB message (21 s, 1 GB).
+    # Formerly (security): a 328-byte config expanded into a 351 MB message (21 s, 1 GB).
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
     lines.append("feature_layers: *a8")
@@ -455,7 +455,7 @@ def test_yaml_alias_bomb_is_refused_before_it_expands(cli, data, tmp_path):
 
 @pytest.mark.parametrize("name", ["../data/widget", "/etc", "..", "a/b", "~root"])
 def test_class_name_is_a_single_folder_name(cli, tmp_path, name):
-    # Issue 24 (security): train --class-name ../data/widget and absolute paths read outside
+    # Formerly (security): train --class-name ../data/widget and absolute paths read outside
     # --dataset-dir.
     root = tmp_path / "datasets" / "mvtec"
     make_mvtec_class(root, name=CLASS, n_train=4, n_good=2, n_bad=2, size=64)
@@ -474,7 +474,7 @@ def test_class_name_is_a_single_folder_name(cli, tmp_path, name):
 
 
 def test_output_dir_inside_the_data_set_is_refused(cli, tmp_path):
-    # Issue 24: --output-dir data/bottle/train/good made the next run train on train_curves.png.
+    # Formerly: --output-dir data/bottle/train/good made the next run train on train_curves.png.
     root = tmp_path / "data"
     make_mvtec_class(root, name=CLASS, n_train=4, n_good=2, n_bad=2, size=64)
     before = digest(root)
@@ -484,7 +484,7 @@ def test_output_dir_inside_the_data_set_is_refused(cli, tmp_path):
 
 
 def test_a_run_folder_is_locked_while_a_run_writes_it(cli, data, tmp_path):
-    # Issue 24 (loss): two trainings into one --output-dir both exited 0, last.pt held one
+    # Formerly (loss): two trainings into one --output-dir both exited 0, last.pt held one
     # run's model and train_log.jsonl mixed both. Another process's lock is a held flock.
     import fcntl
     import os
@@ -531,7 +531,7 @@ def test_two_api_trainings_into_one_folder_at_once(data, tmp_path, monkeypatch):
 
 
 def test_relative_dataset_dir_is_stored_resolved(cli, data, tmp_path, monkeypatch):
-    # Issue 24: train --dataset-dir data ... then test from another folder said the data set
+    # Formerly: train --dataset-dir data ... then test from another folder said the data set
     # directory 'data' does not exist.
     monkeypatch.chdir(data.parent)
     out = tmp_path / "run"

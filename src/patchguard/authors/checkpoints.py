@@ -1,5 +1,5 @@
 """The original authors' per-class checkpoints: import a file into a patchguard checkpoint, or
-download it first (:func:`download_original_checkpoint`, locations in :mod:`.authors_index`).
+download it first (:func:`download_original_checkpoint`, locations in :mod:`.index`).
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from typing import Any
 
 from ..config import DEFAULT_BACKBONE
 from ..data.layouts import LAYOUTS
-from ..models.original import (
+from ..utils.checkpoint import save_checkpoint
+from .convert import (
     convert_original_state_dict,
     load_original_state_dict,
     names_from_filename,
 )
-from ..utils.checkpoint import save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def download_original_checkpoint(
     """
     from ..utils.checkpoint import load_checkpoint
     from ..utils.files import check_output_file
-    from .authors_index import resolve_weights
+    from .index import resolve_weights
 
     entry = resolve_weights(dataset, class_name, drive_id=drive_id, url=url, index=index,
                             sha256=sha256)
@@ -196,7 +196,7 @@ def checkpoint_kind(path: str | Path) -> str:
     """
     import torch
 
-    from ..models.original import unwrap_state_dict
+    from .convert import unwrap_state_dict
 
     path = Path(path)
     if not path.is_file():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from patchguard.models.original import convert_original_state_dict, names_from_filename
+from patchguard.authors.convert import convert_original_state_dict, names_from_filename
 
 from helpers.data import REFERENCE_DIR
 

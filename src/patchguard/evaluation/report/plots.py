@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..utils.plotting import pyplot, save_figure
+from ...utils.plotting import pyplot, save_figure
 
 
 def plot_auroc_vs_epsilon(rows: Sequence[dict[str, Any]], path: str | Path,

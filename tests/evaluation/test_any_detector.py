@@ -1,4 +1,4 @@
-"""patchguard.robustness.evaluate_detector: any differentiable detector under the same attacks.
+"""evaluate_detector: any differentiable detector under the same attacks.
 
 The references are independent: sklearn's AUROCs of the clean images and of PGD images made by
 a plain loop written here (signed gradient steps of 2.5 eps / steps from the clean image,
@@ -6,6 +6,9 @@ clipped to the eps ball and to [0, 1], the last iterate), on a hand-written func
 trained checkpoint's model. A tiny conv net that is not PatchGuard shows the interface is
 general.
 """
+
+import importlib
+import sys
 
 import pytest
 import torch
@@ -15,9 +18,9 @@ from sklearn.metrics import roc_auc_score
 from patchguard.adversarial import standard
 from patchguard.adversarial.settings import AttackSettings
 from patchguard.adversarial.standard import Member
+from patchguard.api import evaluate_detector
 from patchguard.data.datasets import TensorTestSet
 from patchguard.evaluation.evaluator import load_for_evaluation
-from patchguard.robustness import evaluate_detector
 from patchguard.training.trainer import train
 
 from helpers.models import TINY_SIZE, tiny_config
@@ -190,3 +193,14 @@ def test_tensor_test_set_refuses_malformed_inputs():
     with pytest.raises(ValueError, match="labels"):
         TensorTestSet(torch.rand(2, 3, 8, 8), [0, 2])
     assert not TensorTestSet(torch.rand(2, 3, 8, 8), [0, 1]).has_pixel_masks
+
+
+def test_the_old_entry_module_still_imports_and_says_where_the_new_one_is(monkeypatch):
+    """``patchguard.robustness`` stays importable for one release: the same function, and a
+    DeprecationWarning that names ``patchguard.api``."""
+    monkeypatch.delitem(sys.modules, "patchguard.robustness", raising=False)
+    with pytest.warns(DeprecationWarning, match=r"patchguard\.api"):
+        old = importlib.import_module("patchguard.robustness")
+    import patchguard
+
+    assert old.evaluate_detector is evaluate_detector is patchguard.evaluate_detector

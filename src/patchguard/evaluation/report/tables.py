@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..utils.files import atomic_write_text
+from ...utils.files import atomic_write_text
 
 COLUMNS = (
     "class_name", "method", "attack", "objective", "epsilon", "steps", "restarts", "queries",

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..utils.files import atomic_write_text, record_outputs, remove_own_outputs
-from .reports import COLUMNS, NO_PIXEL_MASKS_NOTE, cell
+from ...utils.files import atomic_write_text, record_outputs, remove_own_outputs
+from .tables import COLUMNS, NO_PIXEL_MASKS_NOTE, cell
 
 GALLERY_INDEX = "gallery.json"
 TILES = (("image", "test image (ground truth in green)"), ("clean_map", "clean heatmap"),
@@ -93,9 +93,9 @@ def make_gallery(model, test_set, n: int = 6, epsilon: float = 0.0, settings: An
     """Clean and attacked heatmaps of up to ``n`` test images (anomalous and normal mixed),
     attacked by the first attack of ``settings`` (an ``AttackSettings``; its fields may also be
     given as keywords, e.g. ``attack="pgd", steps=10``)."""
-    from ..adversarial.settings import AttackSettings
-    from ..models.postprocess import PostProcessor, draw_outline, value_range
-    from .evaluator import predict_dataset
+    from ...adversarial.settings import AttackSettings
+    from ...models.postprocess import PostProcessor, draw_outline, value_range
+    from ..evaluator import predict_dataset
 
     used = AttackSettings.build(settings, **options)
 
@@ -350,7 +350,7 @@ def render_html(title: str, sections: Sequence[ClassSection], notes: str = "",
             parts.append(f"<h2>Gallery{label}</h2>{_gallery_html(section.gallery)}")
         if section.card:
             parts.append(f"<h2>Model card{label}</h2><pre>{html.escape(section.card)}</pre>")
-    from ..version import __version__
+    from ...version import __version__
 
     parts.append(f"<p id='pg-image-check' data-total='' data-loaded=''>patchguard "
                  f"{__version__}</p>")
