@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from patchguard.evaluation.headline import headline_epsilon, headline_note, headline_of
-from patchguard.evaluation.reports import class_table
+from patchguard.evaluation.report.headline import headline_epsilon, headline_note, headline_of
+from patchguard.evaluation.report.tables import class_table
 
 
 @pytest.mark.parametrize("size, expected", [(32, 8.0), (112, 8.0), (223, 8.0), (224, 2.0),

@@ -34,7 +34,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     """Add ``benchmark`` to the ``patchguard`` parser."""
     from ..baselines.registry import BASELINES
     from ..config import PRESETS
-    from ..evaluation.headline import REPORTED_EPSILONS
+    from ..evaluation.report.headline import REPORTED_EPSILONS
 
     bench = verbs.add_parser("benchmark", help="evaluate several classes: paper-style table")
     flag(bench, "--dataset", default=None)
@@ -44,7 +44,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(bench, "--checkpoint-dir", required=True,
          help="holds <class>/last.pt (or <class>.pt) per class")
     common_flags(bench)
-    # Both of the field's budgets by default (evaluation/headline.py): 2/255 is the headline
+    # Both of the field's budgets by default (evaluation/report/headline.py): 2/255 is the headline
     # from 224 px up, 8/255 below; the table marks the one for the run's image size.
     flag(bench, "--epsilon-test", type=EPSILON_ARG, nargs="+",
          default=[0, *REPORTED_EPSILONS],
