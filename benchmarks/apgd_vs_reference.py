@@ -18,6 +18,7 @@ import argparse
 import torch
 
 from patchguard.adversarial.attacks import run_attack
+from patchguard.adversarial.problem import AttackBudget, AttackProblem
 
 
 class TwoClass(torch.nn.Module):
@@ -90,9 +91,9 @@ def main() -> None:
         sums = {"pgd": 0.0, "apgd": 0.0, "torchattacks": 0.0}
         for seed in range(args.seeds):
             for attack in ("pgd", "apgd"):
-                loss = run_attack(attack, model, x, targets, labels, eps, steps,
-                                  objective="score",
-                                  generator=torch.Generator().manual_seed(seed))[1]
+                problem = AttackProblem(model, x, targets, labels, eps, "score", None)
+                loss = run_attack(attack, problem, AttackBudget(
+                    steps=steps, generator=torch.Generator().manual_seed(seed)))[1]
                 sums[attack] += loss.mean().item() / args.seeds
             reference = torchattacks.APGD(TwoClass(model), eps=eps, steps=steps, n_restarts=1,
                                           seed=seed, loss="ce")

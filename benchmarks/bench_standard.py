@@ -30,9 +30,13 @@ from typing import Any
 import torch
 
 from patchguard.adversarial.settings import AttackSettings
-from patchguard.adversarial.standard import STANDARD_MEMBERS
+from patchguard.adversarial.standard import STANDARD_MEMBERS, Member
 from patchguard.data.datasets import TensorTestSet, load_test_set
 from patchguard.evaluation.evaluator import evaluate
+
+# --members demo: the bounded members the demo ran until it ran the citable standard.
+BOUNDED_MEMBERS = (Member("apgd", "score", steps=20), Member("apgd", "map", steps=20),
+                   Member("pgd", "mask", steps=10), Member("square", "score", queries=100))
 
 DIAGNOSTIC = ("seconds", "images_per_s", "passes_per_image", "image_worst_from",
               "pixel_worst_from")
@@ -107,9 +111,7 @@ def main() -> None:
     build_demo_dataset(root, classes=args.classes, image_size=args.image_size)
     members = STANDARD_MEMBERS
     if args.members == "demo":
-        from patchguard.demo.run import DEMO_STANDARD
-
-        members = DEMO_STANDARD["members"]
+        members = BOUNDED_MEMBERS
     targets: list[tuple[str, Path, str]] = []
     if args.checkpoints:
         targets = [(Path(c).parent.name, Path(c), args.classes[0]) for c in args.checkpoints]

@@ -61,6 +61,7 @@ def _csv(path):
     return out
 
 
+@pytest.mark.slow
 def test_csv_holds_every_epoch_and_result_row(logged):
     epochs = _epochs(logged / "run")
     metrics = _csv(logged / "run" / "logs" / "csv" / "train" / "metrics.csv")
@@ -76,6 +77,7 @@ def test_csv_holds_every_epoch_and_result_row(logged):
     assert [float(r["image_auroc"]) for r in table] == [r["image_auroc"] for r in rows]
 
 
+@pytest.mark.slow
 def test_tensorboard_events_read_back(logged):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -10,8 +10,7 @@ skipped where it is not importable.
 import pytest
 import torch
 
-from patchguard.adversarial.attacks import run_attack
-
+from helpers.attacks import run_attack
 from helpers.models import TINY_SIZE, tiny_model
 
 torchattacks = pytest.importorskip("torchattacks")
@@ -49,6 +48,7 @@ def test_cross_entropy_of_the_wrapper_is_monotone_in_the_score_objective():
     torch.testing.assert_close(ce, torch.nn.functional.softplus(2 * objective))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps", [10, 30])
 def test_apgd_is_at_least_as_strong_as_the_reference_at_equal_budget(steps):
     model = tiny_model().eval()

@@ -5,7 +5,7 @@ import torch
 
 from patchguard.adversarial.apgd import apgd_checkpoints
 from patchguard.adversarial.attackable import DetectorOutput
-from patchguard.adversarial.attacks import ATTACKS, run_attack
+from patchguard.adversarial.attacks import ATTACKS
 from patchguard.adversarial.objectives import (
     OBJECTIVES,
     map_loss,
@@ -16,7 +16,7 @@ from patchguard.adversarial.objectives import (
 from patchguard.adversarial.training_attacks import pgd_attack
 from patchguard.evaluation.metrics import auroc
 
-from helpers.attacks import attack_batch, objective_value
+from helpers.attacks import attack_batch, objective_value, run_attack
 from helpers.models import TINY_SIZE, tiny_model
 
 

@@ -3,12 +3,11 @@
 import pytest
 import torch
 
-from patchguard.adversarial.attacks import run_attack
 from patchguard.adversarial.objectives import OBJECTIVES
 from patchguard.adversarial.square import DEFAULT_P_INIT, square_fraction, square_side
 from patchguard.evaluation.metrics import auroc
 
-from helpers.attacks import attack_batch, objective_value
+from helpers.attacks import attack_batch, objective_value, run_attack
 from helpers.models import TINY_SIZE, QuantisedInput, tiny_model
 
 EPS = 8 / 255
@@ -170,6 +169,7 @@ def _scored_batch(n: int = 8, seed: int = 11):
     return x, labels[:, None].float().expand(n, 16).clone(), labels
 
 
+@pytest.mark.slow
 def test_square_alone_drives_an_undefended_model_to_near_zero_like_pgd():
     model = tiny_model().eval()
     x, targets, labels = _scored_batch()
@@ -180,6 +180,7 @@ def test_square_alone_drives_an_undefended_model_to_near_zero_like_pgd():
     assert _auroc_after(model, labels, square) <= 0.1
 
 
+@pytest.mark.slow
 def test_square_breaks_a_gradient_masked_model_where_pgd_fails():
     model = QuantisedInput(tiny_model().eval())  # rounded input: every input gradient is zero
     x, targets, labels = _scored_batch()

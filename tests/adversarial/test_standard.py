@@ -1,12 +1,12 @@
 """The ``standard`` evaluation: fixed members, per-image worst case per metric family."""
 
 import numpy as np
+import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
 from patchguard.adversarial import standard
 from patchguard.adversarial.apgd import APGD_MIN_STEPS
-from patchguard.adversarial.attacks import run_attack
 from patchguard.adversarial.problem import AttackBudget, AttackProblem
 from patchguard.adversarial.standard import (
     STANDARD_MEMBERS,
@@ -14,7 +14,7 @@ from patchguard.adversarial.standard import (
     attack_standard_per_metric,
 )
 
-from helpers.attacks import attack_batch, objective_value
+from helpers.attacks import attack_batch, objective_value, run_attack
 from helpers.models import tiny_model
 
 EPS = 8 / 255
@@ -82,6 +82,7 @@ def _by_hand(model, objective, x, labels, masks):
                 - (maps * anomalous).sum(1) / anomalous.sum(1).clamp(min=1e-8))
 
 
+@pytest.mark.slow
 def test_plain_standard_ignores_steps_and_keeps_per_image_the_members_best(monkeypatch):
     monkeypatch.setattr(standard, "STANDARD_MEMBERS", CHEAP)
     model = tiny_model().eval()

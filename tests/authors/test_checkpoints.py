@@ -85,6 +85,7 @@ def test_download_through_the_confirm_page_reproduces_the_authors_outputs(
     assert len(drive.requests) == 2 and (folder / "last.pt").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_test_takes_the_downloaded_checkpoint_directly(drive, tmp_path, tiny_data):
     assert _download(tmp_path, "--drive-id", TINY_ID) == 0
     checkpoint = tmp_path / "w" / "bottle" / "last.pt"
@@ -285,6 +286,7 @@ def _vits14_state() -> dict[str, torch.Tensor]:
     return state
 
 
+@pytest.mark.slow
 def test_train_and_test_download_data_and_the_authors_vits14_weights(
         drive, tmp_path, monkeypatch):
     """--download: the data set when the class is missing, then the authors' default-model

@@ -119,6 +119,7 @@ def _check_equals_anomalib(detector: AnomalibDetector, images: torch.Tensor) -> 
     assert outer_maps.shape == (len(images), *images.shape[-2:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["patchcore", "padim"])
 def test_adapter_equals_anomalib_and_has_an_input_gradient(name, request, test_images):
     detector = request.getfixturevalue(name)
@@ -137,6 +138,7 @@ def test_adapter_equals_anomalib_and_has_an_input_gradient(name, request, test_i
     detector.eval()
 
 
+@pytest.mark.slow
 def test_clean_scores_separate_the_faint_defects(patchcore, padim, test_images):
     images, labels = test_images
     for detector in (patchcore, padim):
@@ -179,6 +181,7 @@ def _random_search(detector, images, labels, eps=EPS, queries=60, seed=0):
     return (images + delta).clamp(0, 1)
 
 
+@pytest.mark.slow
 def test_pgd_and_random_search_lower_an_undefended_patchcores_auroc(patchcore, test_images):
     images, labels = test_images
     with torch.no_grad():
@@ -194,6 +197,7 @@ def test_pgd_and_random_search_lower_an_undefended_patchcores_auroc(patchcore, t
         assert auroc < clean - drop, (name, clean, auroc)
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_gives_the_same_detector(padim, test_images, tmp_path):
     path = save_baseline(padim, tmp_path / "padim.pt")
     loaded, payload = load_baseline(path)
@@ -205,6 +209,7 @@ def test_checkpoint_round_trip_gives_the_same_detector(padim, test_images, tmp_p
     _check_equals_anomalib(loaded, images)
 
 
+@pytest.mark.slow
 def test_prepare_baseline_trains_once_then_reads_back(faint, tmp_path):
     torch.set_num_threads(1)
     options = dict(backbone="resnet18", pretrained=False, image_size=SIZE)
@@ -227,6 +232,7 @@ def test_prepare_baseline_trains_once_then_reads_back(faint, tmp_path):
                          test_image_size=48, **{**options, "seed": 1})
 
 
+@pytest.mark.slow
 def test_training_is_seeded_and_leaves_the_global_rng_alone(faint, padim, test_images):
     torch.manual_seed(123)
     expected = torch.rand(3)
@@ -238,6 +244,7 @@ def test_training_is_seeded_and_leaves_the_global_rng_alone(faint, padim, test_i
                                    rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_efficient_ad_one_step_equals_anomalib_and_has_an_input_gradient(tmp_path, capfd):
     # EfficientAd needs >= 256 px and batch 1 (~1 s per step on this CPU): the smallest fit,
     # 3 training images, 1 holdout image for the map quantiles, one optimiser step.
@@ -257,6 +264,7 @@ def test_efficient_ad_one_step_equals_anomalib_and_has_an_input_gradient(tmp_pat
         .pred_score.requires_grad
 
 
+@pytest.mark.slow
 def test_evaluate_detector_attacks_a_baseline_with_the_suite(patchcore, faint):
     """The baseline through evaluate_detector: patchguard's own PGD and Square (not the stand-ins
     above) lower an undefended PatchCore's AUROC."""

@@ -125,6 +125,7 @@ def test_audit_downloads_runs_both_sides_and_resumes(drive, data, tmp_path, caps
     assert (out / "bottle" / "audit.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_audit_takes_a_local_authors_file_or_a_patchguard_checkpoint(drive, data, tmp_path,
                                                                      reference, capsys):
     original = tmp_path / "patchguard_mvtec_bottle.pth"

@@ -54,6 +54,7 @@ def _rows(root):
     return json.loads((root / "ckpts" / "benchmark.json").read_text())
 
 
+@pytest.mark.slow
 def test_one_row_per_method_and_setting(sweep):
     root, _ = sweep
     rows = _rows(root)
@@ -75,6 +76,7 @@ def test_one_row_per_method_and_setting(sweep):
         assert row["checkpoint"].endswith(f"widget/baselines/{baseline}.pt")
 
 
+@pytest.mark.slow
 def test_baseline_clean_rows_match_sklearn_on_the_stored_model(sweep):
     """The clean image AUROC of each baseline row against sklearn on the saved checkpoint's
     scores of the PIL-loaded test images: no evaluator involved."""
@@ -98,6 +100,7 @@ def test_baseline_clean_rows_match_sklearn_on_the_stored_model(sweep):
         assert row["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_markdown_csv_plot_and_page_hold_every_method(sweep):
     root, _ = sweep
     out = root / "ckpts"
@@ -118,6 +121,7 @@ def test_markdown_csv_plot_and_page_hold_every_method(sweep):
     assert 'data-field="method" data-value="PaDiM"' in page
 
 
+@pytest.mark.slow
 def test_rerun_trains_and_evaluates_no_baseline_and_resumes_a_missing_one(sweep, capsys):
     root, command = sweep
     folder = root / "ckpts" / "widget" / "baselines"

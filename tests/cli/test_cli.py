@@ -212,6 +212,7 @@ def test_test_runs_square_and_standard_and_lists_the_members(trained, capsys, mo
     assert "apgd/score/2 steps" in out_json.with_suffix(".md").read_text()
 
 
+@pytest.mark.slow
 def test_benchmark_writes_paper_style_table(trained, tmp_path):
     import shutil
 

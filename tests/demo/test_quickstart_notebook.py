@@ -21,6 +21,7 @@ pytest.importorskip("skimage")  # the demo data set's textures
 NOTEBOOK = Path(__file__).resolve().parents[2] / "examples" / "quickstart.ipynb"
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs_on_tiny_data(tmp_path, monkeypatch):
     import torch
     from sklearn.metrics import roc_auc_score

@@ -68,6 +68,7 @@ def _aurocs(model, images, labels, masks):
             roc_auc_score(masks.numpy().ravel() > 0, maps.numpy().ravel()))
 
 
+@pytest.mark.slow
 def test_a_hand_written_detector_is_attacked_like_the_paper_says(checkpoint, monkeypatch):
     monkeypatch.setattr(standard, "STANDARD_MEMBERS", CHEAP)
     target = load_for_evaluation(checkpoint, device="cpu")
@@ -160,6 +161,7 @@ def _bright_spot_set(n=8):
     return TensorTestSet(images.clamp(0, 1), labels, masks)
 
 
+@pytest.mark.slow
 def test_any_detector_clean_attacked_and_sanity(monkeypatch):
     monkeypatch.setattr(standard, "STANDARD_MEMBERS", CHEAP)
     net = _ConvDetector().eval()

@@ -49,6 +49,7 @@ def trained(tiny_data, tmp_path_factory):
     return load_model(last, torch.device("cpu"))[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("model_seed", "data_seed", "eps"), [(0, 1, 8), (1, 2, 32), (2, 3, 64)])
 def test_untrained_models_give_the_same_rows_with_fewer_passes(model_seed, data_seed, eps):
     torch.manual_seed(model_seed)
@@ -75,6 +76,7 @@ def test_a_trained_model_gives_the_same_rows(trained):
         assert _metrics(evaluate(trained, data, **kwargs)) == _metrics(full)
 
 
+@pytest.mark.slow
 def test_the_reported_image_metrics_match_sklearn_on_the_attacked_scores():
     torch.manual_seed(4)
     model = tiny_model().eval()
@@ -94,6 +96,7 @@ def test_the_reported_image_metrics_match_sklearn_on_the_attacked_scores():
     assert (attacked.scores[~anomalous] >= clean[~anomalous]).all()
 
 
+@pytest.mark.slow
 def test_pixel_metrics_or_kept_images_keep_every_image_attacked():
     torch.manual_seed(0)
     model = tiny_model().eval()
@@ -142,3 +145,25 @@ def test_the_command_line_switch_gives_identical_rows(tmp_path, monkeypatch):
         results[name] = json.loads(json_path.read_text())
     assert _metrics(results["early"]) == _metrics(results["full"])
     assert len(results["early"]) == 2 and results["early"][1]["attack"] == "standard"
+
+
+@pytest.mark.slow
+def test_image_metrics_only_stop_early_on_a_masked_set_with_the_masks_as_targets():
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    plain = _unmasked_set(1)
+    masked = TensorTestSet(plain.images, plain.labels,
+                           torch.zeros(len(plain.labels), TINY_SIZE, TINY_SIZE))
+    masked.masks[1::2, 16:40, 16:40] = 1
+    kwargs = dict(epsilons=(0, 64), attacks=("standard",), standard_members=MEMBERS,
+                  batch_size=4, progress=False)
+    full = evaluate(model, masked, early_stop=False, **kwargs)
+    images_only = evaluate(model, masked, pixel_metrics=False, **kwargs)
+    assert [r["pixel_auroc"] for r in images_only] == [None, None]
+    assert images_only[1]["passes_per_image"] < full[1]["passes_per_image"]
+    # the same image metrics as the full run on the same targets (the masks, not all-ones)
+    assert images_only[1]["targets"] == full[1]["targets"] == "ground-truth masks"
+    for key in ("image_auroc", "image_ap", "image_f1_max"):
+        assert images_only[1][key] == full[1][key]
+    unmasked = evaluate(model, plain, early_stop=False, **kwargs)
+    assert unmasked[1]["targets"] != images_only[1]["targets"]

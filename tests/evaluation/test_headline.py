@@ -80,5 +80,5 @@ def test_mixed_sizes_mark_no_column():
 
 def test_note_without_sizes_states_the_rule():
     note = headline_note([None], [8.0])
-    assert "2/255 for images of 224 px and up, 8/255 below" in note
+    assert "2/255 for 224 px and up, 8/255 for lower resolution" in note
     assert "Not evaluated: 2/255" in note

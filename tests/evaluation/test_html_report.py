@@ -110,6 +110,7 @@ def test_pick_alternates_anomalous_and_normal_spread_over_the_set():
     assert _pick(np.zeros(5, int), 2) == [0, 4]
 
 
+@pytest.mark.slow
 def test_test_writes_a_self_contained_page_with_the_run(run):
     rows = json.loads((run / "out" / "results.json").read_text())
     html_path = run / "out" / "results.html"
@@ -133,6 +134,7 @@ def test_test_writes_a_self_contained_page_with_the_run(run):
     assert "attacked with pgd at 8/255, 2 steps" in text
 
 
+@pytest.mark.slow
 def test_report_verb_rebuilds_the_page_from_the_run_folder(run, capsys):
     html_path = run / "out" / "results.html"
     before = _parse(html_path)
@@ -168,6 +170,7 @@ def test_clean_only_run_and_a_blocked_gallery_folder(run, tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err and not blocked.exists()
 
 
+@pytest.mark.slow
 def test_benchmark_writes_one_page_for_every_class(run, tmp_path):
     (tmp_path / "widget").mkdir()
     for name in ("last.pt", "train_log.jsonl"):
@@ -182,6 +185,7 @@ def test_benchmark_writes_one_page_for_every_class(run, tmp_path):
     assert all(_decode(src).size[0] > 0 for src in page.images)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
 def test_page_opens_in_headless_chromium(run, tmp_path):
     html_path = run / "out" / "results.html"

@@ -1,4 +1,6 @@
 
+import pytest
+
 from patchguard.data.datasets import TestDataset
 from patchguard.data.layouts import load_records
 from patchguard.evaluation.sanity import sanity_check
@@ -12,6 +14,7 @@ def _data(tmp_path):
     return TestDataset(load_records("mvtec", tmp_path, "widget", "test"), 64)
 
 
+@pytest.mark.slow
 def test_sanity_passes_on_an_honest_model(tmp_path):
     report = sanity_check(tiny_model(), _data(tmp_path), objective="score", steps=5,
                           epsilons=(2, 8), more_steps_factor=2, progress=False,
@@ -24,6 +27,7 @@ def test_sanity_passes_on_an_honest_model(tmp_path):
     assert any("Square" in check for check in report.checks)
 
 
+@pytest.mark.slow
 def test_sanity_flags_gradient_masking(tmp_path):
     masked = QuantisedInput(tiny_model())
     report = sanity_check(masked, _data(tmp_path), objective="score", steps=5, epsilons=(2, 8),

@@ -58,3 +58,17 @@ def test_no_evaluation_function_with_attack_options_takes_ten_or_more_parameters
             named = [p for p in inspect.signature(function).parameters.values()
                      if p.kind is not p.VAR_KEYWORD]
             assert len(named) < 10, (name, len(named))
+
+
+def test_the_options_page_lists_every_evaluation_option_with_its_flag():
+    import dataclasses
+
+    from patchguard.adversarial.settings import options_markdown
+
+    table = options_markdown()
+    for spec in dataclasses.fields(AttackSettings):
+        if spec.name != "standard_members":  # the API's custom ensemble: not an option
+            assert table.count(f"| `{spec.name}` |") == 1, spec.name
+    for row in ("| `steps` | `--steps-test` | `10` |", "| `early_stop` | `--no-early-stop` |",
+                "| `seed` | (API) | `0` |", "default: pgd)"):
+        assert row in table

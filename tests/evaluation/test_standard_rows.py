@@ -2,6 +2,7 @@
 worst-case sources and cost; custom member budgets are labelled as such."""
 
 import numpy as np
+import pytest
 import torch
 
 from patchguard.adversarial import standard
@@ -78,6 +79,7 @@ def test_custom_standard_members_are_labelled_and_used(tmp_path):
     assert rows[0]["standard_budget"].startswith("custom")
 
 
+@pytest.mark.slow
 def test_standard_is_per_image_the_worst_of_its_members_run_alone(tmp_path, monkeypatch):
     """What a user can check from outside: run each member as its own attack (same seed and
     budget); per image, standard's score is at least every member's for a normal image and at

@@ -1,8 +1,10 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from patchguard.evaluation.evaluator import Predictions
 from patchguard.evaluation.report.panels import heatmap_overlay, save_panels
 from patchguard.evaluation.report.plots import plot_robustness, plot_training_log
 
@@ -26,8 +28,11 @@ def test_save_panels_shared_scale_and_sheet(tmp_path):
     maps = rng.random((3, 16, 16)).astype(np.float32)
     masks = np.zeros((3, 16, 16), bool)
     masks[1, 4:8, 4:8] = True
-    written = save_panels(images, maps, masks, ["t/good/a.png", "t/bad/b.png", "t/bad/c.png"],
-                          tmp_path, images, maps + 1.0)
+    paths = ["t/good/a.png", "t/bad/b.png", "t/bad/c.png"]
+    labels = np.array([0, 1, 1])
+    clean = Predictions(np.zeros(3), labels, maps, masks, paths, images)
+    attacked = Predictions(np.ones(3), labels, maps + 1.0, masks, paths, images)
+    written = save_panels(clean, tmp_path, attacked)
     assert len(written) == 4 and written[-1].name == "contact_sheet.png"
     assert Image.open(written[0]).size == (5 * 16, 16)
     assert Image.open(written[-1]).size == (5 * 16, 3 * 16)
@@ -44,3 +49,11 @@ def test_plots_are_written(tmp_path):
              "image_auroc": 0.9, "pixel_auroc": None}
             for c in ("x", "y") for adv in (True, False) for a, e in (("clean", 0.0), ("pgd", 8.0))]
     assert Image.open(plot_robustness(rows, tmp_path / "r.png")).size[0] > 500
+
+
+def test_save_panels_refuses_predictions_without_their_images(tmp_path):
+    maps = np.zeros((1, 16, 16), np.float32)
+    clean = Predictions(np.zeros(1), np.zeros(1), maps, maps > 0, ["t/good/a.png"])
+    with pytest.raises(ValueError, match="keep_images=True"):
+        save_panels(clean, tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -6,7 +6,10 @@ from __future__ import annotations
 import torch
 
 from patchguard.adversarial.attackable import as_detector
+from patchguard.adversarial.attacks import run_attack as _run_attack
+from patchguard.adversarial.names import DEFAULT_QUERIES
 from patchguard.adversarial.objectives import resolve_objective
+from patchguard.adversarial.problem import AttackBudget, AttackProblem
 
 from .models import TINY_SIZE
 
@@ -27,3 +30,14 @@ def objective_value(model, objective, x, targets, labels, masks):
     """Per-image value of ``objective`` (a name) for ``model`` at ``x``, without gradients."""
     with torch.no_grad():
         return resolve_objective(objective)(as_detector(model)(x), targets, labels, masks)
+
+
+def run_attack(name, detector, images, targets, labels, epsilon, steps, objective="mask",
+           restarts=1, masks=None, generator=None, members=None, queries=None):
+    """``run_attack`` on raw tensors: the problem and budget built from loose arguments, so
+    that the tests read as the attacks' definitions do."""
+    problem = AttackProblem(detector, images, targets, labels, epsilon, objective, masks)
+    budget = AttackBudget(steps=int(steps), restarts=int(restarts),
+                          queries=DEFAULT_QUERIES if queries is None else int(queries),
+                          generator=generator, members=None if members is None else tuple(members))
+    return _run_attack(name, problem, budget)

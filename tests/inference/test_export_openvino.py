@@ -29,6 +29,7 @@ def checkpoint(tmp_path_factory) -> Path:
                  progress=False)
 
 
+@pytest.mark.slow
 def test_openvino_matches_pytorch(checkpoint, tmp_path, capsys):
     from patchguard.inference.export import export_openvino
 
@@ -61,6 +62,7 @@ def test_openvino_matches_pytorch(checkpoint, tmp_path, capsys):
         np.testing.assert_allclose(got_maps, maps.numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_cli_export_openvino(checkpoint, tmp_path, capsys):
     import shutil
 

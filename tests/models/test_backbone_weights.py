@@ -264,6 +264,7 @@ def test_conversion_uses_every_backbone_initialiser(onnx_proto):
     assert backbone_elements == DINOV2_VITS_PARAMS
 
 
+@pytest.mark.slow
 def test_converted_backbone_matches_onnxruntime(onnx_proto, converted):
     import onnx
 

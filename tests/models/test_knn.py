@@ -96,6 +96,7 @@ def test_gradients_are_finite_even_for_a_bank_patch_and_attacks_move_the_score()
     assert attacked["epsilon"] == 8 and attacked["image_auroc"] <= clean["image_auroc"]
 
 
+@pytest.mark.slow
 def test_knn_run_writes_a_checkpoint_that_test_and_predict_load(tiny_data, tmp_path, capsys):
     config = tiny_config(tiny_data, tmp_path / "run", head="knn", knn_bank_size=50,
                          val_fraction=0.25)

@@ -138,6 +138,7 @@ def test_bad_layers_are_refused():
         tiny_model(dsc_heads=3)
 
 
+@pytest.mark.slow
 def test_compile_backbone_keeps_outputs_and_attention_capture():
     model = tiny_model().eval()
     x = torch.rand(2, 3, TINY_SIZE, TINY_SIZE, generator=torch.Generator().manual_seed(0))
@@ -151,6 +152,7 @@ def test_compile_backbone_keeps_outputs_and_attention_capture():
     assert "_orig_mod" not in "".join(model.state_dict())  # checkpoints keep their keys
 
 
+@pytest.mark.slow
 def test_compile_attack_gives_the_eager_logits_and_input_gradients():
     """The compiled no-attention forward (attacks, predict) matches the eager network, also with
     compiled training blocks inside it; the training forward still captures attention."""

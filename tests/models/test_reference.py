@@ -16,7 +16,6 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from patchguard.adversarial.attacks import run_attack
 from patchguard.adversarial.training_attacks import pgd_attack
 from patchguard.authors.convert import convert_original_state_dict, map_original_key
 from patchguard.cli import main
@@ -26,6 +25,7 @@ from patchguard.models.patchguard import PatchGuard, patch_targets
 from patchguard.training.losses import attention_kl_regularizer, patch_bce_loss
 from patchguard.utils.checkpoint import load_checkpoint
 
+from helpers.attacks import run_attack
 from helpers.data import REFERENCE_DIR
 
 # The authors' settings of the reference run (tests/fixtures/reference/README.md).

@@ -354,6 +354,7 @@ def test_batcher_splits_batches_and_keeps_order():
         batcher.close()
 
 
+@pytest.mark.slow
 def test_serve_command_end_to_end(tmp_path, detector):
     """The CLI in its own process: starts, answers /health and /predict, stops on SIGINT."""
     import socket

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torch
-
-from .names import ATTACKS, DEFAULT_QUERIES
-from .objectives import PerImageObjective
+from .names import ATTACKS
 from .problem import AttackBudget, AttackProblem, AttackResult, update_best
 from .standard import (
     Member,
@@ -51,13 +48,9 @@ def lookup(name: str) -> Attack:
     return ATTACKS[name]
 
 
-def _problem_and_budget(
-    name: str, detector: object, images: torch.Tensor, targets: torch.Tensor | None,
-    labels: torch.Tensor | None, epsilon: float, steps: int,
-    objective: str | PerImageObjective, restarts: int, masks: torch.Tensor | None,
-    generator: torch.Generator | None, members: Sequence[str | Member] | None,
-    queries: int | None,
-) -> tuple[AttackProblem, AttackBudget]:
+def check_members(name: str, members: Sequence[str | Member] | None) -> None:
+    """Refuse ``members`` for an attack other than ``worst`` and ``standard``, and anything but
+    :class:`.standard.Member` budgets for ``standard`` (ValueError naming the attack)."""
     lookup(name)
     if members is not None and name not in ("worst", "standard"):
         raise ValueError(f"members only apply to the 'worst' and 'standard' attacks, not "
@@ -65,43 +58,21 @@ def _problem_and_budget(
     if members is not None and name == "standard" and not all(
             isinstance(m, Member) for m in members):
         raise ValueError("standard's members are Member(attack, objective, steps, queries)")
-    problem = AttackProblem(detector, images, targets, labels, epsilon, objective, masks)
-    budget = AttackBudget(steps=int(steps), restarts=int(restarts),
-                          queries=DEFAULT_QUERIES if queries is None else int(queries),
-                          generator=generator,
-                          members=None if members is None else tuple(members))
-    return problem, budget
 
 
-def run_attack(
-    name: str,
-    detector: object,
-    images: torch.Tensor,
-    targets: torch.Tensor | None,
-    labels: torch.Tensor | None,
-    epsilon: float,
-    steps: int,
-    objective: str | PerImageObjective = "mask",
-    restarts: int = 1,
-    masks: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    members: Sequence[str | Member] | None = None,
-    queries: int | None = None,
-) -> AttackResult:
-    """Run attack ``name`` (see ``ATTACKS``); return adversarial images and per-image final loss.
+def run_attack(name: str, problem: AttackProblem, budget: AttackBudget | None = None
+               ) -> AttackResult:
+    """Run attack ``name`` (see ``ATTACKS``) on ``problem`` within ``budget`` (default: 10
+    steps, one restart, the Square Attack's default queries); return the adversarial images
+    and the per-image final loss, the objective in eval mode.
 
-    ``detector`` is a PatchGuard-like model or any detector (:mod:`.attackable`); ``epsilon`` is
-    in [0, 1] pixel units; ``targets`` (B, N) are patch targets (None without patch logits);
-    ``labels`` (B,) are 0 normal / 1 anomalous (None: derived from ``targets``); ``masks`` are
-    (B, [1,] H, W) ground-truth masks or None; ``members`` only applies to ``worst`` (attack
-    names) and ``standard`` (:class:`.standard.Member` budgets instead of the fixed ones);
-    ``queries`` is the budget of the score-based ``square`` (default
-    :data:`.names.DEFAULT_QUERIES`; ``worst`` passes it on). The final loss is the objective in
-    eval mode.
+    ``problem`` holds the detector (a PatchGuard-like model or any detector,
+    :mod:`.attackable`), the clean images, the objective and its inputs and epsilon (in [0, 1]
+    pixel units); ``budget.members`` only applies to ``worst`` (attack names) and ``standard``
+    (:class:`.standard.Member` budgets instead of the fixed ones).
     """
-    problem, budget = _problem_and_budget(name, detector, images, targets, labels, epsilon,
-                                          steps, objective, restarts, masks, generator,
-                                          members, queries)
+    budget = AttackBudget() if budget is None else budget
+    check_members(name, budget.members)
     if problem.epsilon <= 0:
         return problem.unchanged()
     return lookup(name)(problem, budget)

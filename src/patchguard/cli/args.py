@@ -1,7 +1,8 @@
 """Argument helpers shared by every verb: flags with the original's underscore spellings, the
-data-set and common flags, the attack choices read from the attack registry, and the argparse
-types that check each value's domain (from :mod:`patchguard.utils.checks`, the one place where
-domains are written down) before any work starts.
+data-set and common flags, and the argparse types that check each value's domain (from
+:mod:`patchguard.utils.checks`, the one place where domains are written down) before any work
+starts. The evaluation's attack flags are derived from their fields in
+:mod:`patchguard.cli.attack_settings`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ..utils.checks import (
 )
 
 __all__ = ["DEVICE_ARG", "EPSILON_ARG", "FINITE_ARG", "FPR_ARG", "NAME_ARG", "POSITIVE",
-           "NON_NEGATIVE", "at_least", "attack_flags", "common_flags", "data_flags", "flag",
+           "NON_NEGATIVE", "at_least", "common_flags", "data_flags", "flag",
            "logger_flags"]
 
 POSITIVE = at_least(1)  # batch sizes, steps, restarts, image counts
@@ -63,40 +64,3 @@ def logger_flags(parser: argparse.ArgumentParser, default_dir: str) -> None:
     flag(parser, "--log-dir", default=None,
          help=f"where the trackers write (default {default_dir}; mlflow: MLFLOW_TRACKING_URI "
               "when set)")
-
-
-def attack_names() -> list[str]:
-    """The evaluation attacks: the names of :data:`patchguard.adversarial.names.ATTACKS`
-    (listing them imports no torch, so ``--help`` stays fast)."""
-    from ..adversarial.names import ATTACKS
-
-    return list(ATTACKS)
-
-
-def objective_names() -> list[str]:
-    """The per-image attack objectives (see :func:`attack_names`)."""
-    from ..adversarial.names import OBJECTIVES
-
-    return list(OBJECTIVES)
-
-
-def attack_flags(parser: argparse.ArgumentParser, several: bool = True,
-                 default: tuple[str, ...] = ("pgd",)) -> None:
-    """--attack (one or several), --objective, --restarts and --queries."""
-    from ..adversarial.names import DEFAULT_QUERIES
-
-    if several:
-        flag(parser, "--attack", nargs="+", default=list(default), choices=attack_names(),
-             help="attacks to run (pgd = the paper's; worst = per-image strongest; square = "
-             "gradient-free; standard = the fixed citable ensemble, per image and metric the "
-             f"worst; default: {' '.join(default)})")
-    else:
-        flag(parser, "--attack", default=default[0], choices=attack_names())
-    flag(parser, "--objective", default="mask", choices=objective_names(),
-         help="what the attack maximises: mask (paper), score (the image decision), map "
-         "(standard has its own)")
-    flag(parser, "--restarts", type=POSITIVE, default=1,
-         help="random restarts (pgd-rs, apgd, square)")
-    flag(parser, "--queries", type=POSITIVE, default=DEFAULT_QUERIES,
-         help=f"model queries of the Square Attack (square, and the --sanity Square check; "
-         f"default {DEFAULT_QUERIES}; standard has its own)")

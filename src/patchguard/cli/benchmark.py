@@ -17,15 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from .args import (
-    EPSILON_ARG,
     NAME_ARG,
     NON_NEGATIVE,
     POSITIVE,
-    attack_flags,
     common_flags,
     flag,
 )
-from .attack_settings import attack_settings, early_stop_flag
+from .attack_settings import attack_flags, attack_settings
 
 OFFLINE_BACKBONE = "resnet18"  # random-init default of PatchCore and PaDiM: downloads nothing
 
@@ -44,19 +42,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(bench, "--checkpoint-dir", required=True,
          help="holds <class>/last.pt (or <class>.pt) per class")
     common_flags(bench)
-    # Both of the field's budgets by default (evaluation/report/headline.py): 2/255 is the headline
-    # from 224 px up, 8/255 below; the table marks the one for the run's image size.
-    flag(bench, "--epsilon-test", type=EPSILON_ARG, nargs="+",
-         default=[0, *REPORTED_EPSILONS],
-         help="epsilons in 1/255 units, 0..255; 0 is the clean row (always included); default "
-              "0 2 8: the table marks 2/255 as the headline for 224-px images and up, 8/255 "
-              "below")
-    flag(bench, "--steps-test", type=POSITIVE, default=10)
     # The paper's PGD and, beside it, the fixed standard evaluation (docs/evaluation.md);
-    # --attack pgd skips standard, which costs about 1650 clean passes per image.
-    attack_flags(bench, default=("pgd", "standard"))
-    early_stop_flag(bench)
-    flag(bench, "--batch-size", type=POSITIVE, default=16)
+    # --attack pgd skips standard, which costs about 1650 clean passes per image. --workers
+    # is training's here (with --train): the evaluation loads in the main process.
+    # Both of the field's epsilons by default (evaluation/report/headline.py): 2/255 is the
+    # headline from 224 px up, 8/255 below; the table marks the one for the run's image size.
+    attack_flags(bench, skip=("workers",), defaults={"attacks": ("pgd", "standard"),
+                                                     "epsilons": (0.0, *REPORTED_EPSILONS)})
     flag(bench, "--output-dir", default=None,
          help="where benchmark.md/.json/.csv/.html and benchmark_vs_epsilon.png go (default: "
               "CHECKPOINT_DIR)")

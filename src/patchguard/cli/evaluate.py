@@ -15,13 +15,12 @@ from .args import (
     EPSILON_ARG,
     NON_NEGATIVE,
     POSITIVE,
-    attack_flags,
     common_flags,
     data_flags,
     flag,
     logger_flags,
 )
-from .attack_settings import attack_settings, early_stop_flag
+from .attack_settings import attack_flags, attack_settings
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -30,13 +29,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flag(test, "--checkpoint", required=True)
     data_flags(test, required=False)
     common_flags(test)
-    flag(test, "--epsilon-test", type=EPSILON_ARG, nargs="+", default=[0, 8],
-         help="epsilons in 1/255 units, 0..255; 0 is the clean row (always included)")
-    flag(test, "--steps-test", type=POSITIVE, default=10)
-    attack_flags(test)
-    early_stop_flag(test)
-    flag(test, "--batch-size", type=POSITIVE, default=16)
-    flag(test, "--workers", type=NON_NEGATIVE, default=0)
+    attack_flags(test)  # --epsilon-test ... --workers, from AttackSettings
     flag(test, "--json", default=None,
          help="results file NAME.json (default: results.json beside the checkpoint); also "
               "writes NAME.csv, NAME.md, NAME.html, NAME_vs_epsilon.png and NAME_gallery/")
@@ -60,29 +53,29 @@ def register(verbs: argparse._SubParsersAction) -> None:
     common_flags(vis)
     flag(vis, "--epsilon", type=EPSILON_ARG, default=8.0,
          help="in 1/255 units, 0..255; 0 for clean only")
-    flag(vis, "--steps", type=POSITIVE, default=10)
-    attack_flags(vis, several=False)
+    attack_flags(vis, skip=("epsilons", "early_stop", "workers"), flags={"steps": "--steps"},
+                 one_attack=True)
     flag(vis, "--output-dir", default=None, help="default: <checkpoint dir>/visualization")
     flag(vis, "--overwrite", action="store_true", default=False,
          help="replace NNNN_*.png panels and contact_sheet.png in --output-dir that patchguard "
               "did not write")
     flag(vis, "--max-images", type=POSITIVE, default=None,
          help="limit the number of test images")
-    flag(vis, "--batch-size", type=POSITIVE, default=16)
 
 
-def sanity_notes(args: argparse.Namespace, model, test_set, device) -> str:
-    """Run the gradient-masking checks, print them, return them as Markdown notes."""
+def sanity_notes(args: argparse.Namespace, settings, model, test_set, device) -> str:
+    """Run the gradient-masking checks (on ``settings``' attack budgets), print them, return
+    them as Markdown notes."""
     from ..adversarial.names import QUERY_ATTACKS
     from ..evaluation.sanity import sanity_check
 
     # The checks probe a gradient attack: the first one asked for, else APGD on the image score
     # (the standard evaluation's strongest gradient member).
-    gradient = [a for a in args.attack if a not in (*QUERY_ATTACKS, "standard")]
-    attack, objective = (gradient[0], args.objective) if gradient else ("apgd", "score")
+    gradient = [a for a in settings.attacks if a not in (*QUERY_ATTACKS, "standard")]
+    attack, objective = (gradient[0], settings.objective) if gradient else ("apgd", "score")
     report = sanity_check(model, test_set, attack=attack, objective=objective,
-                          steps=args.steps_test, batch_size=args.batch_size, device=device,
-                          progress=not args.quiet, square_queries=args.queries)
+                          steps=settings.steps, batch_size=settings.batch_size, device=device,
+                          progress=not args.quiet, square_queries=settings.query_budget)
     lines = ["Sanity checks against gradient masking:"]
     lines += [f"- checked: {check}" for check in report.checks]
     lines += [f"- WARNING: {warning}" for warning in report.warnings] or ["- all passed"]
@@ -143,7 +136,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     # Before any work, as every other input.
     check_report_paths(json_path, checkpoint, args.overwrite, run_folder=args.json is None)
     warn_epsilon_units("--epsilon-test", args.epsilon_test)
-    settings = attack_settings(args, sorted({0.0, *args.epsilon_test}), args.workers)
+    settings = attack_settings(args, sorted({0.0, *args.epsilon_test}))
     loggers = check_loggers(args.logger or ())
     device = resolve_device(args.device or "auto")
     if args.download:  # the original's --use_weight_prep / --use_data_prep
@@ -167,7 +160,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             "checkpoint": str(args.checkpoint)}
     notes = ""
     if args.sanity:
-        notes = sanity_notes(args, target.model, target.test_set, target.device)
+        notes = sanity_notes(args, settings, target.model, target.test_set, target.device)
     rows = [{**row, **meta} for row in rows]
     written = write_reports(json_path, rows, notes)
     from .report import test_gallery, write_test_report
@@ -241,11 +234,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         adv = predict_dataset(model, test_set, args.epsilon, settings=attack_settings(args),
                               device=device, keep_images=True, progress=progress,
                               desc=f"{args.attack} eps {args.epsilon:g}/255")
-    written = save_panels(
-        clean.images, clean.maps, clean.masks, clean.paths, out_dir,
-        adv.images if adv else None, adv.maps if adv else None,
-        clean.scores, adv.scores if adv else None,
-    )
+    written = save_panels(clean, out_dir, adv)
     record_outputs(written)
     # A rerun with fewer images must not leave its previous panels beside the new ones.
     remove_own_outputs(out_dir, panels.pattern, keep=written)

@@ -370,8 +370,9 @@ def _evaluate(model: Any, dataset: TestDataset, settings: AttackSettings,
     device = torch.device(device)
     detector = as_detector(model)
     check_attacks(settings.attacks, settings.objective, detector.has_patch_logits)
-    pixel_ok = dataset.has_pixel_masks
-    if not pixel_ok:
+    targets_ok = dataset.has_pixel_masks  # the masks steer the attacks whatever is reported
+    pixel_ok = targets_ok and settings.pixel_metrics
+    if not targets_ok and settings.pixel_metrics:
         logger.warning("the test set has no pixel masks for its anomalous images: pixel AUROC is "
                        "reported as null and attacks use all-ones patch targets for them")
     rows, predictions = [], {}
@@ -412,7 +413,7 @@ def _evaluate(model: Any, dataset: TestDataset, settings: AttackSettings,
             **{k: v for k, v in metrics.items() if k not in ("image_auroc", "pixel_auroc")},
             "n_images": int(len(preds.scores)),
             "n_anomalous": int(preds.labels.sum()),
-            "targets": (TARGETS_MASKS if pixel_ok else TARGETS_ALL_ONES) if attacked else None,
+            "targets": (TARGETS_MASKS if targets_ok else TARGETS_ALL_ONES) if attacked else None,
             "seconds": round(seconds, 3),
             "images_per_s": round(len(preds.scores) / seconds, 4) if seconds > 0 else None,
             **_worst_sources(preds, detector.has_patch_logits, settings.standard_members),

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..adversarial.attacks import run_attack
-from ..adversarial.problem import eval_mode
+from ..adversarial.problem import AttackBudget, AttackProblem, eval_mode
 from ..evaluation.metrics import auroc
 
 logger = logging.getLogger(__name__)
@@ -54,9 +54,10 @@ class OverfittingProbe:
                                         ("pgd", "pgd-rs", self.steps)):
                 x = images
                 if attack is not None:
-                    x, _ = run_attack(attack, model, images, targets, labels, self.epsilon,
-                                      steps, objective="score",
-                                      generator=torch.Generator().manual_seed(0))
+                    problem = AttackProblem(model, images, targets, labels, self.epsilon,
+                                            "score", None)
+                    x, _ = run_attack(attack, problem, AttackBudget(
+                        steps=steps, generator=torch.Generator().manual_seed(0)))
                 with torch.no_grad():
                     scores = model.image_score(model(x, with_attention=False).logits.float())
                 result[f"probe_{name}"] = float(auroc(labels.cpu().numpy(),

@@ -17,6 +17,7 @@ from .common import (
 )
 
 
+@pytest.mark.slow
 def test_benchmark_epsilon_zero_writes_the_clean_table(cli, finished_run, data, tmp_path):
     # B-eps0. Before the fixes: evaluates, then "error: max() arg is an empty sequence".
     root = tmp_path / "ck"

@@ -6,7 +6,10 @@ common.py and conftest.py beside this file.
 
 from __future__ import annotations
 
+import pytest
 
+
+@pytest.mark.slow
 def test_info_says_when_recorded_results_belong_to_another_version(cli, run_copy, data):
     ckpt = run_copy / "last.pt"
     assert cli("test", "--checkpoint", ckpt, "--device", "cpu", "--quiet", "--steps-test",

@@ -424,6 +424,7 @@ def test_absurd_worker_counts_are_refused_before_any_process_starts(cli, data, t
     assert_refused(result, "--workers", "100000")
 
 
+@pytest.mark.slow
 def test_epsilons_that_look_like_0_1_units_get_a_warning(cli, data, tmp_path, run_copy):
     # 0.03 is accepted (it is in the domain) but almost surely meant 0.03 * 255 = 7.65.
     result = cli(*train_argv(data, tmp_path / "fresh", "--epsilon-train", "0.03"))

@@ -3,8 +3,8 @@ post-processing component, :mod:`patchguard.models.postprocess`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -12,6 +12,9 @@ from PIL import Image
 
 from ...models.postprocess import PostProcessor, draw_outline, value_range
 from ...models.postprocess import overlay as heatmap_overlay
+
+if TYPE_CHECKING:
+    from ..evaluator import Predictions
 
 __all__ = ["draw_outline", "heatmap_overlay", "image_panel", "save_panels"]
 
@@ -47,23 +50,23 @@ def image_panel(
     return np.concatenate(tiles, axis=1)
 
 
-def save_panels(
-    images: np.ndarray,
-    clean_maps: np.ndarray,
-    masks: np.ndarray,
-    names: Sequence[str],
-    output_dir: str | Path,
-    adv_images: np.ndarray | None = None,
-    adv_maps: np.ndarray | None = None,
-    scores: Sequence[float] | None = None,
-    adv_scores: Sequence[float] | None = None,
-    sheet_rows: int = 12,
-) -> list[Path]:
+def save_panels(clean: Predictions, output_dir: str | Path, attacked: Predictions | None = None,
+                sheet_rows: int = 12) -> list[Path]:
     """Write one PNG per image and a contact sheet; return the written paths (sheet last).
 
-    Heat maps share one colour range: the 1st to 99.9th percentile of the clean maps, so an
-    attack that lights up a normal image or darkens a defect is visible as such.
+    ``clean`` (and ``attacked``, the same images under attack) are predictions kept with their
+    images (``predict_dataset(..., keep_images=True)``). Heat maps share one colour range: the
+    1st to 99.9th percentile of the clean maps, so an attack that lights up a normal image or
+    darkens a defect is visible as such.
     """
+    if clean.images is None or (attacked is not None and attacked.images is None):
+        raise ValueError("save_panels needs predictions kept with their images "
+                         "(predict_dataset(..., keep_images=True))")
+    images, clean_maps, masks, names, scores = (clean.images, clean.maps, clean.masks,
+                                                clean.paths, clean.scores)
+    adv_images = attacked.images if attacked is not None else None
+    adv_maps = attacked.maps if attacked is not None else None
+    adv_scores = attacked.scores if attacked is not None else None
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     shared = value_range(clean_maps)

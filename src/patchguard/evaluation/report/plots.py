@@ -61,24 +61,28 @@ def plot_training_log(log_path: str | Path, output_path: str | Path) -> Path:
     return save_figure(fig, output_path)
 
 
+def _recipe(row: dict) -> str:
+    """A row's recipe label: its ``recipe`` field, else whether it was adversarially trained."""
+    return str(row.get("recipe") or ("adv-trained" if row.get("adv_train", True) else "no adv"))
+
+
 def plot_robustness(rows: Sequence[dict], output_path: str | Path) -> Path:
     """Bar chart per class: clean and attacked image/pixel AUROC, one colour per recipe/attack."""
     plt = pyplot()
     classes = list(dict.fromkeys(r["class_name"] for r in rows))
-    settings = list(dict.fromkeys(
-        (r.get("adv_train", True), r["attack"], r["epsilon"]) for r in rows))
+    settings = list(dict.fromkeys((_recipe(r), r["attack"], r["epsilon"]) for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
     width = 0.8 / max(len(settings), 1)
     for ax, metric in zip(axes, ("image_auroc", "pixel_auroc")):
-        for j, (adv, attack, eps) in enumerate(settings):
+        for j, (recipe, attack, eps) in enumerate(settings):
             values = []
             for name in classes:
                 match = [r for r in rows if r["class_name"] == name and
-                         r.get("adv_train", True) == adv and r["attack"] == attack and
+                         _recipe(r) == recipe and r["attack"] == attack and
                          r["epsilon"] == eps]
                 value = match[0][metric] if match else None
                 values.append(float("nan") if value is None else value)
-            label = f"{'adv-trained' if adv else 'no adv'}, " + (
+            label = f"{recipe}, " + (
                 "clean" if attack == "clean" else f"{attack} {eps:g}/255")
             positions = [i + (j - (len(settings) - 1) / 2) * width for i in range(len(classes))]
             ax.bar(positions, values, width, label=label)
