@@ -11,7 +11,7 @@ set is given without its pixel masks; ``--with-masks`` shows the masked case (no
 
     OMP_NUM_THREADS=1 taskset -c 1 env PYTHONPATH=src python benchmarks/bench_standard.py \\
         --out /tmp/bench_standard --image-size 64 --backbone test_vit --epochs 4
-    ... --image-size 112 --backbone "" --epochs 0 --adv-preset robust --members demo \\
+    ... --image-size 112 --backbone "" --epochs 0 --adv-preset robust-advtrain --members demo \\
         --epsilons 2 8 --classes grass
 
 With ``--reference-src DIR`` (another checkout's ``src``, e.g. main's) it times instead this

@@ -8,6 +8,10 @@ Example (one core, one thread; docs/robustness-study.md lists the runs made):
         --dataset-dir /tmp/demo112 --class-name gravel --recipe fast --epochs 16 \\
         --eval-at 0.5 1 --n-eval 12 --out /tmp/budget
     python benchmarks/robust_budget.py --out /tmp/budget --plot-only
+    python benchmarks/robust_budget.py --plot-only --plot benchmarks/results/robust_features.png \\
+        --rows benchmarks/results/robust_features.jsonl benchmarks/results/robust_classes.jsonl \\
+        benchmarks/results/robust_budget.jsonl --recipe knn knn-rb4 knn-rb8 dsc-rb4 robust \\
+        robust-noadv      # one row of panels per class; --recipe keeps those recipes' rows
 
 Budgets: ``--epochs`` sets the run's length (its cosine schedule spans it); checkpoints are kept
 at the ``--eval-at`` fractions of it, so an intermediate point is part of a longer schedule
@@ -62,10 +66,11 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "free4": ("fast", {"image_size": 112, "train_attack": "free", "free_replays": 4,
                        "backbone_lr": 1e-4, "frozen_blocks": 2, "eps_ramp": 0.3,
                        "carry_perturbations": True}),
-    # the robust preset itself (= score-fz2-ramp, 16 epochs unless --epochs) and its twin
-    # without adversarial training, for the issue's "the attack is real" check
-    "robust": ("robust", {}),
-    "robust-noadv": ("robust", {"adv_train": False}),
+    # the robust-advtrain preset (= score-fz2-ramp, 16 epochs unless --epochs; the "robust"
+    # preset until issue 21, whence the rows' names) and its twin without adversarial training,
+    # for the issue's "the attack is real" check
+    "robust": ("robust-advtrain", {}),
+    "robust-noadv": ("robust-advtrain", {"adv_train": False}),
     "score-trades": ("fast", {"image_size": 112, "train_objective": "score",
                               "backbone_lr": 1e-4, "frozen_blocks": 2, "eps_ramp": 0.3,
                               "trades_weight": 1.0}),
@@ -77,15 +82,16 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     # training) on the pretrained backbone; "-rb4" / "-rb8" first fine-tune the backbone's
     # layer-6 features without labels (robustify, FARE-style, PGD-3 at 4 or 8/255, 8 epochs over
     # the class's training images and scikit-image's photographs); "dsc-rb4" is PatchGuard's
-    # discriminator on that backbone, frozen, with the robust preset's score-objective training
-    # attack (the --epochs of the run); --no-adv-train twins drop both robust parts.
-    "knn": ("robust", {"head": "knn", "adv_train": False}),
-    "knn-rb4": ("robust", {"head": "knn", **ROBUSTIFY_4}),
-    "knn-rb8": ("robust", {"head": "knn", **ROBUSTIFY_4, "robustify_epsilon": 8.0}),
-    "dsc-rb4": ("robust", {**ROBUSTIFY_4, "backbone_lr": 0.0}),
-    # the preset that packages knn-rb4, and its twin (= knn: the bank on the original backbone)
-    "robust-features": ("robust-features", {}),
-    "robust-features-noadv": ("robust-features", {"adv_train": False}),
+    # discriminator on that backbone, frozen, with the robust-advtrain preset's score-objective
+    # training attack (the --epochs of the run); --no-adv-train twins drop both robust parts.
+    "knn": ("robust-advtrain", {"head": "knn", "adv_train": False}),
+    "knn-rb4": ("robust-advtrain", {"head": "knn", **ROBUSTIFY_4}),
+    "knn-rb8": ("robust-advtrain", {"head": "knn", **ROBUSTIFY_4, "robustify_epsilon": 8.0}),
+    "dsc-rb4": ("robust-advtrain", {**ROBUSTIFY_4, "backbone_lr": 0.0}),
+    # the preset that packages knn-rb4 ("robust" since issue 21, first "robust-features"), and
+    # its twin (= knn: the bank on the original backbone)
+    "robust-features": ("robust", {}),
+    "robust-features-noadv": ("robust", {"adv_train": False}),
 }
 STRONG_STEPS = 50
 
@@ -198,6 +204,32 @@ def train_recipe(name: str, args: argparse.Namespace, run_dir: Path) -> tuple[li
     return wanted, config.image_size
 
 
+def budget_rows(name: str, label: str, args: argparse.Namespace, run_dir: Path,
+                wanted: list[int], wall_min: float | None, attack: tuple[str, str, int]
+                ) -> list[dict[str, Any]]:
+    """One row per kept epoch of a trained run: its training cost and its evaluation."""
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").open()]
+    rows = []
+    for epoch in wanted:
+        checkpoint = run_dir / f"epoch_{epoch:04d}.pt"
+        model, _ = load_model(checkpoint, torch.device("cpu"))
+        data = eval_subset(args.dataset_dir, args.class_name, model.image_size, args.n_eval)
+        cpu = sum(r["cpu_seconds"] for r in log if r["epoch"] <= epoch)
+        secs = sum(r["seconds"] for r in log if r["epoch"] <= epoch)
+        probes = {k: v for r in log if r["epoch"] <= epoch
+                  for k, v in r.items() if k.startswith("probe") or k.startswith("cata")}
+        robust_min = robustify_minutes(checkpoint)
+        rows.append({"recipe": label, "class": args.class_name, "epoch": epoch,
+                     "epochs": args.epochs, "train_cpu_min": round(cpu / 60 + robust_min, 2),
+                     "robustify_cpu_min": robust_min, "train_wall_min": round(secs / 60, 2),
+                     "run_wall_min": wall_min, "threads": args.threads,
+                     "set": {**RECIPES[name][1], **json.loads(args.set)},
+                     "loss": (round(log[epoch - 1]["loss"], 4) if "loss" in log[epoch - 1]
+                              else None), **probes,
+                     **evaluate_checkpoint(checkpoint, data, attack, args.epsilons)})
+    return rows
+
+
 def robustify_minutes(checkpoint: Path) -> float:
     """CPU minutes of the robust backbone fine-tuning a run started from (its card), or 0."""
     from patchguard.training.robustify import card_path_for
@@ -212,7 +244,8 @@ def robustify_minutes(checkpoint: Path) -> float:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """AUROC against training CPU minutes: clean, and under attack at 2/255 and 8/255."""
+    """AUROC against training CPU minutes: clean, and under attack at 2/255 and 8/255; one row
+    of panels per class when the rows hold several, each recipe one colour throughout."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,37 +253,49 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     panels = [("clean_img", "clean image AUROC"), ("2", "image AUROC at 2/255"),
               ("8", "image AUROC at 8/255")]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), sharey=True)
+    classes = list(dict.fromkeys(r.get("class", "?") for r in rows))
+    fig, grid = plt.subplots(len(classes), 3, figsize=(14, 3.8 * len(classes)), sharey=True,
+                             squeeze=False)
     recipes = sorted(dict.fromkeys(r["recipe"] for r in rows))
     # tab20: one distinct colour per recipe; past 20 recipes the colours repeat with another
     # marker, so every recipe stays distinct
     colors = [plt.get_cmap("tab20")(i % 20) for i in range(len(recipes))]
     markers = ["os^D"[(i // 20) % 4] for i in range(len(recipes))]
-    for ax, (key, title) in zip(axes, panels):
-        for i, recipe in enumerate(recipes):
-            points = sorted((r for r in rows if r["recipe"] == recipe),
-                            key=lambda r: r["train_cpu_min"])
-            x = [r["train_cpu_min"] for r in points]
-            color = colors[i % len(colors)]
-            if points[0]["strong_attack"] != rows[0]["strong_attack"]:
-                recipe = f"{recipe} [{points[0]['strong_attack']}]"
-            if key == "clean_img":
-                ax.plot(x, [r[key] for r in points], f"{markers[i]}-", color=color,
-                        label=recipe)
-            else:
-                ax.plot(x, [r[f"strong_{key}_img"] for r in points], f"{markers[i]}-",
-                        color=color, label=recipe)
-                ax.plot(x, [r[f"pgd10_mask_{key}_img"] for r in points], "x:", color=color)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("training CPU minutes (1 thread)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
+    for axes, name in zip(grid, classes):
+        for ax, (key, title) in zip(axes, panels):
+            for i, recipe in enumerate(recipes):
+                points = sorted((r for r in rows if r["recipe"] == recipe
+                                 and r.get("class", "?") == name),
+                                key=lambda r: r["train_cpu_min"])
+                if not points:
+                    continue
+                x = [r["train_cpu_min"] for r in points]
+                label = recipe
+                if points[0]["strong_attack"] != rows[0]["strong_attack"]:
+                    label = f"{recipe} [{points[0]['strong_attack']}]"
+                if key == "clean_img":
+                    ax.plot(x, [r[key] for r in points], f"{markers[i]}-", color=colors[i],
+                            label=label)
+                else:
+                    ax.plot(x, [r[f"strong_{key}_img"] for r in points], f"{markers[i]}-",
+                            color=colors[i], label=label)
+                    ax.plot(x, [r[f"pgd10_mask_{key}_img"] for r in points], "x:",
+                            color=colors[i])
+            ax.set_title(f"{name}: {title}" if len(classes) > 1 else title, fontsize=10)
+            ax.set_xlabel("training CPU minutes (1 thread)")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("image AUROC")
     strong = rows[0]["strong_attack"] if rows else "?"
-    axes[1].text(0.02, 0.98, f"solid: {strong} score-{rows[0]['strong_steps'] if rows else ''}"
-                 "\ndotted: faithful PGD-10 mask", transform=axes[1].transAxes, va="top",
-                 fontsize=8)
-    axes[0].set_ylabel("image AUROC")
-    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="center left",
+    grid[0][1].text(0.02, 0.98, f"solid: {strong} score-{rows[0]['strong_steps'] if rows else ''}"
+                    "\ndotted: faithful PGD-10 mask", transform=grid[0][1].transAxes, va="top",
+                    fontsize=8)
+    handles: dict[str, Any] = {}
+    for ax in grid[:, 0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    labels = sorted(handles)
+    fig.legend([handles[k] for k in labels], labels, fontsize=7, loc="center left",
                bbox_to_anchor=(0.995, 0.5), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=80, bbox_inches="tight")
@@ -259,12 +304,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The rows as a markdown table (image AUROC; pixel AUROC under the strong attack at 8)."""
-    lines = ["| recipe | epoch | train CPU min | clean img / pix | PGD-10 mask 2 / 8 | "
+    lines = ["| class | recipe | epoch | train CPU min | clean img / pix | PGD-10 mask 2 / 8 | "
              "strong 2 / 8 img | strong 8 pix | strong attack | n eval |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in sorted(rows, key=lambda r: (r["recipe"], r["train_cpu_min"])):
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(rows, key=lambda r: (r.get("class", "?"), r["recipe"], r["train_cpu_min"])):
         lines.append(
-            f"| {r['recipe']} | {r['epoch']}/{r['epochs']} | {r['train_cpu_min']:.1f} | "
+            f"| {r.get('class', '?')} | {r['recipe']} | {r['epoch']}/{r['epochs']} | "
+            f"{r['train_cpu_min']:.1f} | "
             f"{r['clean_img']:.3f} / {r['clean_pix']:.3f} | {r['pgd10_mask_2_img']:.3f} / "
             f"{r['pgd10_mask_8_img']:.3f} | {r['strong_2_img']:.3f} / {r['strong_8_img']:.3f} | "
             f"{r['strong_8_pix']:.3f} | {r['strong_attack']}-{r['strong_steps']} "
@@ -291,9 +337,16 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/robust_budget")
     parser.add_argument("--tag", default="", help="suffix of the run folder and row name")
     parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--rows", nargs="+", default=None,
+                        help="JSON-lines files the plot and table read (default OUT/rows.jsonl)")
+    parser.add_argument("--plot", default=None, help="the plot's file (default "
+                        "OUT/robust_budget.png)")
     parser.add_argument("--final", action="store_true",
                         help="also run the full standard, Square-1000 and --sanity's checks on "
                         "each recipe's last checkpoint (final.jsonl; tens of minutes per model)")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="evaluate the runs already trained under --out (their --eval-at "
+                        "checkpoints) and append their rows, without training")
     parser.add_argument("--final-only", action="store_true",
                         help="only those checks, on the runs already trained under --out")
     args = parser.parse_args()
@@ -316,35 +369,30 @@ def main() -> None:
         for name in args.recipe:
             label = name + (f"@{args.tag}" if args.tag else "")
             run_dir = out / "runs" / args.class_name / label
-            started = time.perf_counter()
-            wanted, image_size = train_recipe(name, args, run_dir)
-            wall = time.perf_counter() - started
-            log = [json.loads(line) for line in (run_dir / "train_log.jsonl").open()]
-            data = eval_subset(args.dataset_dir, args.class_name, image_size, args.n_eval)
-            for epoch in wanted:
-                cpu = sum(r["cpu_seconds"] for r in log if r["epoch"] <= epoch)
-                secs = sum(r["seconds"] for r in log if r["epoch"] <= epoch)
-                probes = {k: v for r in log if r["epoch"] <= epoch
-                          for k, v in r.items() if k.startswith("probe") or k.startswith("cata")}
-                robust_min = robustify_minutes(run_dir / f"epoch_{epoch:04d}.pt")
-                row = {"recipe": label, "class": args.class_name, "epoch": epoch,
-                       "epochs": args.epochs, "train_cpu_min": round(cpu / 60 + robust_min, 2),
-                       "robustify_cpu_min": robust_min,
-                       "train_wall_min": round(secs / 60, 2), "run_wall_min": round(wall / 60, 2),
-                       "threads": args.threads, "set": {**RECIPES[name][1],
-                                                        **json.loads(args.set)},
-                       "loss": (round(log[epoch - 1]["loss"], 4) if "loss" in log[epoch - 1]
-                                else None), **probes,
-                       **evaluate_checkpoint(run_dir / f"epoch_{epoch:04d}.pt", data, attack,
-                                             args.epsilons)}
+            if args.eval_only:  # a run trained earlier (say, whose evaluation failed)
+                wanted = sorted({max(1, round(f * args.epochs)) for f in args.eval_at})
+                missing = [e for e in wanted if not (run_dir / f"epoch_{e:04d}.pt").exists()]
+                if missing:
+                    raise SystemExit(f"{run_dir}: no epoch_*.pt for epoch(s) {missing}; train "
+                                     f"{label} first (without --eval-only)")
+                wall = None
+            else:
+                started = time.perf_counter()
+                wanted, _ = train_recipe(name, args, run_dir)
+                wall = round((time.perf_counter() - started) / 60, 2)
+            for row in budget_rows(name, label, args, run_dir, wanted, wall, attack):
                 print(json.dumps(row), flush=True)
                 with rows_path.open("a") as handle:
                     handle.write(json.dumps(row) + "\n")
             if args.final:
                 run_final(args, out, label, run_dir / "last.pt")
-    rows = [json.loads(line) for line in rows_path.open()] if rows_path.exists() else []
+    sources = [Path(p) for p in args.rows] if args.rows else [rows_path]
+    rows = [json.loads(line) for source in sources if source.exists()
+            for line in source.open() if line.strip()]
+    if args.plot_only and args.recipe:  # the named recipes of those files only
+        rows = [r for r in rows if r["recipe"] in args.recipe]
     if rows:
-        plot(rows, out / "robust_budget.png")
+        plot(rows, Path(args.plot) if args.plot else out / "robust_budget.png")
         if args.plot_only:
             print(table(rows))
 

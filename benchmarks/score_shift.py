@@ -11,7 +11,11 @@ pushed up, anomalous ones down) at each epsilon. Printed per model and epsilon:
 - ``rise`` / ``fall``: the median change of the normal images' scores (up) and of the
   anomalous images' (down) under the attack;
 - ``ratio``: (rise + fall) / separation. Above 1 the attack overturns a typical
-  (normal, anomalous) pair, and the attacked AUROC heads for 0; robustness needs it below 1.
+  (normal, anomalous) pair, and the attacked AUROC heads for 0; robustness needs it below 1;
+- ``clean_img`` / ``attacked_img``: the image AUROC of those clean and attacked scores.
+
+Every row names its ``class`` and ``recipe`` (the checkpoint's run folder, as
+``robust_budget.py`` lays runs out: ``OUT/runs/CLASS/RECIPE/last.pt``).
 
 Example (docs/robustness-study.md, "Why the scores give way"):
     OMP_NUM_THREADS=1 python benchmarks/score_shift.py RUN_A/last.pt RUN_B/last.pt \\
@@ -22,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from patchguard.evaluation.evaluator import predict_dataset
+from patchguard.evaluation.metrics import auroc
 from patchguard.models.factory import load_model
 from robust_budget import eval_subset  # the same fixed test subset as the budget curves
 
@@ -51,10 +57,13 @@ def score_shift(checkpoint: str, dataset_dir: str, class_name: str, n_eval: int,
         rise = float(np.median(attacked[~anomalous] - clean[~anomalous]))
         fall = float(np.median(clean[anomalous] - attacked[anomalous]))
         rows.append({
+            "class": class_name, "recipe": Path(checkpoint).parent.name,
             "checkpoint": checkpoint, "epsilon": eps, "steps": steps, "n_eval": len(data),
             "separation": round(separation, 3), "spread": round(float(clean.std()), 3),
             "rise": round(rise, 3), "fall": round(fall, 3),
             "ratio": round((rise + fall) / separation, 2) if separation > 0 else None,
+            "clean_img": round(float(auroc(anomalous, clean)), 4),
+            "attacked_img": round(float(auroc(anomalous, attacked)), 4),
         })
     return rows
 

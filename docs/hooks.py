@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Figures that a benchmark script writes next to its raw rows: (page path, file in the repo).
 FIGURES = {
     "images/robust_budget.png": "benchmarks/results/robust_budget.png",
+    "images/robust_features.png": "benchmarks/results/robust_features.png",
 }
 
 

@@ -105,8 +105,10 @@ def test_markdown_csv_plot_and_page_hold_every_method(sweep):
     root, _ = sweep
     out = root / "ckpts"
     table = (out / "benchmark.md").read_text()
-    assert "| class | method | clean image | attacked image | clean pixel | attacked pixel |" \
-        in table
+    # both epsilons, one column each; 64-px images: 8/255 is the headline
+    assert ("| class | method | clean image | attacked image 2/255 | attacked image 8/255 "
+            "(headline) | clean pixel | attacked pixel 2/255 | attacked pixel 8/255 (headline) |"
+            ) in table
     for method in ("PatchGuard", "PatchCore", "PaDiM"):
         assert f"| widget | {method} |" in table and f"| **mean** | {method} |" in table
     assert "pgd objective: PatchGuard: mask; PatchCore, PaDiM: score" in table

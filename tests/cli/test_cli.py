@@ -226,6 +226,11 @@ def test_benchmark_writes_paper_style_table(trained, tmp_path):
     assert "| widget |" in table and "| **mean** |" in table
     rows = json.loads((tmp_path / "ckpts" / "benchmark.json").read_text())
     assert {r["class_name"] for r in rows} == {"widget"}
+    # both of the field's epsilons by default; 64-px images: 8/255 is the headline
+    assert [(r["attack"], r["epsilon"]) for r in rows] == [("clean", 0.0), ("pgd", 2.0),
+                                                           ("pgd", 8.0)]
+    assert "| attacked image 2/255 | attacked image 8/255 (headline) |" in table
+    assert "Headline epsilon: 8/255 (64-px test images" in table
     assert main(["benchmark", "--classes", "nothere", "--checkpoint-dir",
                  str(tmp_path / "ckpts"), "--quiet"]) == 2
 
@@ -240,10 +245,11 @@ def test_benchmark_reports_standard_beside_pgd_by_default(trained, tmp_path, mon
     assert main(["benchmark", "--classes", "widget", "--checkpoint-dir",
                  str(tmp_path / "ckpts"), "--steps-test", "1", "--quiet"]) == 0
     table = (tmp_path / "ckpts" / "benchmark.md").read_text()
-    assert "| class | clean image | pgd image | standard image |" in table
+    assert ("| class | clean image | pgd image 2/255 | standard image 2/255 | "
+            "pgd image 8/255 (headline) | standard image 8/255 (headline) |") in table
     assert "standard (apgd/score/2 steps, square/score/10 queries)" in table
     rows = json.loads((tmp_path / "ckpts" / "benchmark.json").read_text())
-    assert [r["attack"] for r in rows] == ["clean", "pgd", "standard"]
+    assert [r["attack"] for r in rows] == ["clean", "pgd", "pgd", "standard", "standard"]
 
 
 def test_module_entry_point():

@@ -304,9 +304,42 @@ def test_robust_preset_trains_and_paper_stays_the_faithful_default(tiny_data, tm
     tiny = tiny_config(tiny_data, tmp_path, epochs=1).to_dict()
     keep = {k: tiny[k] for k in ("dataset", "dataset_dir", "class_name", "output_dir",
                                  "backbone", "pretrained", "dsc_hidden", "workers", "device")}
-    config = build_config("robust", None, {**keep, "image_size": 64, "feature_layers": [3],
+    config = build_config("robust-advtrain", None, {**keep, "image_size": 64, "feature_layers": [3],
                                            "reg_layers": [2, 3], "reg_coefficients": [0.01, 0.05],
                                            "epochs": 1})
     assert (config.train_objective, config.frozen_blocks, config.eps_ramp) == ("score", 2, 0.3)
     train(config, progress=False)
     assert "adv_clean" in json.loads((tmp_path / "train_log.jsonl").read_text())
+
+
+def test_a_checkpoint_of_the_old_robust_preset_keeps_its_recipe(tiny_data, tmp_path):
+    """"robust" named the adversarially trained discriminator until issue 21 and now names the
+    kNN recipe; a checkpoint written then, by a version that knew no head or robustify keys,
+    still loads and resumes as what it was: its stored config decides, not the preset name."""
+    from patchguard.config import PRESETS, build_config
+    from patchguard.models.factory import load_model
+    from patchguard.training.run_state import resume_config
+    from patchguard.utils.checkpoint import save_checkpoint
+
+    assert PRESETS["robust"] == PRESETS["robust-features"]
+    assert (PRESETS["robust"]["head"], PRESETS["robust"]["robustify_epsilon"]) == ("knn", 4.0)
+    assert "head" not in PRESETS["robust-advtrain"]
+    tiny = tiny_config(tiny_data, tmp_path, epochs=1).to_dict()
+    keep = {k: tiny[k] for k in ("dataset", "dataset_dir", "class_name", "output_dir",
+                                 "backbone", "pretrained", "dsc_hidden", "workers", "device")}
+    config = build_config("robust-advtrain", None, {
+        **keep, "image_size": 64, "feature_layers": [3], "reg_layers": [2, 3],
+        "reg_coefficients": [0.01, 0.05], "epochs": 1, "steps_train": 1})
+    train(config, progress=False)
+    state = load_checkpoint(tmp_path / "last.pt")
+    old = {k: v for k, v in state["config"].items()
+           if k != "head" and not k.startswith("robustify") and k != "backbone_weights"}
+    state["config"] = {**old, "preset": "robust"}
+    save_checkpoint(tmp_path / "old.pt", {k: v for k, v in state.items()
+                                          if k != "format_version"})
+    model, loaded = load_model(tmp_path / "old.pt")
+    assert isinstance(model, PatchGuard) and loaded["config"]["preset"] == "robust"
+    resumed = resume_config(tmp_path / "old.pt", {"epochs": 2})
+    assert resumed.head == "discriminator" and resumed.robustify_epsilon in (None, 0, 0.0)
+    assert (resumed.train_objective, resumed.frozen_blocks, resumed.eps_ramp) == ("score", 2,
+                                                                                    0.3)

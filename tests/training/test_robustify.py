@@ -169,7 +169,7 @@ def test_one_command_runs_the_preset_and_its_twin_skips_the_fine_tuning(tiny_dat
                 pretrained=False, image_size=TINY_SIZE, feature_layers=[3], reg_layers=[2, 3],
                 reg_coefficients=[0.01, 0.05], robustify_images=[], robustify_epochs=1,
                 epochs=1, batch_size=4, steps_train=1, dsc_hidden=32, workers=0, device="cpu")
-    last = patchguard.train(preset="robust-features", output_dir=str(tmp_path / "robust"),
+    last = patchguard.train(preset="robust", output_dir=str(tmp_path / "robust"),
                             progress=False, **tiny)
     cached = sorted((tmp_path / "cache" / "robust_backbones").glob("widget-*.safetensors"))
     assert len(cached) == 1
@@ -179,7 +179,7 @@ def test_one_command_runs_the_preset_and_its_twin_skips_the_fine_tuning(tiny_dat
     saved = load_file(str(cached[0]))
     vit = model.feature_extractor.pretrained_model.state_dict()
     assert all(torch.equal(vit[k], v) for k, v in saved.items())
-    twin = patchguard.train(preset="robust-features", adv_train=False,
+    twin = patchguard.train(preset="robust", adv_train=False,
                             output_dir=str(tmp_path / "twin"), progress=False, **tiny)
     _, twin_state = patchguard.load_model(twin)
     assert twin_state["config"]["backbone_weights"] is None

@@ -148,48 +148,68 @@ def class_table(results: dict[str, list[dict[str, Any]]], epsilon: float | None 
     """Paper-style Markdown table: per class clean / attacked image and pixel AUROC, then mean.
 
     ``results`` maps a class name to its evaluation rows; the attacked columns are one pair per
-    attack at ``epsilon`` (default: the largest epsilon evaluated; n/a when only clean rows), so
-    ``standard`` stands beside the paper's PGD. With one attack the columns say "attacked".
-    When the rows hold several methods (``benchmark --baselines``: PatchGuard and anomalib's
-    detectors), a method column follows the class, every method has its own mean row, and the
-    notes under the table say where the methods were attacked differently (objective, members).
+    attack and epsilon (default: every epsilon evaluated; ``epsilon`` keeps one), so
+    ``standard`` stands beside the paper's PGD and 2/255 beside 8/255. The column of the
+    headline epsilon for the rows' image size (``test_image_size``; :mod:`.headline`: 2/255
+    from 224 px up, 8/255 below) says "(headline)", and a note under the table says why.
+    With one attack the columns say "attacked"; with one epsilon and no known image size they
+    carry no epsilon. When the rows hold several methods (``benchmark --baselines``:
+    PatchGuard and anomalib's detectors), a method column follows the class, every method has
+    its own mean row, and the notes under the table say where the methods were attacked
+    differently (objective, members).
     """
-    attacks = list(dict.fromkeys(r["attack"] for rows in results.values() for r in rows
-                                 if r["attack"] != "clean"))
-    eps = epsilon
-    if eps is None and attacks:
-        eps = max(r["epsilon"] for rows in results.values() for r in rows
-                  if r["attack"] != "clean")
+    from .headline import headline_note, headline_of
+
+    attacked_rows = [r for rows in results.values() for r in rows if r["attack"] != "clean"]
+    attacks = list(dict.fromkeys(r["attack"] for r in attacked_rows))
+    epsilons = ([float(epsilon)] if epsilon is not None
+                else sorted({float(r["epsilon"]) for r in attacked_rows}))
+    present = {(r["attack"], float(r["epsilon"])) for r in attacked_rows}
+    columns = [(a, e) for e in epsilons for a in attacks if (a, e) in present]
+    sizes = [r.get("test_image_size") for rows in results.values() for r in rows]
+    headline = headline_of(sizes)
+    with_eps = len(epsilons) > 1 or headline is not None
+
+    def name(attack: str, eps: float, metric: str) -> str:
+        text = f"{'attacked' if len(attacks) == 1 else attack} {metric}"
+        if with_eps:
+            text += f" {eps:g}/255" + (" (headline)" if eps == headline else "")
+        return text
+
     methods = list(dict.fromkeys(method_of(r) for rows in results.values() for r in rows))
     several = len(methods) > 1
-    names = ["attacked"] if len(attacks) == 1 else attacks
     header = ["class", *(["method"] if several else []), "clean image",
-              *(f"{a} image" for a in names), "clean pixel", *(f"{a} pixel" for a in names)]
+              *(name(a, e, "image") for a, e in columns), "clean pixel",
+              *(name(a, e, "pixel") for a, e in columns)]
     body: dict[str, list[list[Any]]] = {method: [] for method in methods}
     labels: dict[str, str] = {}
-    for name, class_rows in results.items():
+    for class_name, class_rows in results.items():
         for method in methods:
             rows = [r for r in class_rows if method_of(r) == method]
             clean = next((r for r in rows if r["attack"] == "clean"), None)
             if clean is None:
                 continue
-            attacked = {a: next((r for r in rows if r["attack"] == a and r["epsilon"] == eps),
-                                {}) for a in attacks}
-            for attack, row in attacked.items():
+            attacked = {(a, e): next((r for r in rows if r["attack"] == a
+                                      and float(r["epsilon"]) == e), {}) for a, e in columns}
+            for (attack, _), row in attacked.items():
                 if row:
                     labels.setdefault(attack, f"{attack} ({row.get('members') or budget(row)})")
-            body[method].append([name, clean["image_auroc"],
-                                 *(attacked[a].get("image_auroc") for a in attacks),
+            body[method].append([class_name, clean["image_auroc"],
+                                 *(attacked[c].get("image_auroc") for c in columns),
                                  clean["pixel_auroc"],
-                                 *(attacked[a].get("pixel_auroc") for a in attacks)])
+                                 *(attacked[c].get("pixel_auroc") for c in columns)])
     lines: list[list[Any]] = []
     for method, method_body in body.items():
         means = ([_mean(column) for column in zip(*[row[1:] for row in method_body])]
                  if method_body else [])
         method_body = [*method_body, ["**mean**", *means]]
         lines += [[row[0], method, *row[1:]] if several else row for row in method_body]
-    label = (f"{eps:g}/255, " + "; ".join(labels.values())) if labels else "none (clean rows only)"
-    notes = _method_notes(results, eps) if several else []
+    label = ((" and ".join(f"{e:g}/255" for e in epsilons) + "; " + "; ".join(labels.values()))
+             if labels else "none (clean rows only)")
+    notes = list(dict.fromkeys(note for e in epsilons for note in _method_notes(results, e))
+                 ) if several else []
+    if columns:
+        notes.append(headline_note(sizes, {float(r["epsilon"]) for r in attacked_rows}))
     text = f"Attack: {label}\n\n" + render_table(header, lines, markdown=True) + "\n"
     return text + "".join(f"\n{note}\n" for note in notes)
 
@@ -197,7 +217,7 @@ def class_table(results: dict[str, list[dict[str, Any]]], epsilon: float | None 
 def _method_notes(results: dict[str, list[dict[str, Any]]], eps: float | None) -> list[str]:
     """Where methods were attacked differently: the objective per attack, skipped members."""
     rows = [r for class_rows in results.values() for r in class_rows
-            if r["attack"] != "clean" and r["epsilon"] == eps]
+            if r["attack"] != "clean" and float(r["epsilon"]) == eps]
     notes = []
     for attack in dict.fromkeys(r["attack"] for r in rows if r["attack"] != "standard"):
         by_objective: dict[str, list[str]] = {}
