@@ -54,7 +54,8 @@ def plot_training_log(log_path: str | Path, output_path: str | Path) -> Path:
     ax_loss.set(xlabel="epoch", ylabel="loss (sum over patches, mean over images)",
                 title="training loss per view")
     ax_loss.set_yscale("log")
-    ax_loss.legend(fontsize=8)
+    if ax_loss.get_legend_handles_labels()[0]:  # a kNN head's log has no losses to name
+        ax_loss.legend(fontsize=8)
     ax_speed.plot(epochs, [r["images_per_s"] for r in records], marker=".")
     ax_speed.set(xlabel="epoch", ylabel="images/s", title="throughput")
     fig.tight_layout()
