@@ -96,14 +96,19 @@ def test_the_reported_image_metrics_match_sklearn_on_the_attacked_scores():
     assert (attacked.scores[~anomalous] >= clean[~anomalous]).all()
 
 
+def _with_masks(plain: TensorTestSet) -> TensorTestSet:
+    """``plain``'s images and labels with a defect square masked on every other image."""
+    masked = TensorTestSet(plain.images, plain.labels,
+                           torch.zeros(len(plain.labels), TINY_SIZE, TINY_SIZE))
+    masked.masks[1::2, 16:40, 16:40] = 1
+    return masked
+
 @pytest.mark.slow
 def test_pixel_metrics_or_kept_images_keep_every_image_attacked():
     torch.manual_seed(0)
     model = tiny_model().eval()
     plain = _unmasked_set(1)
-    masked = TensorTestSet(plain.images, plain.labels,
-                           torch.zeros(len(plain.labels), TINY_SIZE, TINY_SIZE))
-    masked.masks[1::2, 16:40, 16:40] = 1
+    masked = _with_masks(plain)
     kwargs = dict(epsilons=(64,), attacks=("standard",), standard_members=MEMBERS,
                   batch_size=4, progress=False)
     with_pixels = evaluate(model, masked, **kwargs)[0]
@@ -152,9 +157,7 @@ def test_image_metrics_only_stop_early_on_a_masked_set_with_the_masks_as_targets
     torch.manual_seed(0)
     model = tiny_model().eval()
     plain = _unmasked_set(1)
-    masked = TensorTestSet(plain.images, plain.labels,
-                           torch.zeros(len(plain.labels), TINY_SIZE, TINY_SIZE))
-    masked.masks[1::2, 16:40, 16:40] = 1
+    masked = _with_masks(plain)
     kwargs = dict(epsilons=(0, 64), attacks=("standard",), standard_members=MEMBERS,
                   batch_size=4, progress=False)
     full = evaluate(model, masked, early_stop=False, **kwargs)
