@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -301,8 +302,14 @@ def _predict(detector: AttackableDetector, dataset: Dataset, epsilon: float, att
             # standard scored its image worst cases already (the same eval-mode pass), and
             # kept the maps of its pixel worst cases from the pass that chose them
             score = result.image_scores
-            pixel_map = (result.pixel_maps if result.pixel_maps is not None
-                         else detector.predict(x_pixel)[1])
+            if result.pixel_maps is not None:
+                pixel_map = result.pixel_maps
+            elif bounds is not None:
+                # Early stopping skipped images (it runs only where no pixel metric is
+                # reported): no pass for maps nothing reads, NaN says they were not computed.
+                pixel_map = torch.full((len(x), *clean.maps.shape[1:]), math.nan)
+            else:
+                pixel_map = detector.predict(x_pixel)[1]
         else:
             score, pixel_map = detector.predict(x)
             if x_pixel is not x:  # image and pixel metrics have separate worst cases
