@@ -78,6 +78,7 @@ def _apgd_run(
     best_at_checkpoint = best_loss
     reduced_at_checkpoint = torch.zeros(batch, dtype=torch.bool, device=start.device)
     last_checkpoint = 0
+    checked = torch.full((batch,), -math.inf, device=start.device)  # see place_early
     later_checkpoints = set(checkpoints) - {0}
     for k in range(steps):
         if problem.stop is not None and not bool(problem.stop.active.any()):
@@ -92,7 +93,7 @@ def _apgd_run(
         best_grad = torch.where(better.view(view), grad, best_grad)
         best_loss = torch.where(better, loss, best_loss)
         if problem.stop is not None:
-            place_early(problem, best_x, best_loss)
+            place_early(problem, best_x, best_loss, checked)
         loss_previous = loss
         if k == 0:
             best_at_checkpoint = best_loss  # f_max at w_0 = 0
@@ -125,19 +126,25 @@ def _apgd_run(
     return best_x, best_loss
 
 
-def place_early(problem: AttackProblem, best_x: torch.Tensor, best_loss: torch.Tensor) -> None:
+def place_early(problem: AttackProblem, best_x: torch.Tensor, best_loss: torch.Tensor,
+                checked: torch.Tensor) -> None:
     """During a ``score`` member of an early-stopped ``standard``: stop the images whose best
     point so far already places them (see :mod:`.early_stop`).
 
     The loop's loss only proposes them; their eval-mode score, as ``standard`` will read it,
     decides (one extra pass per image stopped), so the rule holds whatever the backend.
+    ``checked`` (B,) keeps per image the best loss last checked: an image is proposed again
+    only once its best loss rose above it. Checking the same point again could not place it:
+    its eval-mode score is in its bound already, and :meth:`.early_stop.ImageStop.refresh`
+    places it as soon as other bounds move far enough.
     """
     stop = problem.stop
     if problem.objective_name != IMAGE_SCORE:
         return
     proposed = stop.would_place(scores_from_score_objective(best_loss, problem.labels))
-    index = (proposed & stop.active).nonzero().squeeze(1)
+    index = (proposed & stop.active & (best_loss > checked)).nonzero().squeeze(1)
     if len(index):
+        checked[index] = best_loss[index]
         values = problem.rows(index).final_loss(best_x[index])
         which = torch.zeros_like(stop.active)
         which[index] = True
