@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from patchguard.adversarial.apgd import apgd_checkpoints
-from patchguard.adversarial.attackable import DetectorOutput
+from patchguard.adversarial.attackable import DetectorOutput, as_detector, eval_mode
 from patchguard.adversarial.attacks import ATTACKS
 from patchguard.adversarial.objectives import (
     OBJECTIVES,
@@ -188,6 +188,23 @@ def test_worst_compares_in_eval_mode_and_restores_the_mode():
     # With dropout active a train-mode loss would be random; the reported one is eval-mode.
     torch.testing.assert_close(loss, objective_value(model.eval(), "mask", adv, targets,
                                                       labels, masks))
+
+
+def test_eval_mode_restores_a_mixed_train_state_module_by_module():
+    model = tiny_model(dsc_dropout=0.5).train()
+    frozen = [m for i, m in enumerate(model.modules()) if i % 3 == 1]
+    for module in frozen:  # e.g. a frozen backbone part kept in eval mode while training
+        module.eval()
+    before = [m.training for m in model.modules()]
+    assert any(before) and not all(before)
+    detector = as_detector(model)
+    with eval_mode(detector):
+        assert not any(m.training for m in detector.modules())
+    assert [m.training for m in model.modules()] == before
+    model.eval()
+    with eval_mode(detector):
+        assert not any(m.training for m in detector.modules())
+    assert not any(m.training for m in model.modules())
 
 
 @pytest.mark.parametrize("name", ["pgd-rs", "apgd"])
