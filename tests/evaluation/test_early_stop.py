@@ -170,3 +170,21 @@ def test_image_metrics_only_stop_early_on_a_masked_set_with_the_masks_as_targets
         assert images_only[1][key] == full[1][key]
     unmasked = evaluate(model, plain, early_stop=False, **kwargs)
     assert unmasked[1]["targets"] != images_only[1]["targets"]
+
+
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_the_reported_passes_are_every_pass_after_the_clean_one(early_stop):
+    # Early stopping skips images, and with them the pixel maps nothing reads: no model pass
+    # goes uncounted, e.g. one to score maps of images no member attacked any more.
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    data = _unmasked_set(1, n=8)
+    seen = []
+    model.register_forward_hook(lambda module, args, output: seen.append(len(args[0])))
+    rows = evaluate(model, data, epsilons=(0, 64), attacks=("standard",),
+                    standard_members=MEMBERS, batch_size=4, progress=False,
+                    early_stop=early_stop)
+    assert seen[:2] == [4, 4]  # the clean pass, then only the attack's own passes
+    assert sum(seen[2:]) == round(rows[1]["passes_per_image"] * len(data))
+    if early_stop:
+        assert rows[1]["passes_per_image"] < 10
