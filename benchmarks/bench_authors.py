@@ -23,6 +23,12 @@ alternating, the order reversed every round; medians of wall and CPU seconds per
 ``--profile`` also prints, per implementation, the top operators of one step by self CPU time
 (torch.profiler), and whether oneDNN (mkldnn) is available and which linear kernels ran.
 
+``--flops`` counts each step's FLOPs (``torch.utils.flop_counter``), measures this CPU's fp32
+GEMM peak on ViT-S's shapes in the same run (``gemm_peak.py``'s measurement, MKL's sgemm at the
+step's token count) and prints each step's achieved share of it, and the ceiling those two
+figures put on the ratio: the authors' CPU time over ours if ours ran every FLOP it does at
+the full GEMM peak, with nothing else costing anything.
+
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/bench_authors.py --authors /tmp/authors_pg \\
         --authors-deps /tmp/authors_deps --settings paper112 --rounds 5 --threads 1 --profile
 """
@@ -157,12 +163,80 @@ def _profile(cmd: dict) -> dict:
                                      n in ("aten::addmm", "aten::mm", "aten::bmm"))}
 
 
+def _count_flops(cmd: dict) -> dict:
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class Counter(TorchDispatchMode):
+        """FLOPs of every op torch's flop counter knows (matmuls, convolutions, attention).
+        FlopCounterMode itself cannot be used: its module tracking refuses autograd.grad."""
+
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            count = flop_registry.get(func._overloadpacket)
+            if count is not None:
+                Counter.total += count(*args, **kwargs, out_val=out)
+            return out
+
+    # The counter sees F.linear, not the oneDNN op; the arithmetic is the same. (In the
+    # authors' worker ``patchguard`` is their module, which has no kernels.)
+    kernels = sys.modules.get("patchguard.models.kernels")
+    enabled = getattr(kernels, "ENABLED", None)
+    if kernels is not None:
+        kernels.ENABLED = False
+    try:
+        with Counter():
+            _IMPL["impl"].step()
+    finally:
+        if kernels is not None:
+            kernels.ENABLED = enabled
+    return {"flops": float(Counter.total)}
+
+
+def _peak(cmd: dict) -> dict:
+    import torch
+
+    import gemm_peak
+
+    tokens = cmd["batch_size"] * 2 * ((cmd["size"] // 14) ** 2 + 1)  # an attack run's rows
+    peak, _ = gemm_peak.gemm_peak(tokens, torch.float32, cmd["repeats"], "torch")
+    return {"gflops": peak, "tokens": tokens}
+
+
 def worker() -> None:
     """Serve the driver's commands."""
-    sidebyside.serve({"setup": _setup, "time": _time, "profile": _profile})
+    sidebyside.serve({"setup": _setup, "time": _time, "profile": _profile,
+                      "flops": _count_flops, "peak": _peak})
 
 
 # ----------------------------------------------------------------------------- driver side
+
+
+def _report_flops(workers, replies: dict, setting: str, batch_size: int) -> None:
+    """Each step's GFLOP and share of the GEMM peak, and the ceiling they put on the ratio."""
+    size, _ = SETTINGS[setting]
+    peak = workers[-1].ask(cmd="peak", batch_size=batch_size, size=size, repeats=5)
+    print(f"  [{setting}] fp32 GEMM peak (MKL sgemm, ViT-S block shapes, {peak['tokens']} "
+          f"rows): {peak['gflops']:.1f} GFLOP/s", flush=True)
+    counted = {}
+    for w in workers:
+        flops = w.ask(cmd="flops")["flops"]
+        cpu = sidebyside.median_of(replies[w.label], "cpu")
+        counted[w.label] = (flops, cpu)
+        share = flops / cpu / 1e9 / peak["gflops"]
+        print(f"  [{setting}] {w.label:>13}: {flops / 1e9:8.1f} GFLOP/step, "
+              f"{flops / cpu / 1e9:6.1f} GFLOP/s, {share:6.1%} of the GEMM peak", flush=True)
+    theirs = [counted[k] for k in counted if k.startswith("authors")]
+    ours = [counted[k] for k in counted if k.startswith("ours")]
+    if theirs and ours:
+        (a_flops, a_cpu), (o_flops, o_cpu) = theirs[0], min(ours, key=lambda fc: fc[1])
+        floor = o_flops / (peak["gflops"] * 1e9)
+        print(f"  [{setting}] FLOPs authors / ours: {a_flops / o_flops:.2f}x (the ratio at equal "
+              f"efficiency); measured CPU time ratio {a_cpu / o_cpu:.2f}x; ceiling with ours at "
+              f"100 % of the peak: {a_cpu / floor:.2f}x", flush=True)
 
 
 def main() -> None:
@@ -180,6 +254,8 @@ def main() -> None:
     parser.add_argument("--cpus", default=None)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-rows", type=int, default=12)
+    parser.add_argument("--flops", action="store_true",
+                        help="count FLOPs per step and compare with this CPU's GEMM peak")
     args = parser.parse_args()
     if args.worker:
         worker()
@@ -214,6 +290,8 @@ def main() -> None:
                 print(f"  [{setting}] {w.label:>13}: {wall:7.2f} s/step wall, {cpu:7.2f} "
                       f"CPU s/step; CPU time / {base}'s: x{paired:.2f} (per-round median)",
                       flush=True)
+            if args.flops:
+                _report_flops(workers, replies, setting, args.batch_size)
             if args.profile:
                 for w in workers:
                     reply = w.ask(cmd="profile", rows=args.profile_rows)
