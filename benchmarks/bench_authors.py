@@ -164,36 +164,9 @@ def _profile(cmd: dict) -> dict:
 
 
 def _count_flops(cmd: dict) -> dict:
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import flop_registry
+    import gemm_peak
 
-    class Counter(TorchDispatchMode):
-        """FLOPs of every op torch's flop counter knows (matmuls, convolutions, attention).
-        FlopCounterMode itself cannot be used: its module tracking refuses autograd.grad."""
-
-        total = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            out = func(*args, **kwargs)
-            count = flop_registry.get(func._overloadpacket)
-            if count is not None:
-                Counter.total += count(*args, **kwargs, out_val=out)
-            return out
-
-    # The counter sees F.linear, not the oneDNN op; the arithmetic is the same. (In the
-    # authors' worker ``patchguard`` is their module, which has no kernels.)
-    kernels = sys.modules.get("patchguard.models.kernels")
-    enabled = getattr(kernels, "ENABLED", None)
-    if kernels is not None:
-        kernels.ENABLED = False
-    try:
-        with Counter():
-            _IMPL["impl"].step()
-    finally:
-        if kernels is not None:
-            kernels.ENABLED = enabled
-    return {"flops": float(Counter.total)}
+    return {"flops": gemm_peak.count_flops(_IMPL["impl"].step)[0]}
 
 
 def _peak(cmd: dict) -> dict:
