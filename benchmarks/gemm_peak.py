@@ -103,7 +103,7 @@ def gemm_peak(tokens: int, dtype: torch.dtype, repeats: int, route: str, device:
 
 # Ops that do arithmetic worth counting; one of these missing from torch's FLOP registry
 # (e.g. the CPU's fused attention) makes a count too low, and count_flops names it.
-_HEAVY_OP = re.compile(r"mm|conv|attention|linear|matmul|einsum")
+_HEAVY_OP = re.compile(r"mm\b|matmul|convolution|conv\dd|attention|einsum|(^|[._])linear")
 
 
 def count_flops(work: Callable[[], object]) -> tuple[float, list[str]]:

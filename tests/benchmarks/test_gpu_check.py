@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import gemm_peak  # noqa: E402
 import gpu_check  # noqa: E402
 
-EACH = {"qkv": 1.0, "proj": 1.0, "fc1": 1.0, "fc2": 1.0}
+EACH = {"qkv": 150.0, "proj": 100.0, "fc1": 210.0, "fc2": 5.25}
 REPORT = {
     "date": "2026-12-07 04:00 UTC",
     "machine": {"gpu": "Test GPU", "gpu_memory_gb": 80.0, "driver": "1.0", "cpus": 16,
@@ -74,10 +74,11 @@ def test_report_renders_every_section_with_its_shares() -> None:
     assert "| fp32 | 0.500 | 32.0 | 40.0 | 20.0% of TF32 |" in text  # 40 / 200
     assert "| bf16 | 0.400 | 40.0 | 50.0 | 12.5% of bf16 |" in text  # 50 / 400
     assert "20000.0 GFLOP, counted once on the fp32 step" in text
-    assert "| TF32 | 200.0 | 1.0 | 1.0 | 1.0 | 1.0 |" in text
-    assert "5.00 TFLOP/s, 10.0% of fp32" in text  # 10 TFLOP in 2 s against 50
+    assert "| TF32 | 200.0 | 150.0 | 100.0 | 210.0 | 5.25 |" in text
+    assert "in 2.00 s: 5 TFLOP/s, 10.0% of fp32" in text  # 10 TFLOP in 2 s against 50
     assert "aten.some_attention" in text
-    assert "500.0 images/s" in text and "20.00 TFLOP/s, 40.0% of fp32" in text  # 40 G x 500
+    assert "500.0 images/s" in text
+    assert "40 GFLOP per image: 20.0 TFLOP/s, 40.0% of fp32" in text  # 40 G x 500
     recipe = _table_rows(text, "| attack | eps/255")
     assert recipe[2:] == ["| clean | 0 | 0.900 | 0.950 | 300.0 |",
                           "| pgd | 2 | 0.500 | 0.600 | 60.0 |",
@@ -118,3 +119,18 @@ def test_gpu_peaks_refuse_the_cpu_only_route_and_restore_tf32() -> None:
     assert set(peaks) == {"tokens", "fp32", "bf16"}  # no TF32 on a CPU
     assert set(peaks["fp32"]["each"]) == {"qkv", "proj", "fc1", "fc2"}
     assert torch.backends.cuda.matmul.allow_tf32 == saved
+
+
+def test_count_flops_names_heavy_ops_it_cannot_count_and_only_those() -> None:
+    q = torch.randn(1, 2, 8, 4)
+    image = torch.rand(1, 3, 8, 8)
+
+    def work() -> None:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        torch.nn.functional.interpolate(image, scale_factor=2, mode="bilinear")
+
+    flops, missed = gemm_peak.count_flops(work)
+    # fused attention is counted (CUDA) or named (the CPU's kernel has no formula); a bilinear
+    # resize does no matrix arithmetic and is neither
+    assert flops > 0 or any("attention" in name for name in missed)
+    assert not any("upsample" in name for name in missed)
