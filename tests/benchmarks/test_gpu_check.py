@@ -134,3 +134,10 @@ def test_count_flops_names_heavy_ops_it_cannot_count_and_only_those() -> None:
     # resize does no matrix arithmetic and is neither
     assert flops > 0 or any("attention" in name for name in missed)
     assert not any("upsample" in name for name in missed)
+
+
+@pytest.mark.gpu
+def test_gpu_peaks_on_cuda_measure_tf32_beside_fp32() -> None:
+    peaks = gpu_check.step_peaks(1024, "cuda", 2)
+    assert set(peaks) == {"tokens", "fp32", "tf32", "bf16"}
+    assert all(peaks[k]["tflops"] > 0 for k in ("fp32", "tf32", "bf16"))
