@@ -528,8 +528,8 @@ def _steps(args, report, budget, log, save) -> None:
     save()
     timeout = min(CAPS["robustify"], budget.left() - recipe_reserve - 10)
     print(f"[robust backbone fine-tuning] up to {timeout:.0f} s", flush=True)
-    # The timed epochs get about a third of the limit: start-up, two models and the counted
-    # warm-up epoch take the rest.
+    # The timed epochs get about a third of the limit: the start-up, the counted and the
+    # planning epochs (two model builds each) take the rest.
     result = run_step(["--step", "--robustify", f"{min(20.0, timeout / 3):.1f}", *common],
                       timeout if timeout >= 15 else 0, log) or {}
     if "robustify" in result:
@@ -539,7 +539,9 @@ def _steps(args, report, budget, log, save) -> None:
         report["skipped"].append("robust backbone fine-tuning speed (no time left, a timeout "
                                  "or an error: see gpu_check_log.txt)")
     save()
-    _speed(["bf16+compile"], [], CAPS["compile"], recipe_reserve, common, report, budget, log)
+    # Compilation alone takes most of a minute: with less time left it is not started.
+    _speed(["bf16+compile"], [], CAPS["compile"], recipe_reserve, common, report, budget, log,
+           minimum=45)
     save()
 
     recipe_speed = (report["train"].get(args.recipe_variant) or report["train"].get("fp32")
@@ -552,9 +554,11 @@ def _steps(args, report, budget, log, save) -> None:
                                  "evaluation (no training speed measured or no time)")
 
 
-def _speed(variants, flags, cap, reserve, common, report, budget, log) -> None:
-    """Training speed of ``variants`` in one child, and whatever ``flags`` add to it."""
+def _speed(variants, flags, cap, reserve, common, report, budget, log, minimum=5) -> None:
+    """Training speed of ``variants`` in one child, and whatever ``flags`` add to it; not
+    started with less than ``minimum`` seconds."""
     timeout = min(cap, budget.left() - reserve - 10)
+    timeout = timeout if timeout >= minimum else 0
     print(f"[speed: {', '.join(variants)}] up to {timeout:.0f} s", flush=True)
     result = run_step(["--step", "--variants", *variants, *flags, *common], timeout, log) or {}
     for variant in variants:
