@@ -1,11 +1,13 @@
-"""The GPU check's report (benchmarks/gpu_check.py) from a synthetic result: every section
-renders, and its TFLOP/s and shares of the GEMM peak are the arithmetic they claim; the FLOP
-counter both use (gemm_peak.count_flops) against 2mnk per matmul."""
+"""The GPU check (benchmarks/gpu_check.py): its report from a synthetic result renders every
+section, with TFLOP/s and shares of the GEMM peak that are the arithmetic they claim; its driver
+on a simulated clock fits the steps in the budget, standard at 2/255 before 8/255; the FLOP
+counter (gemm_peak.count_flops) against 2mnk per matmul."""
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 from pathlib import Path
 
@@ -141,3 +143,98 @@ def test_gpu_peaks_on_cuda_measure_tf32_beside_fp32() -> None:
     peaks = gpu_check.step_peaks(1024, "cuda", 2)
     assert set(peaks) == {"tokens", "fp32", "tf32", "bf16"}
     assert all(peaks[k]["tflops"] > 0 for k in ("fp32", "tf32", "bf16"))
+
+
+class _FakeMachine:
+    """The driver's children on a simulated clock, at durations an H200 might take: each step
+    takes ``seconds[name]`` (or runs into its time limit and returns nothing)."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.now = 0.0
+        self.seconds = seconds
+        self.ran: list[str] = []
+
+    def run_step(self, args: list[str], timeout: float, log: Path) -> dict | None:
+        if timeout < 5:
+            return None
+        name = "robustify" if "--robustify" in args else args[args.index("--variants") + 1]
+        if self.seconds[name] > timeout:
+            self.now += timeout
+            return None
+        self.now += self.seconds[name]
+        self.ran.append(name)
+        if name == "robustify":
+            return {"robustify": {**REPORT["robustify"]}}
+        variants = args[args.index("--variants") + 1:args.index("--batch-size")]
+        variants = [v for v in variants if not v.startswith("--")]
+        return {"train": {v: {**REPORT["train"]["bf16" if "bf16" in v else "fp32"]}
+                          for v in variants}, "peaks": REPORT["peaks"], "eval": REPORT["eval"]}
+
+    def run_cli(self, args: list[str], timeout: float, log: Path, grace: float = 60.0):
+        if args[0] == "train":
+            run_dir = Path(args[args.index("--output-dir") + 1])
+            run_dir.mkdir(parents=True)
+            (run_dir / "last.pt").write_text("")
+            (run_dir / "train_log.jsonl").write_text('{"loss": 1.0, "images_per_s": 30.0}\n')
+            self.now += min(timeout, 60 * 1.5 + 20)
+            self.ran.append("recipe")
+            return 0
+        attack = args[args.index("--attack") + 1]
+        epsilons = args[args.index("--epsilon-test") + 1:args.index("--steps-test")]
+        name = f"{attack} {'/'.join(epsilons)}"
+        if self.seconds[attack] > timeout:
+            self.now += timeout + min(grace, 5)
+            return None
+        self.now += self.seconds[attack]
+        self.ran.append(name)
+        rows = [{"attack": "clean" if e == "0" else attack, "epsilon": float(e),
+                 "image_auroc": 0.5, "pixel_auroc": 0.5, "images_per_s": 1.0}
+                for e in dict.fromkeys(["0", *epsilons])]  # test always has its clean row
+        Path(args[args.index("--json") + 1]).write_text(json.dumps(rows))
+        return 0
+
+
+@pytest.mark.parametrize("compile_s, standard_s, expected", [
+    (60.0, 65.0, ["fp32", "robustify", "bf16+compile", "recipe", "pgd 0/2/8", "standard 2",
+                  "standard 8"]),
+    # compilation that never finishes in its limit and a slower standard: 2/255 still runs
+    (1e9, 80.0, ["fp32", "robustify", "recipe", "pgd 0/2/8", "standard 2"]),
+])
+def test_driver_fits_every_step_in_the_budget_standard_2_first(
+        monkeypatch, tmp_path, compile_s, standard_s, expected) -> None:
+    machine = _FakeMachine({"fp32": 50.0, "robustify": 35.0, "bf16+compile": compile_s,
+                            "pgd": 25.0, "standard": standard_s})
+
+    class Budget:
+        def __init__(self, seconds: float) -> None:
+            self.deadline = machine.now + seconds
+
+        def left(self) -> float:
+            return self.deadline - machine.now
+
+    def fake_demo(root, classes, image_size):
+        machine.now += 10.0  # the machine's description and the demo data
+        (Path(root) / "washer" / "train" / "good").mkdir(parents=True)
+        for i in range(60):
+            (Path(root) / "washer" / "train" / "good" / f"{i:03d}.png").write_text("")
+
+    import patchguard.demo.dataset
+
+    monkeypatch.setattr(gpu_check, "Budget", Budget)
+    monkeypatch.setattr(gpu_check, "run_step", machine.run_step)
+    monkeypatch.setattr(gpu_check, "run_cli", machine.run_cli)
+    monkeypatch.setattr(gpu_check, "machine", lambda: {"gpu": "simulated"})
+    monkeypatch.setattr(patchguard.demo.dataset, "build_demo_dataset", fake_demo)
+    args = argparse.Namespace(
+        budget=460.0, recipe_minutes=1.5, recipe_variant="fp32", batch_size=16, timed_steps=5,
+        weights=str(tmp_path / "none.safetensors"), data=str(tmp_path / "work"),
+        device="cuda", smoke=False, out=str(tmp_path / "out"))
+    gpu_check.drive(args)
+    assert machine.ran == expected
+    assert machine.now <= 460.0
+    report = (tmp_path / "out" / "gpu_report.md").read_text()
+    assert "the check stopped" not in report
+    assert "| standard | 2 |" in report
+    if "standard 8" not in expected:
+        assert "- skipped: recipe evaluation with standard at 8/255" in report
+        assert "- skipped: training speed bf16+compile" in report
