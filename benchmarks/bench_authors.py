@@ -18,7 +18,9 @@ alternating, the order reversed every round; medians of wall and CPU seconds per
 - ``ours``: patchguard's ``training_step`` (its loader makes pseudo anomalies in worker
   processes, so the step is the training computation alone, as ``authors-train``);
 - ``ours-mkl``: the same with ``PATCHGUARD_ONEDNN_LINEAR=0`` (PyTorch's own ``F.linear``,
-  MKL's sgemm on CPUs, as the authors' code uses).
+  MKL's sgemm on CPUs, as the authors' code uses);
+- ``ours-compile``: ours with ``--compile`` (torch.compile of the attack's forward and the
+  unregularised blocks; compiled during the warm-up step).
 
 ``--profile`` also prints, per implementation, the top operators of one step by self CPU time
 (torch.profiler), and whether oneDNN (mkldnn) is available and which linear kernels ran.
@@ -104,10 +106,11 @@ def _accept_is_causal(vit) -> None:
 class Ours:
     """patchguard's step (bench_train's runner) at the same setting and batch size."""
 
-    def __init__(self, setting: str, batch_size: int) -> None:
+    def __init__(self, setting: str, batch_size: int, compile: bool = False) -> None:
         import bench_train
 
-        self.runner = bench_train.Runner(setting, {"batch_size": batch_size}, "cpu")
+        self.runner = bench_train.Runner(setting, {"batch_size": batch_size,
+                                                   "compile": compile}, "cpu")
 
     def step(self) -> None:
         """One training step of ours on the fixed batch."""
@@ -135,10 +138,12 @@ def _setup(cmd: dict) -> dict:
     if kind == "ours-mkl":  # read when patchguard's kernels are imported, below
         os.environ["PATCHGUARD_ONEDNN_LINEAR"] = "0"
     started = time.perf_counter()
-    impl = (Ours(cmd["setting"], cmd["batch_size"]) if kind.startswith("ours") else
+    impl = (Ours(cmd["setting"], cmd["batch_size"], kind == "ours-compile")
+            if kind.startswith("ours") else
             Authors(cmd["setting"], cmd["batch_size"], kind == "authors-train"))
     _IMPL["impl"] = impl
-    impl.step()  # warm-up
+    for _ in range(2 if kind == "ours-compile" else 1):  # warm-up (and compilation)
+        impl.step()
     return {"seconds": [time.perf_counter() - started]}
 
 
@@ -220,7 +225,8 @@ def main() -> None:
     parser.add_argument("--authors-deps", default="", help="extra site folder (e.g. noise)")
     parser.add_argument("--settings", nargs="+", default=["paper112"], choices=sorted(SETTINGS))
     parser.add_argument("--kinds", nargs="+", default=["authors", "authors-train", "ours"],
-                        choices=["authors", "authors-train", "ours", "ours-mkl"])
+                        choices=["authors", "authors-train", "ours", "ours-mkl",
+                                 "ours-compile"])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0)
@@ -239,7 +245,7 @@ def main() -> None:
     authors_path = ":".join(p for p in (args.authors, args.authors_deps, str(here)) if p)
     paths = {"authors": authors_path, "authors-train": authors_path,
              "ours": f"{sidebyside.CURRENT_SRC}:{here}"}
-    paths["ours-mkl"] = paths["ours"]
+    paths["ours-mkl"] = paths["ours-compile"] = paths["ours"]
     print(f"batch {args.batch_size}, fp32, threads {args.threads or 'default'}, load "
           f"{sidebyside.load_average()}", flush=True)
     for setting in args.settings:
