@@ -108,7 +108,8 @@ _HEAVY_OP = re.compile(r"mm\b|matmul|convolution|conv\dd|attention|einsum|(^|[._
 
 def count_flops(work: Callable[[], object]) -> tuple[float, list[str]]:
     """FLOPs of ``work`` (every op torch's FLOP counter has a formula for: matmuls,
-    convolutions, fused attention on CUDA) and the names of heavy-looking ops it has none for.
+    convolutions, fused attention on CUDA and, here, on CPU) and the names of heavy-looking
+    ops it has none for.
 
     A TorchDispatchMode over ``torch.utils.flop_counter.flop_registry``, not FlopCounterMode:
     the latter's module tracking refuses ``torch.autograd.grad``, which the attacks use.
@@ -119,6 +120,15 @@ def count_flops(work: Callable[[], object]) -> tuple[float, list[str]]:
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import flop_registry
 
+    aten = torch.ops.aten
+    # PyTorch's fused CPU attention has no formula of its own; its arguments begin like the
+    # CUDA flash attention's (query, key, value; grad_out, query, key, value), whose formulas
+    # (4 B H L S E forward, 2.5 times that backward) count the same matmuls.
+    formulas = {**flop_registry,
+                aten._scaled_dot_product_flash_attention_for_cpu:
+                    flop_registry[aten._scaled_dot_product_flash_attention],
+                aten._scaled_dot_product_flash_attention_for_cpu_backward:
+                    flop_registry[aten._scaled_dot_product_flash_attention_backward]}
     total = [0]
     missed: set[str] = set()
 
@@ -126,7 +136,7 @@ def count_flops(work: Callable[[], object]) -> tuple[float, list[str]]:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
-            count = flop_registry.get(func._overloadpacket)
+            count = formulas.get(func._overloadpacket)
             if count is not None:
                 total[0] += count(*args, **kwargs, out_val=out)
             elif _HEAVY_OP.search(str(func._overloadpacket)):
