@@ -188,7 +188,8 @@ def main() -> None:
                   flush=True)
     peak = max(peaks[route, torch.float32] for route in ("onednn", "torch"))
     best_bf16 = max(peaks.get((route, torch.bfloat16), 0.0) for route in ("onednn", "torch"))
-    print(f"fp32 peak {peak:.1f} GFLOP/s; best bf16 / fp32: {best_bf16 / peak:.2f}x "
+    bf16_note = "not measured" if args.skip_bf16 else f"{best_bf16 / peak:.2f}x"
+    print(f"fp32 peak {peak:.1f} GFLOP/s; best bf16 / fp32: {bf16_note} "
           f"(CPU capability {torch.backends.cpu.get_cpu_capability()})")
 
     from patchguard.adversarial.ascent import input_gradients_only
