@@ -18,10 +18,18 @@ alternating, the order reversed every round; medians of wall and CPU seconds per
 - ``ours``: patchguard's ``training_step`` (its loader makes pseudo anomalies in worker
   processes, so the step is the training computation alone, as ``authors-train``);
 - ``ours-mkl``: the same with ``PATCHGUARD_ONEDNN_LINEAR=0`` (PyTorch's own ``F.linear``,
-  MKL's sgemm on CPUs, as the authors' code uses).
+  MKL's sgemm on CPUs, as the authors' code uses);
+- ``ours-compile``: ours with ``--compile`` (torch.compile of the attack's forward and the
+  unregularised blocks; compiled during the warm-up step).
 
 ``--profile`` also prints, per implementation, the top operators of one step by self CPU time
 (torch.profiler), and whether oneDNN (mkldnn) is available and which linear kernels ran.
+
+``--flops`` counts each step's FLOPs (``torch.utils.flop_counter``), measures this CPU's fp32
+GEMM peak on ViT-S's shapes in the same run (``gemm_peak.py``'s measurement, MKL's sgemm at the
+step's token count) and prints each step's achieved share of it, and the ceiling those two
+figures put on the ratio: the authors' CPU time over ours if ours ran every FLOP it does at
+the full GEMM peak, with nothing else costing anything.
 
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/bench_authors.py --authors /tmp/authors_pg \\
         --authors-deps /tmp/authors_deps --settings paper112 --rounds 5 --threads 1 --profile
@@ -98,10 +106,11 @@ def _accept_is_causal(vit) -> None:
 class Ours:
     """patchguard's step (bench_train's runner) at the same setting and batch size."""
 
-    def __init__(self, setting: str, batch_size: int) -> None:
+    def __init__(self, setting: str, batch_size: int, compile: bool = False) -> None:
         import bench_train
 
-        self.runner = bench_train.Runner(setting, {"batch_size": batch_size}, "cpu")
+        self.runner = bench_train.Runner(setting, {"batch_size": batch_size,
+                                                   "compile": compile}, "cpu")
 
     def step(self) -> None:
         """One training step of ours on the fixed batch."""
@@ -129,10 +138,12 @@ def _setup(cmd: dict) -> dict:
     if kind == "ours-mkl":  # read when patchguard's kernels are imported, below
         os.environ["PATCHGUARD_ONEDNN_LINEAR"] = "0"
     started = time.perf_counter()
-    impl = (Ours(cmd["setting"], cmd["batch_size"]) if kind.startswith("ours") else
+    impl = (Ours(cmd["setting"], cmd["batch_size"], kind == "ours-compile")
+            if kind.startswith("ours") else
             Authors(cmd["setting"], cmd["batch_size"], kind == "authors-train"))
     _IMPL["impl"] = impl
-    impl.step()  # warm-up
+    for _ in range(2 if kind == "ours-compile" else 1):  # warm-up (and compilation)
+        impl.step()
     return {"seconds": [time.perf_counter() - started]}
 
 
@@ -157,12 +168,53 @@ def _profile(cmd: dict) -> dict:
                                      n in ("aten::addmm", "aten::mm", "aten::bmm"))}
 
 
+def _count_flops(cmd: dict) -> dict:
+    import gemm_peak
+
+    return {"flops": gemm_peak.count_flops(_IMPL["impl"].step)[0]}
+
+
+def _peak(cmd: dict) -> dict:
+    import torch
+
+    import gemm_peak
+
+    tokens = cmd["batch_size"] * 2 * ((cmd["size"] // 14) ** 2 + 1)  # an attack run's rows
+    peak, _ = gemm_peak.gemm_peak(tokens, torch.float32, cmd["repeats"], "torch")
+    return {"gflops": peak, "tokens": tokens}
+
+
 def worker() -> None:
     """Serve the driver's commands."""
-    sidebyside.serve({"setup": _setup, "time": _time, "profile": _profile})
+    sidebyside.serve({"setup": _setup, "time": _time, "profile": _profile,
+                      "flops": _count_flops, "peak": _peak})
 
 
 # ----------------------------------------------------------------------------- driver side
+
+
+def _report_flops(workers, replies: dict, setting: str, batch_size: int) -> None:
+    """Each step's GFLOP and share of the GEMM peak, and the ceiling they put on the ratio."""
+    size, _ = SETTINGS[setting]
+    peak = workers[-1].ask(cmd="peak", batch_size=batch_size, size=size, repeats=5)
+    print(f"  [{setting}] fp32 GEMM peak (MKL sgemm, ViT-S block shapes, {peak['tokens']} "
+          f"rows): {peak['gflops']:.1f} GFLOP/s", flush=True)
+    counted = {}
+    for w in workers:
+        flops = w.ask(cmd="flops")["flops"]
+        cpu = sidebyside.median_of(replies[w.label], "cpu")
+        counted[w.label] = (flops, cpu)
+        share = flops / cpu / 1e9 / peak["gflops"]
+        print(f"  [{setting}] {w.label:>13}: {flops / 1e9:8.1f} GFLOP/step, "
+              f"{flops / cpu / 1e9:6.1f} GFLOP/s, {share:6.1%} of the GEMM peak", flush=True)
+    theirs = [counted[k] for k in counted if k.startswith("authors")]
+    ours = [counted[k] for k in counted if k.startswith("ours")]
+    if theirs and ours:
+        (a_flops, a_cpu), (o_flops, o_cpu) = theirs[0], min(ours, key=lambda fc: fc[1])
+        floor = o_flops / (peak["gflops"] * 1e9)
+        print(f"  [{setting}] FLOPs authors / ours: {a_flops / o_flops:.2f}x (the ratio at equal "
+              f"efficiency); measured CPU time ratio {a_cpu / o_cpu:.2f}x; ceiling with ours at "
+              f"100 % of the peak: {a_cpu / floor:.2f}x", flush=True)
 
 
 def main() -> None:
@@ -173,13 +225,16 @@ def main() -> None:
     parser.add_argument("--authors-deps", default="", help="extra site folder (e.g. noise)")
     parser.add_argument("--settings", nargs="+", default=["paper112"], choices=sorted(SETTINGS))
     parser.add_argument("--kinds", nargs="+", default=["authors", "authors-train", "ours"],
-                        choices=["authors", "authors-train", "ours", "ours-mkl"])
+                        choices=["authors", "authors-train", "ours", "ours-mkl",
+                                 "ours-compile"])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--cpus", default=None)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-rows", type=int, default=12)
+    parser.add_argument("--flops", action="store_true",
+                        help="count FLOPs per step and compare with this CPU's GEMM peak")
     args = parser.parse_args()
     if args.worker:
         worker()
@@ -190,7 +245,7 @@ def main() -> None:
     authors_path = ":".join(p for p in (args.authors, args.authors_deps, str(here)) if p)
     paths = {"authors": authors_path, "authors-train": authors_path,
              "ours": f"{sidebyside.CURRENT_SRC}:{here}"}
-    paths["ours-mkl"] = paths["ours"]
+    paths["ours-mkl"] = paths["ours-compile"] = paths["ours"]
     print(f"batch {args.batch_size}, fp32, threads {args.threads or 'default'}, load "
           f"{sidebyside.load_average()}", flush=True)
     for setting in args.settings:
@@ -214,6 +269,8 @@ def main() -> None:
                 print(f"  [{setting}] {w.label:>13}: {wall:7.2f} s/step wall, {cpu:7.2f} "
                       f"CPU s/step; CPU time / {base}'s: x{paired:.2f} (per-round median)",
                       flush=True)
+            if args.flops:
+                _report_flops(workers, replies, setting, args.batch_size)
             if args.profile:
                 for w in workers:
                     reply = w.ask(cmd="profile", rows=args.profile_rows)

@@ -15,18 +15,22 @@ weights) runs, timed the same way, with FLOPs counted by ``torch.utils.flop_coun
         --image-size 112 --batch 16 --threads 1
 
 Figures are shares of the peak measured in the same run; absolute GFLOP/s depend on the load.
+
+``gemm_peak(..., device="cuda")`` times the same GEMMs on a GPU and ``count_flops`` counts a
+step's FLOPs: ``gpu_check.py`` reports the GPU's peak and shares with them.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 DIM, HIDDEN = 384, 1536
 SHAPES = (("qkv", DIM, 3 * DIM), ("proj", DIM, DIM), ("fc1", DIM, HIDDEN), ("fc2", HIDDEN, DIM))
@@ -42,23 +46,54 @@ def _median_seconds(work: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def gemm_peak(tokens: int, dtype: torch.dtype, repeats: int, route: str
+def _cuda_median_seconds(work: Callable[[], object], repeats: int, inner: int = 20) -> float:
+    """Median GPU seconds of one ``work`` call, from CUDA events around ``inner`` calls.
+
+    A large matmul is queued first so that the GPU is still busy while Python queues the timed
+    calls: the events then measure the kernels back to back, not the launch overhead (a
+    384x384 GEMM of a few thousand rows takes microseconds on a large GPU, about one launch).
+    """
+    side = 6144
+    big = torch.randn(side, side, device="cuda")
+    work()  # warm-up (cuBLAS handle, kernel choice, allocation)
+    big @ big
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        big @ big  # keeps the GPU busy while the timed calls are queued
+        start.record()
+        for _ in range(inner):
+            work()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000.0 / inner)
+    return statistics.median(times)
+
+
+def gemm_peak(tokens: int, dtype: torch.dtype, repeats: int, route: str, device: str = "cpu"
               ) -> tuple[float, dict[str, float]]:
     """FLOP-weighted GFLOP/s of the four block GEMMs at ``tokens`` rows, and each one's, by
-    ``route``: ``onednn`` (the op patchguard's fp32 linears use) or ``torch`` (F.linear)."""
+    ``route``: ``onednn`` (the op patchguard's fp32 linears use on CPUs) or ``torch``
+    (F.linear; the only route on ``device`` cuda, where fp32 runs TF32 if the caller allows
+    it: ``torch.backends.cuda.matmul.allow_tf32``)."""
+    cuda = torch.device(device).type == "cuda"
+    if cuda and route != "torch":
+        raise ValueError(f"route {route!r} is CPU-only; on {device} use route 'torch'")
     total_flops = total_seconds = 0.0
     each = {}
     onednn = torch.ops.mkldnn._linear_pointwise
     for name, k, n in SHAPES:
-        a = torch.randn(tokens, k).to(dtype)
-        w = torch.randn(n, k).to(dtype)  # (out, in), as a linear layer stores it
+        a = torch.randn(tokens, k).to(device=device, dtype=dtype)
+        w = torch.randn(n, k).to(device=device, dtype=dtype)  # (out, in), as a linear stores it
         if route == "onednn":
             def work(a=a, w=w):
                 return onednn(a, w, None, "none", [], "")
         else:
             def work(a=a, w=w):
                 return F.linear(a, w)
-        seconds = _median_seconds(work, repeats)
+        seconds = (_cuda_median_seconds(work, repeats) if cuda
+                   else _median_seconds(work, repeats))
         flops = 2.0 * tokens * k * n
         each[name] = flops / seconds / 1e9
         total_flops += flops
@@ -66,19 +101,63 @@ def gemm_peak(tokens: int, dtype: torch.dtype, repeats: int, route: str
     return total_flops / total_seconds / 1e9, each
 
 
-def _flops(work: Callable[[], object]) -> float:
-    """FLOPs of ``work`` by torch's counter, with the linears on F.linear (the counter does
-    not see the oneDNN op; the arithmetic is the same)."""
-    from patchguard.models import kernels
+# Ops that do arithmetic worth counting; one of these missing from torch's FLOP registry
+# (e.g. the CPU's fused attention) makes a count too low, and count_flops names it.
+_HEAVY_OP = re.compile(r"mm\b|matmul|convolution|conv\dd|attention|einsum|(^|[._])linear")
 
-    enabled = kernels.ENABLED
-    kernels.ENABLED = False
+
+def count_flops(work: Callable[[], object]) -> tuple[float, list[str]]:
+    """FLOPs of ``work`` (every op torch's FLOP counter has a formula for: matmuls,
+    convolutions, fused attention on CUDA and, here, on CPU) and the names of heavy-looking
+    ops it has none for.
+
+    A TorchDispatchMode over ``torch.utils.flop_counter.flop_registry``, not FlopCounterMode:
+    the latter's module tracking refuses ``torch.autograd.grad``, which the attacks use.
+    patchguard's linears run as F.linear meanwhile (the counter does not see the CPU's oneDNN
+    op; the arithmetic is the same); a process whose ``patchguard`` is another package (the
+    authors') has no such switch.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    aten = torch.ops.aten
+    # PyTorch's fused CPU attention has no formula of its own; its arguments begin like the
+    # CUDA flash attention's (query, key, value; grad_out, query, key, value), whose formulas
+    # (4 B H L S E forward, 2.5 times that backward) count the same matmuls.
+    formulas = {**flop_registry,
+                aten._scaled_dot_product_flash_attention_for_cpu:
+                    flop_registry[aten._scaled_dot_product_flash_attention],
+                aten._scaled_dot_product_flash_attention_for_cpu_backward:
+                    flop_registry[aten._scaled_dot_product_flash_attention_backward]}
+    total = [0]
+    missed: set[str] = set()
+
+    class Counter(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            count = formulas.get(func._overloadpacket)
+            if count is not None:
+                total[0] += count(*args, **kwargs, out_val=out)
+            elif _HEAVY_OP.search(str(func._overloadpacket)):
+                missed.add(str(func._overloadpacket))
+            return out
+
+    kernels = sys.modules.get("patchguard.models.kernels")
+    enabled = getattr(kernels, "ENABLED", None)
+    if enabled is not None:
+        kernels.ENABLED = False
     try:
-        with FlopCounterMode(display=False) as counter:
+        with Counter():
             work()
     finally:
-        kernels.ENABLED = enabled
-    return float(counter.get_total_flops())
+        if enabled is not None:
+            kernels.ENABLED = enabled
+    return float(total[0]), sorted(missed)
+
+
+def _flops(work: Callable[[], object]) -> float:
+    return count_flops(work)[0]
 
 
 def main() -> None:
@@ -109,7 +188,8 @@ def main() -> None:
                   flush=True)
     peak = max(peaks[route, torch.float32] for route in ("onednn", "torch"))
     best_bf16 = max(peaks.get((route, torch.bfloat16), 0.0) for route in ("onednn", "torch"))
-    print(f"fp32 peak {peak:.1f} GFLOP/s; best bf16 / fp32: {best_bf16 / peak:.2f}x "
+    bf16_note = "not measured" if args.skip_bf16 else f"{best_bf16 / peak:.2f}x"
+    print(f"fp32 peak {peak:.1f} GFLOP/s; best bf16 / fp32: {bf16_note} "
           f"(CPU capability {torch.backends.cpu.get_cpu_capability()})")
 
     from patchguard.adversarial.ascent import input_gradients_only
@@ -123,8 +203,8 @@ def main() -> None:
         with input_gradients_only(model):
             images = x.clone().requires_grad_(True)
             logits = model(images, with_attention=False).logits
-            # backward() rather than autograd.grad: the FLOP counter's hooks need it; with
-            # the parameters frozen it computes the same input gradient only
+            # backward() (FlopCounterMode's hooks needed it when this was written); with the
+            # parameters frozen it computes the same input gradient only
             model.image_score(logits).sum().backward()
 
     def clean_pass() -> None:

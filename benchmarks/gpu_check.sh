@@ -6,7 +6,7 @@
 # Before carrying the tree to the GPU machine, once, where the offline DINOv2 weights exist:
 #   PYTHONPATH=src python3 benchmarks/gpu_check.py --export-weights
 #   echo /benchmarks/.weights/ >> .git/info/exclude      # 45 MB, not for the repository
-# then carry benchmarks/.weights (without it the 4-minute recipe trains from random init).
+# then carry benchmarks/.weights (without it the recipe trains from random init).
 # Run from the repository root:  bash benchmarks/gpu_check.sh [extra gpu_check.py flags]
 set -u
 cd "$(dirname "$0")/.."
