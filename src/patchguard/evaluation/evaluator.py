@@ -52,7 +52,9 @@ class Predictions:
 
     scores: np.ndarray  # (n,)
     labels: np.ndarray  # (n,)
-    maps: np.ndarray  # (n, H, W) float32
+    # (n, H, W) float32; NaN for the batches in which an early-stopped standard skipped
+    # images (no pixel metric is reported then, and these predictions are never returned)
+    maps: np.ndarray
     masks: np.ndarray  # (n, H, W) bool
     paths: list[str]
     images: np.ndarray | None = None  # (n, H, W, 3) uint8, adversarial inputs when kept
