@@ -89,6 +89,15 @@ def uniform_noise(images: torch.Tensor, radius: float,
     return (2.0 * noise.to(images.device, images.dtype) - 1.0) * radius
 
 
+def _gradient_sign_at(model: nn.Module, original: torch.Tensor, delta: torch.Tensor,
+                      targets: torch.Tensor, objective: Objective,
+                      autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """The single-step attacks' direction: the sign of the input gradient at ``original +
+    delta`` clipped to [0, 1]; each attack scales and projects it its own way."""
+    return input_gradient(model, (original + delta).clamp(0.0, 1.0), targets, objective,
+                          autocast_dtype).sign()
+
+
 def fgsm_rs_attack(
     model: nn.Module,
     images: torch.Tensor,
@@ -108,9 +117,8 @@ def fgsm_rs_attack(
     alpha = 1.25 * epsilon if alpha is None else alpha
     delta = (uniform_noise(original, epsilon, generator) if start is None
              else start.to(original).clamp(-epsilon, epsilon))
-    grad = input_gradient(model, (original + delta).clamp(0.0, 1.0), targets, objective,
-                          autocast_dtype)
-    delta = (delta + alpha * grad.sign()).clamp(-epsilon, epsilon)
+    sign = _gradient_sign_at(model, original, delta, targets, objective, autocast_dtype)
+    delta = (delta + alpha * sign).clamp(-epsilon, epsilon)
     return (original + delta).clamp(0.0, 1.0)
 
 
@@ -133,6 +141,5 @@ def nfgsm_attack(
     noise = 2.0 * epsilon if noise is None else noise
     alpha = epsilon if alpha is None else alpha
     delta = uniform_noise(original, noise, generator)
-    grad = input_gradient(model, (original + delta).clamp(0.0, 1.0), targets, objective,
-                          autocast_dtype)
-    return (original + delta + alpha * grad.sign()).clamp(0.0, 1.0)
+    sign = _gradient_sign_at(model, original, delta, targets, objective, autocast_dtype)
+    return (original + delta + alpha * sign).clamp(0.0, 1.0)
